@@ -1,0 +1,277 @@
+"""Faithfulness of the teaching models: the pointing game on held-out scenes.
+
+The pointing game asks whether a map's peak falls inside the object it should
+point at. Each map is upsampled bilinearly to the image size (32x32) and its
+maximum pixel is looked up in the object's exact mask. The random baseline is
+the mask's area fraction (the chance that a uniformly random pixel hits it).
+
+- CLIP: gradient-weighted attention relevance (`_maps.clip_relevance`) of the
+  vision tower for the similarity between a two-object scene and the phrase of
+  one of its objects ("a red circle"); the named object is that object. The
+  text-free last-layer CLS->patch attention is reported too (target: either object).
+- VLM: attention of the answer-predicting position (the last prompt token) to the
+  64 image tokens, head mean, per LM layer and averaged over layers; the named
+  object is the one the question is about ("what colour is the square ?").
+- Diffusion: DAAM-style cross-attention map of each shape word (head mean, summed
+  over all 8x8 cross-attention layers and all denoising steps) while the pipeline
+  generates an image from a held-out two-object caption; the object's mask is
+  found by colour segmentation of the generated image (pixels whose nearest palette
+  colour is the object's colour). An object that was not drawn counts as a miss.
+
+Run ``python -m mmviz.teaching.evaluate`` for the full figures (a few minutes on
+one CPU thread); the tests run the same functions on fewer scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from mmviz.teaching.shapes import Scene, make_scenes, segment_colour
+
+CLIP_SEED = 40_000
+VLM_SEED = 50_000
+DIFFUSION_SEED = 60_000
+
+
+def _hit(maps: Any, masks: list[np.ndarray]) -> list[bool]:
+    from mmviz.teaching._maps import peak_pixel
+
+    size = masks[0].shape[0]
+    peaks = peak_pixel(maps, size).tolist()
+    return [bool(m[r, c]) for (r, c), m in zip(peaks, masks)]
+
+
+def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 50) -> dict[str, float]:
+    """Pointing game for the teaching CLIP.
+
+    Args:
+        model: a `CLIPModel` (from `mmviz.teaching.load_clip`).
+        n: held-out two-object scenes (each scored for both objects).
+        seed: scene seed.
+        batch: scenes per forward pass.
+
+    Returns:
+        ``relevance_hit`` / ``relevance_baseline`` (object word relevance vs object
+        area), ``cls_attention_hit`` / ``cls_attention_baseline`` (peak on either
+        object vs both objects' area), ``colour_swap`` / ``relation_swap`` (true
+        caption scored above the hard negative).
+    """
+    import torch
+
+    from mmviz.teaching._common import pixels
+    from mmviz.teaching._maps import clip_cls_attention, clip_relevance
+    from mmviz.teaching._tokenizer import build_tokenizer
+    from mmviz.teaching.train_clip import colour_swap, relation_swap
+
+    tok = build_tokenizer("clip")
+    scenes = make_scenes(n, seed=seed, n_objects=2)
+    rel_hits: list[bool] = []
+    rel_base: list[float] = []
+    cls_hits: list[bool] = []
+    cls_base: list[float] = []
+    swaps = {"colour_swap": [], "relation_swap": []}  # type: dict[str, list[bool]]
+    for start in range(0, n, batch):
+        chunk = scenes[start : start + batch]
+        px = pixels([s.image for s in chunk])
+        for k in range(2):
+            ids = tok([s.objects[k].phrase for s in chunk], padding=True, return_tensors="pt")["input_ids"]
+            maps = clip_relevance(model, px, ids)
+            masks = [s.objects[k].mask for s in chunk]
+            rel_hits += _hit(maps, masks)
+            rel_base += [float(m.mean()) for m in masks]
+        union = [s.objects[0].mask | s.objects[1].mask for s in chunk]
+        cls_hits += _hit(clip_cls_attention(model, px), union)
+        cls_base += [float(m.mean()) for m in union]
+        with torch.no_grad():
+            img = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=px)), dim=-1)
+            scores = {}
+            for name, texts in (
+                ("true", [s.caption for s in chunk]),
+                ("colour_swap", [colour_swap(s) for s in chunk]),
+                ("relation_swap", [relation_swap(s) for s in chunk]),
+            ):
+                enc = tok(texts, padding=True, return_tensors="pt")
+                txt = torch.nn.functional.normalize(_features(model.get_text_features(**enc)), dim=-1)
+                scores[name] = (img * txt).sum(-1)
+        for name in swaps:
+            swaps[name] += (scores["true"] > scores[name]).tolist()
+    return {
+        "relevance_hit": float(np.mean(rel_hits)),
+        "relevance_baseline": float(np.mean(rel_base)),
+        "cls_attention_hit": float(np.mean(cls_hits)),
+        "cls_attention_baseline": float(np.mean(cls_base)),
+        "colour_swap": float(np.mean(swaps["colour_swap"])),
+        "relation_swap": float(np.mean(swaps["relation_swap"])),
+        "n_maps": len(rel_hits),
+    }
+
+
+def _features(out: Any) -> Any:
+    return out if hasattr(out, "dim") else out.pooler_output
+
+
+def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50) -> dict[str, Any]:
+    """Pointing game and accuracy for the teaching VLM.
+
+    Args:
+        model: a `LlavaForConditionalGeneration` (from `mmviz.teaching.load_vlm`).
+        n: held-out two-object scenes (each asked all four questions).
+        seed: scene seed.
+        batch: scenes per forward pass.
+
+    Returns:
+        ``attention_hit`` (layer-mean answer attention), ``attention_hit_per_layer``,
+        ``baseline`` (named object's area), ``accuracy`` (first answer token).
+    """
+    import torch
+
+    from mmviz.teaching._maps import vlm_answer_attention
+    from mmviz.teaching._tokenizer import build_tokenizer, vocab
+    from mmviz.teaching._vlm import make_batch
+
+    tok = build_tokenizer("vlm")
+    ids = vocab()
+    scenes = make_scenes(n, seed=seed, n_objects=2)
+    hits: list[bool] = []
+    per_layer: list[list[bool]] = []
+    base: list[float] = []
+    correct: list[bool] = []
+    for start in range(0, n, batch):
+        chunk = scenes[start : start + batch]
+        for q in range(4):
+            inputs = make_batch(chunk, [q] * len(chunk), tok, with_answer=False)
+            maps, logits = vlm_answer_attention(model, inputs)
+            masks = [s.objects[s.qa[q][2]].mask for s in chunk]
+            hits += _hit(maps.mean(1), masks)
+            per_layer.append([h for layer in range(maps.shape[1]) for h in _hit(maps[:, layer], masks)])
+            base += [float(m.mean()) for m in masks]
+            truth = torch.tensor([ids[s.qa[q][1]] for s in chunk])
+            correct += (logits.argmax(-1) == truth).tolist()
+    layers = len(per_layer[0]) // min(batch, n)
+    by_layer = np.array([np.array(p).reshape(layers, -1).mean(1) for p in per_layer]).mean(0)
+    return {
+        "attention_hit": float(np.mean(hits)),
+        "attention_hit_per_layer": [round(float(x), 4) for x in by_layer],
+        "baseline": float(np.mean(base)),
+        "accuracy": float(np.mean(correct)),
+        "n_maps": len(hits),
+    }
+
+
+def diffusion_pointing(
+    pipe: Any,
+    n: int = 64,
+    seed: int = DIFFUSION_SEED,
+    steps: int = 25,
+    guidance_scale: float = 3.0,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """Pointing game of shape-word cross-attention in generated images.
+
+    Args:
+        pipe: the teaching pipeline (from `mmviz.teaching.load_diffusion`).
+        n: held-out two-object captions (each scored for both shape words).
+        seed: caption and noise seed.
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance.
+        batch: prompts per pipeline call.
+
+    Returns:
+        ``hit`` (peak inside the colour-segmented object), ``baseline`` (that mask's
+        area; 0 for objects not drawn), ``drawn`` (fraction of objects whose colour
+        covers at least 8 pixels), plus ``images`` (uint8, for inspection; not JSON).
+    """
+    import torch
+
+    from mmviz.teaching._maps import install_recorder
+    from mmviz.teaching._pipeline import to_uint8
+    from mmviz.teaching.train_diffusion import shape_positions
+
+    scenes = make_scenes(n, seed=seed, n_objects=2)
+    size = pipe.unet.config.sample_size
+    saved = pipe.unet.attn_processors
+    recorder = install_recorder(pipe.unet, (size, size))
+    hits: list[bool] = []
+    base: list[float] = []
+    drawn: list[bool] = []
+    images: list[np.ndarray] = []
+    try:
+        for start in range(0, n, batch):
+            chunk = scenes[start : start + batch]
+            recorder.reset()
+            gen = torch.Generator().manual_seed(seed + start)
+            out = pipe(
+                [s.caption for s in chunk],
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=gen,
+                output_type="np",
+            )
+            imgs = to_uint8(out.images)
+            images.extend(imgs)
+            assert recorder.total is not None
+            cond = recorder.total[-len(chunk) :]  # [uncond; cond] under guidance
+            for b, s in enumerate(chunk):
+                positions = shape_positions(s.caption, pipe.tokenizer)
+                for k, pos in enumerate(positions):
+                    mask = segment_colour(imgs[b], s.objects[k].colour)
+                    ok = mask.sum() >= 8
+                    drawn.append(bool(ok))
+                    base.append(float(mask.mean()))
+                    hits.append(bool(ok) and _hit(cond[b, pos][None], [mask])[0])
+    finally:
+        pipe.unet.set_attn_processor(saved)
+    return {
+        "hit": float(np.mean(hits)),
+        "baseline": float(np.mean(base)),
+        "drawn": float(np.mean(drawn)),
+        "n_maps": len(hits),
+        "images": np.stack(images),
+    }
+
+
+def scene_summary(scene: Scene) -> str:
+    """One line describing a scene (for logs)."""
+    return f"{scene.caption} | " + ", ".join(f"{q} -> {a}" for q, a, _ in scene.qa)
+
+
+def main() -> None:
+    """Print the pointing-game figures of every shipped model as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="clip,vlm,diffusion")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n", type=int, default=200, help="scenes for CLIP and the VLM")
+    parser.add_argument("--n-diffusion", type=int, default=64)
+    parser.add_argument("--save-images", default="", help="write generated images to this .npy")
+    args = parser.parse_args()
+
+    import torch
+
+    import mmviz.teaching as teaching
+
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {}
+    if "clip" in args.models:
+        model, _ = teaching.load_clip()
+        results["clip"] = clip_pointing(model, n=args.n)
+        print(json.dumps({"clip": results["clip"]}), flush=True)
+    if "vlm" in args.models:
+        model, _ = teaching.load_vlm()
+        results["vlm"] = vlm_pointing(model, n=args.n)
+        print(json.dumps({"vlm": results["vlm"]}), flush=True)
+    if "diffusion" in args.models:
+        pipe = teaching.load_diffusion()
+        res = diffusion_pointing(pipe, n=args.n_diffusion)
+        images = res.pop("images")
+        if args.save_images:
+            np.save(args.save_images, images)
+        results["diffusion"] = res
+        print(json.dumps({"diffusion": res}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
