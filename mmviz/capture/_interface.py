@@ -1,0 +1,188 @@
+"""The recording attention function registered in transformers' attention interface.
+
+``mmviz_record`` is registered once, with a matching mask function. A model is switched to it only
+inside a ``with mmviz.capture(...)`` block. The function looks up the active recorder in a
+``ContextVar``:
+
+* for a layer being recorded densely it calls the model's *own* eager attention function (found in the
+  module that defines the attention class), so outputs and probabilities are exactly those of
+  ``attn_implementation="eager"`` with ``output_attentions=True``;
+* for every other layer it calls the implementation the model had before the capture (sdpa or eager),
+  so layers that are not recorded keep their speed;
+* with ``store="qk"`` it calls the original implementation and keeps the queries, keys and mask.
+
+Outside a capture (no active recorder) the function behaves like sdpa, so a registration left in the
+global table changes nothing for models that were never switched to it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from mmviz.capture._recorder import Recorder
+
+IMPLEMENTATION = "mmviz_record"
+ACTIVE: ContextVar[list[Recorder] | None] = ContextVar("mmviz_active_recorders", default=None)
+
+_registered = False
+_eager_cache: dict[str, Callable[..., Any]] = {}
+
+
+def active_recorder() -> Recorder | None:
+    """The innermost active recorder, or ``None`` outside captures."""
+    stack = ACTIVE.get()
+    return stack[-1] if stack else None
+
+
+def register() -> None:
+    """Registers ``mmviz_record`` with transformers' attention and mask interfaces (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(IMPLEMENTATION, record_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, _record_mask)
+    _registered = True
+
+
+def _record_mask(*args: Any, **kwargs: Any) -> Any:
+    """Builds the 4D mask: float additive (as for eager) when dense, boolean (as for sdpa) for ``qk``."""
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    recorder = active_recorder()
+    if recorder is not None and recorder.wants_qk(kwargs.get("kv_length", args[2] if len(args) > 2 else 0)):
+        return sdpa_mask(*args, **kwargs)
+    return eager_mask(*args, **kwargs)
+
+
+def model_eager_function(module: torch.nn.Module) -> Callable[..., Any]:
+    """The eager attention function of the file that defines ``module``'s class.
+
+    Models bring their own eager function (soft-capping, sinks, position bias, ...); using it keeps the
+    recorded probabilities identical to ``attn_implementation="eager"``.
+    """
+    owner = type(module).__module__
+    fn = _eager_cache.get(owner)
+    if fn is None:
+        fn = getattr(sys.modules.get(owner), "eager_attention_forward", None) or generic_eager_attention
+        _eager_cache[owner] = fn
+    return fn
+
+
+def generic_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention with grouped-query support, for attention classes without their own."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scale
+    if attention_mask is not None:
+        weights = weights + attention_mask[:, :, :, : key.shape[-2]]
+    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def additive_mask(
+    mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, module: torch.nn.Module, kwargs: dict[str, Any]
+) -> torch.Tensor | None:
+    """Turns a boolean (sdpa-style) or absent mask into the additive float mask eager functions expect."""
+    if mask is not None and mask.dtype != torch.bool:
+        return mask
+    if mask is None:
+        if not causal_without_mask(module, query, kwargs):
+            return None
+        mask = causal_bool(query.shape[2], key.shape[2], query.device)[None, None]
+    zero = torch.zeros((), dtype=query.dtype, device=query.device)
+    return torch.where(mask, zero, torch.finfo(query.dtype).min)
+
+
+def causal_without_mask(module: torch.nn.Module, query: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+    """Whether sdpa would apply a causal mask to a call that passed no mask (sdpa's own rule)."""
+    is_causal = kwargs.get("is_causal")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    return bool(is_causal) and query.shape[2] > 1
+
+
+def causal_bool(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """``[q_len, k_len]`` bool, ``True`` where query ``i`` may see key ``j`` (keys end with the queries)."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+
+
+def call_original(
+    implementation: str,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Runs the implementation the model had before the capture (sdpa for kernels that need other masks)."""
+    if implementation == "eager":
+        mask = additive_mask(attention_mask, query, key, module, kwargs)
+        return model_eager_function(module)(module, query, key, value, mask, **kwargs)  # type: ignore[no-any-return]
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+
+
+def record_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``mmviz_record`` attention function (see the module docstring).
+
+    Args:
+        module: the attention module calling.
+        query: ``[batch, heads, query, dim]``.
+        key: ``[batch, kv_heads, key, dim]``.
+        value: ``[batch, kv_heads, key, dim]``.
+        attention_mask: 4D mask built by the registered mask function, or ``None``.
+        **kwargs: ``scaling``, ``dropout`` and model-specific arguments, passed through.
+
+    Returns:
+        ``(output [batch, query, heads, dim], probabilities [batch, heads, query, key] or None)``.
+    """
+    stack = ACTIVE.get() or []
+    wanted = [(r, t) for r in reversed(stack) if (t := r.target(module)) is not None]
+    owner = next((r for r in reversed(stack) if r.owns(module)), None)
+    implementation = owner.original_implementation(module) if owner is not None else "sdpa"
+    dense = [(r, t) for r, t in wanted if not r.wants_qk(key.shape[2])]
+    if not dense:
+        out = call_original(implementation, module, query, key, value, attention_mask, **kwargs)
+        for r, t in wanted:
+            r.add_qk(t, module, query, key, attention_mask, kwargs)
+        return out
+    mask = additive_mask(attention_mask, query, key, module, kwargs)
+    out, probs = model_eager_function(module)(module, query, key, value, mask, **kwargs)
+    for r, t in wanted:
+        if r.wants_qk(key.shape[2]):
+            r.add_qk(t, module, query, key, attention_mask, kwargs)
+        else:
+            r.add_dense(t, probs)
+    return out, probs

@@ -1,0 +1,229 @@
+"""Collects what the recording attention function sees, grouped by module stack and layer.
+
+The recorder names each attention module after its place in the model (``language_model``,
+``vision_tower``, ``qformer.cross_attention``, ``decoder.cross_attention``, ...), keeps only the
+layers and heads asked for, and moves every tensor to CPU as soon as it is recorded, so accelerator
+memory does not grow with the number of layers. Raw tensors only: reductions happen in ``mmviz.data``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmviz.capture import DEFAULT_QK_THRESHOLD
+from mmviz.capture._interface import causal_without_mask
+from mmviz.errors import CaptureError
+
+
+_CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
+_CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One recorded layer: the module stack's name and the layer index within it."""
+
+    group: str
+    layer: int
+
+
+def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
+    """Names the stack an attention module belongs to and its layer index, from its dotted path.
+
+    ``model.language_model.layers.3.self_attn`` → ``("language_model", 3)``;
+    ``decoder.block.1.layer.1.EncDecAttention`` → ``("decoder.cross_attention", 1)``;
+    ``transformer.h.0.attn`` → ``("language_model", 0)``.
+
+    Args:
+        path: the module's name in ``model.named_modules()``.
+        base_prefix: the model's ``base_model_prefix`` (``"bert"``, ``"vit"``, ...), dropped from names.
+    """
+    parts = path.split(".")
+    digits = [i for i, p in enumerate(parts) if p.isdigit()]
+    first = digits[0] if digits else len(parts)
+    container, layer = parts[:first], int(parts[first]) if digits else 0
+    suffix = ".".join(parts[first + 1 :])
+    words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
+    words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
+    name = words[0] if words else "language_model"
+    if _CROSS.search(suffix):
+        name += ".cross_attention"
+    return name, layer
+
+
+@dataclass
+class Run:
+    """Everything recorded during one forward call, or one ``generate`` call."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    dense: dict[Target, list[torch.Tensor]] = field(default_factory=dict)
+    qk: dict[Target, list[dict[str, Any]]] = field(default_factory=dict)
+    generate: bool = False
+    sequences: torch.Tensor | None = None
+
+
+class Recorder:
+    """Receives tensors from the recording attention function during a capture.
+
+    Args:
+        model: the model being captured.
+        original: original attention implementation per config id (``"sdpa"``, ``"eager"``, ...).
+        default_implementation: implementation for modules without a known config.
+        layers: layer indices to record (per stack), or a dict of stack name → indices, or ``None`` for all.
+        heads: head indices to store, or ``None`` for all.
+        modules: stack names to record, or ``None`` for all.
+        store: ``"dense"``, ``"qk"`` or ``"auto"``.
+        qk_threshold: key length from which ``"auto"`` chooses ``"qk"``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        original: dict[int, str],
+        default_implementation: str,
+        layers: Sequence[int] | dict[str, Sequence[int]] | None,
+        heads: Sequence[int] | None,
+        modules: Sequence[str] | None,
+        store: str,
+        qk_threshold: int = DEFAULT_QK_THRESHOLD,
+    ) -> None:
+        prefix = getattr(model, "base_model_prefix", "") or ""
+        self.names: dict[int, tuple[str, Target]] = {}
+        for path, sub in model.named_modules():
+            if path:
+                group, layer = module_group(path, prefix)
+                self.names[id(sub)] = (path, Target(group, layer))
+        self.original = original
+        self.default_implementation = default_implementation
+        self.layers = layers
+        self.heads = None if heads is None else sorted({int(h) for h in heads})
+        self.modules = None if modules is None else set(modules)
+        self.store = store
+        self.qk_threshold = qk_threshold
+        self._qk: bool | None = {"dense": False, "qk": True}.get(store)
+        self.runs: list[Run] = []
+        self.calls_seen = 0
+        self.groups_seen: set[str] = set()
+
+    # -- decisions ---------------------------------------------------------------------------------
+    def owns(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` belongs to the captured model."""
+        return id(module) in self.names
+
+    def original_implementation(self, module: torch.nn.Module) -> str:
+        """The implementation this module's config had before the capture."""
+        config = getattr(module, "config", None)
+        impl = self.original.get(id(config), self.default_implementation) if config is not None else None
+        impl = impl or self.default_implementation
+        return impl if impl in ("eager", "sdpa") else "sdpa"
+
+    def target(self, module: torch.nn.Module) -> Target | None:
+        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model."""
+        self.calls_seen += 1
+        entry = self.names.get(id(module))
+        if entry is None:
+            return None
+        target = entry[1]
+        self.groups_seen.add(target.group)
+        if self.modules is not None and target.group not in self.modules:
+            return None
+        wanted = self.layers.get(target.group) if isinstance(self.layers, dict) else self.layers
+        if isinstance(self.layers, dict) and target.group not in self.layers:
+            wanted = None
+        if wanted is not None and target.layer not in wanted:
+            return None
+        return target
+
+    def wants_qk(self, key_length: int) -> bool:
+        """Whether this capture keeps queries and keys (decided once, on the first call)."""
+        if self._qk is None:
+            self._qk = int(key_length) >= self.qk_threshold
+        return self._qk
+
+    # -- runs --------------------------------------------------------------------------------------
+    def begin_run(self, generate: bool = False) -> Run:
+        """Starts a new run (a forward call outside generation, or a whole ``generate`` call)."""
+        run = Run(generate=generate)
+        self.runs.append(run)
+        return run
+
+    @property
+    def current(self) -> Run:
+        """The run being recorded (one is started if a module is called outside any forward hook)."""
+        return self.runs[-1] if self.runs else self.begin_run()
+
+    def _heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.heads is None:
+            return tensor
+        if max(self.heads) >= tensor.shape[1]:
+            raise CaptureError(f"heads={self.heads} asks for head {max(self.heads)}, but the model has {tensor.shape[1]}")
+        return tensor[:, self.heads]
+
+    def add_dense(self, target: Target, probs: torch.Tensor | None) -> None:
+        """Stores ``[batch, heads, query, key]`` probabilities as float16 on CPU."""
+        if probs is None:
+            raise CaptureError(f"the eager attention of {target.group!r} layer {target.layer} returned no probabilities")
+        kept = self._heads(probs.detach())
+        self.current.dense.setdefault(target, []).append(kept.to("cpu", torch.float16))
+
+    def add_qk(
+        self,
+        target: Target,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Stores post-position-encoding queries and keys, and the mask, for exact recomputation."""
+        for unsupported in ("position_bias", "s_aux", "sinks"):
+            if kwargs.get(unsupported) is not None:
+                raise CaptureError(
+                    f"store='qk' cannot recompute attention with {unsupported!r} ({target.group!r}); "
+                    "capture with store='dense' and fewer layers=/heads= instead"
+                )
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask > torch.finfo(mask.dtype).min / 2
+        causal = mask is None and causal_without_mask(module, query, kwargs)
+        if mask is not None:
+            mask = mask[:, 0, :, : key.shape[2]].expand(query.shape[0], -1, -1)
+        sliding = kwargs.get("sliding_window")
+        if sliding is not None and mask is None:
+            raise CaptureError("store='qk' needs an explicit mask for sliding-window attention")
+        scaling = kwargs.get("scaling")
+        self.current.qk.setdefault(target, []).append(
+            {
+                "query": self._heads(query.detach()).to("cpu"),
+                "key": key.detach().to("cpu"),
+                "mask": None if mask is None else mask.to("cpu"),
+                "scaling": float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
+                "softcap": kwargs.get("softcap"),
+                "causal": causal,
+                "heads": query.shape[1],
+            }
+        )
+
+
+def assemble_dense(steps: list[torch.Tensor]) -> np.ndarray:
+    """Joins the calls of one layer into one ``[batch, heads, query, key]`` float16 matrix.
+
+    A single call is returned as is. During generation with a KV cache each call adds query rows and
+    keys; rows are placed at their offsets and keys beyond a step's cache length stay zero (causal).
+    """
+    if len(steps) == 1:
+        return steps[0].numpy()
+    b, h = steps[0].shape[:2]
+    total_q = sum(s.shape[2] for s in steps)
+    total_k = max(s.shape[3] for s in steps)
+    out = np.zeros((b, h, total_q, total_k), dtype=np.float16)
+    row = 0
+    for s in steps:
+        out[:, :, row : row + s.shape[2], : s.shape[3]] = s.numpy()
+        row += s.shape[2]
+    return out

@@ -1,0 +1,190 @@
+"""The ``with mmviz.capture(model) as cap:`` context manager for transformers models."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
+from mmviz.capture._recorder import Recorder, Run
+from mmviz.data import AttentionTrace
+from mmviz.errors import CaptureError
+
+_INPUT_NAMES = (
+    "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "token_type_ids", "mm_token_type_ids",
+    "decoder_input_ids", "decoder_attention_mask", "image_sizes", "inputs_embeds",
+)
+
+
+def _all_configs(model: torch.nn.Module) -> list[Any]:
+    """Every config object a model and its sub-models read their attention implementation from."""
+    seen: dict[int, Any] = {}
+    pending = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "sub_configs")]
+    while pending:
+        config = pending.pop()
+        if id(config) in seen:
+            continue
+        seen[id(config)] = config
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None and hasattr(sub, "_attn_implementation_internal"):
+                pending.append(sub)
+    return list(seen.values())
+
+
+def _cpu_inputs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().to("cpu") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items() if k in _INPUT_NAMES and v is not None}
+
+
+class Capture:
+    """Records attention of a transformers model while it runs inside the ``with`` block.
+
+    Use :func:`mmviz.capture`; see its docstring for the arguments.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any = None,
+        layers: Sequence[int] | dict[str, Sequence[int]] | None = None,
+        heads: Sequence[int] | None = None,
+        modules: Sequence[str] | None = None,
+        store: str = "auto",
+        qk_threshold: int = DEFAULT_QK_THRESHOLD,
+    ) -> None:
+        if store not in ("auto", "dense", "qk"):
+            raise ValueError(f"store must be 'auto', 'dense' or 'qk', not {store!r}")
+        if not hasattr(model, "config") or not hasattr(model.config, "_attn_implementation_internal"):
+            raise CaptureError(
+                f"{type(model).__name__} is not a transformers model (no config with an attention implementation). "
+                "mmviz.capture records models whose attention goes through transformers' AttentionInterface, "
+                "and diffusers pipelines."
+            )
+        if hasattr(model, "_can_set_attn_implementation") and not model._can_set_attn_implementation():
+            raise CaptureError(
+                f"{type(model).__name__} does not route its attention through transformers' AttentionInterface, so "
+                "mmviz cannot record it. Load it with attn_implementation='eager' and call it with "
+                "output_attentions=True to get its attention weights, then build an AttentionTrace from them."
+            )
+        self.model = model
+        self.processor = processor
+        self._options = {"layers": layers, "heads": heads, "modules": modules, "store": store, "qk_threshold": qk_threshold}
+        self.recorder: Recorder | None = None
+        self._restore: list[Callable[[], None]] = []
+        self._traces: list[AttentionTrace] | None = None
+        self._in_generate = False
+
+    # -- entering and leaving ------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        if self.recorder is not None:
+            raise CaptureError("this capture is already active; start a new `with mmviz.capture(...)` block instead")
+        _interface.register()
+        model = self.model
+        configs = _all_configs(model)
+        original = {id(c): c._attn_implementation_internal for c in configs}
+        top = model.config._attn_implementation_internal or "sdpa"
+        self.recorder = Recorder(model, original, top, **self._options)  # type: ignore[arg-type]
+        self._traces = None
+        try:
+            for config in configs:
+                self._restore.append(functools.partial(setattr, config, "_attn_implementation_internal", config._attn_implementation_internal))
+                config._attn_implementation_internal = _interface.IMPLEMENTATION
+            handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+            self._restore.append(handle.remove)
+            self._wrap_generate()
+            stack = list(_interface.ACTIVE.get() or [])
+            token = _interface.ACTIVE.set([*stack, self.recorder])
+            self._restore.append(functools.partial(_interface.ACTIVE.reset, token))
+        except BaseException:
+            self._undo()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._undo()
+        if exc_type is None and self.recorder is not None and self.recorder.runs and not self._recorded_anything():
+            raise CaptureError(self._nothing_recorded_message())
+
+    def _undo(self) -> None:
+        while self._restore:
+            undo = self._restore.pop()
+            undo()
+
+    def _wrap_generate(self) -> None:
+        model = self.model
+        original = model.__dict__.get("generate")
+        bound = model.generate if hasattr(model, "generate") else None
+        if bound is None:
+            return
+
+        @functools.wraps(bound)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            assert self.recorder is not None
+            run = self.recorder.begin_run(generate=True)
+            run.calls.append(_cpu_inputs(kwargs))
+            self._in_generate = True
+            try:
+                out = bound(*args, **kwargs)
+            finally:
+                self._in_generate = False
+            sequences = getattr(out, "sequences", out)
+            if isinstance(sequences, torch.Tensor):
+                run.sequences = sequences.detach().to("cpu")
+            return out
+
+        model.generate = generate  # type: ignore[method-assign]
+        if original is None:
+            self._restore.append(lambda: model.__dict__.pop("generate", None))
+        else:
+            self._restore.append(functools.partial(setattr, model, "generate", original))
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        assert self.recorder is not None
+        if not self._in_generate:
+            self.recorder.begin_run()
+        inputs = _cpu_inputs(kwargs)
+        if args and isinstance(args[0], torch.Tensor) and "input_ids" not in inputs:
+            first = "pixel_values" if args[0].is_floating_point() else "input_ids"
+            inputs[first] = args[0].detach().to("cpu")
+        self.recorder.current.calls.append(inputs)
+
+    # -- results ---------------------------------------------------------------------------------
+    def _recorded_anything(self) -> bool:
+        assert self.recorder is not None
+        return any(run.dense or run.qk for run in self.recorder.runs)
+
+    def _nothing_recorded_message(self) -> str:
+        assert self.recorder is not None
+        name = type(self.model).__name__
+        if self.recorder.calls_seen == 0:
+            return (
+                f"the model ran but no attention went through transformers' AttentionInterface: {name} computes "
+                "attention in a module of its own, so mmviz cannot record it. Load the model with "
+                "attn_implementation='eager' and use output_attentions=True instead."
+            )
+        return (
+            f"{name} ran but none of its attention modules matched layers=/heads=/modules= "
+            f"(modules seen: {sorted(self.recorder.groups_seen)})"
+        )
+
+    @property
+    def traces(self) -> list[AttentionTrace]:
+        """One :class:`AttentionTrace` per forward call (or per ``generate`` call) in the block."""
+        if self.recorder is None or not self.recorder.runs:
+            raise CaptureError("nothing was captured: call the model (or model.generate) inside the `with` block")
+        if self._traces is None:
+            from mmviz.capture._build import build_trace
+
+            runs: list[Run] = [r for r in self.recorder.runs if r.dense or r.qk]
+            if not runs:
+                raise CaptureError(self._nothing_recorded_message())
+            self._traces = [build_trace(run, self.model, self.processor) for run in runs]
+        return self._traces
+
+    @property
+    def attention(self) -> AttentionTrace:
+        """The :class:`AttentionTrace` of the last forward (or ``generate``) call in the block."""
+        return self.traces[-1]

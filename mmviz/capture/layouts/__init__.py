@@ -1,0 +1,160 @@
+"""Image-token layouts: which sequence position is which image patch, per model family.
+
+Text needs no model-specific code: any model whose attention goes through transformers'
+AttentionInterface gets token tables from its inputs and tokenizer. Images do: each family places
+image tokens differently (LLaVA expands a placeholder row-major, Qwen2-VL merges 2×2 patches, PaliGemma
+puts the image first, BLIP-2 goes through a Q-Former). A layout is a function registered for one or
+more ``config.model_type`` values::
+
+    from mmviz.capture.layouts import LayoutContext, register_layout
+
+    @register_layout("my_vlm")
+    def my_vlm(ctx: LayoutContext) -> None:
+        ctx.mark_image_tokens(image_token_id=ctx.config.image_token_id, grid=(24, 24))
+        ctx.add_vision_tower("vision_tower", grid=(24, 24), prefix=1)
+
+It edits ``ctx.tables`` (name → one TokenTable per batch item) and ``ctx.module_tables`` (stack name →
+query and key table names). Stacks a layout leaves out are matched to tables by length.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmviz.capture._tokens import patch_table
+from mmviz.data import TokenTable
+
+__all__ = ["LayoutContext", "register_layout", "resolve_layout"]
+
+Layout = Callable[["LayoutContext"], None]
+_LAYOUTS: dict[str, Layout] = {}
+_BUILTIN = ("vision", "llava")
+
+
+def register_layout(*model_types: str) -> Callable[[Layout], Layout]:
+    """Registers a layout function for the given ``config.model_type`` values."""
+
+    def decorate(fn: Layout) -> Layout:
+        for model_type in model_types:
+            _LAYOUTS[model_type] = fn
+        return fn
+
+    return decorate
+
+
+def resolve_layout(ctx: LayoutContext) -> None:
+    """Runs the layout registered for the model's type, if any."""
+    for name in _BUILTIN:
+        importlib.import_module(f"mmviz.capture.layouts.{name}")
+    layout = _LAYOUTS.get(getattr(ctx.config, "model_type", ""))
+    if layout is not None:
+        layout(ctx)
+
+
+@dataclass
+class LayoutContext:
+    """What a layout function sees and fills in.
+
+    Attributes:
+        model: the captured model.
+        config: its config.
+        processor: the processor or tokenizer given to the capture (may be ``None``).
+        tokenizer: the tokenizer found in it (may be ``None``).
+        inputs: the first forward call's tensor inputs, on CPU.
+        shapes: recorded stack name → ``(batch, query length, key length)``.
+        tables: table name → one TokenTable per batch item (``"text"`` is the input sequence).
+        images: ``uint8 [H, W, 3]`` images recovered from ``pixel_values``, in input order.
+        module_tables: stack name → ``(query table, key table)``.
+    """
+
+    model: Any
+    config: Any
+    processor: Any
+    tokenizer: Any
+    inputs: dict[str, Any]
+    shapes: dict[str, tuple[int, int, int]]
+    tables: dict[str, list[TokenTable]]
+    images: list[np.ndarray] = field(default_factory=list)
+    module_tables: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def vision_config(self) -> Any:
+        """The vision sub-config (or the config itself for a vision-only model)."""
+        return getattr(self.config, "vision_config", None) or self.config
+
+    def vision_grid(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of the vision tower's patch grid, from ``image_size`` and ``patch_size``."""
+        vc = self.vision_config()
+        size, patch = getattr(vc, "image_size", None), getattr(vc, "patch_size", None)
+        if not size or not patch:
+            return None
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
+        return int(h) // int(ph), int(w) // int(pw)
+
+    def mark_image_tokens(self, image_token_id: int, grid: tuple[int, int], table: str = "text") -> None:
+        """Marks placeholder tokens as image patches, ``rows·cols`` per image, row-major.
+
+        The k-th placeholder of an image is patch ``(k // cols, k % cols)``; images are taken in order
+        across the batch (one image per run of placeholders).
+        """
+        rows, cols = grid
+        per_image = rows * cols
+        image_counter = 0
+        new = []
+        for tab in self.tables[table]:
+            positions = np.flatnonzero(tab.token_id == image_token_id)
+            n_images = len(positions) // per_image
+            if n_images * per_image != len(positions):
+                raise ValueError(
+                    f"found {len(positions)} image tokens, not a multiple of the {rows}×{cols} patch grid"
+                )
+            kind, index, prow, pcol = tab.kind.copy(), tab.image_index.copy(), tab.patch_row.copy(), tab.patch_col.copy()
+            text = tab.text.copy()
+            k = np.arange(len(positions)) % per_image
+            kind[positions] = "image"
+            index[positions] = np.arange(len(positions)) // per_image
+            prow[positions], pcol[positions] = k // cols, k % cols
+            text[positions] = [f"<img {r},{c}>" for r, c in zip(k // cols, k % cols)]
+            images = [self.image(image_counter + i) for i in range(n_images)]
+            image_counter += n_images
+            new.append(
+                TokenTable(
+                    text=text, kind=kind, word_id=_words_after_images(tab.word_id, positions), image_index=index,
+                    patch_row=prow, patch_col=pcol, token_id=tab.token_id, generated=tab.generated,
+                    images=tuple(images), grids=tuple([grid] * n_images),
+                )
+            )
+        self.tables[table] = new
+
+    def image(self, index: int) -> np.ndarray:
+        """The ``index``-th input image (a grey placeholder when pixels were not seen)."""
+        if index < len(self.images):
+            return self.images[index]
+        return np.full((32, 32, 3), 128, dtype=np.uint8)
+
+    def add_vision_tower(self, group: str, grid: tuple[int, int], prefix: int = 0) -> None:
+        """Describes a vision tower's self-attention: ``prefix`` special tokens, then the patch grid.
+
+        Its batch axis runs over images, so ``batch_index`` of that stack picks the image.
+        """
+        if group not in self.shapes:
+            return
+        batch, q_len, _ = self.shapes[group]
+        name = f"{group}.patches"
+        self.tables[name] = [patch_table(q_len, grid, self.image(i)) for i in range(batch)]
+        self.module_tables[group] = (name, name)
+
+
+def _words_after_images(word_id: np.ndarray, image_positions: np.ndarray) -> np.ndarray:
+    """Gives every image token a word of its own and renumbers words in order."""
+    starts = np.ones(word_id.size, dtype=bool)
+    starts[1:] = word_id[1:] != word_id[:-1]
+    starts[image_positions] = True
+    after = image_positions + 1
+    starts[after[after < word_id.size]] = True
+    return np.cumsum(starts) - 1

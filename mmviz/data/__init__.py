@@ -1,0 +1,14 @@
+"""The numpy-only data model: token tables, traces, reductions and ``.mmviz`` files.
+
+Nothing here imports torch: a trace saved on a GPU machine opens, reduces and exports anywhere.
+"""
+
+from __future__ import annotations
+
+from mmviz.data import reductions
+from mmviz.data.attention import AttentionTrace, ModuleAttention
+from mmviz.data.io import load
+from mmviz.data.qk import QKAttention
+from mmviz.data.tokens import KINDS, TokenTable
+
+__all__ = ["KINDS", "AttentionTrace", "ModuleAttention", "QKAttention", "TokenTable", "load", "reductions"]
