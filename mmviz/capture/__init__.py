@@ -62,7 +62,9 @@ def capture(
     """
     from mmviz.capture._session import Capture
 
-    return Capture(model, processor, layers=layers, heads=heads, modules=modules, store=store, qk_threshold=qk_threshold)
+    return Capture(
+        model, processor, layers=layers, heads=heads, modules=modules, store=store, qk_threshold=qk_threshold
+    )
 
 
 class _CallableModule(types.ModuleType):

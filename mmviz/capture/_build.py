@@ -13,9 +13,17 @@ from mmviz.capture.layouts import LayoutContext, resolve_layout
 from mmviz.data import AttentionTrace, ModuleAttention, QKAttention, TokenTable
 
 
-def build_trace(run: Run, model: torch.nn.Module, processor: Any) -> AttentionTrace:
-    """Assembles the arrays of every recorded stack and lays out the positions they refer to."""
+def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[int] | None = None) -> AttentionTrace:
+    """Assembles the arrays of every recorded stack and lays out the positions they refer to.
+
+    Args:
+        run: what was recorded during one forward or ``generate`` call.
+        model: the captured model.
+        processor: its processor or tokenizer (or ``None``).
+        heads: the model head indices that were kept (``None``: all).
+    """
     arrays: dict[str, tuple[list[int], Any]] = {}
+    stacked: Any
     groups = sorted({t.group for t in [*run.dense, *run.qk]})
     for group in groups:
         if any(t.group == group for t in run.dense):
@@ -31,14 +39,20 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any) -> AttentionTr
     resolve_layout(ctx)
     _fill_unassigned(ctx)
 
-    heads_kept = _heads_kept(run, arrays)
     modules = {}
     for group, (layers, stacked) in arrays.items():
         q_name, k_name = ctx.module_tables[group]
+        kept = tuple(heads) if heads is not None else tuple(range(stacked.shape[2]))
         dense, qk = (stacked, None) if isinstance(stacked, np.ndarray) else (None, stacked)
-        modules[group] = ModuleAttention(group, tuple(layers), heads_kept[group], q_name, k_name, dense=dense, qk=qk)
+        if qk is not None:
+            qk.head_index = np.asarray(kept, dtype=np.int64)
+        modules[group] = ModuleAttention(group, tuple(layers), kept, q_name, k_name, dense=dense, qk=qk)
     used = {n for g in arrays for n in ctx.module_tables[g]}
-    info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", ""), "generate": run.generate}
+    info = {
+        "model": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", ""),
+        "generate": run.generate,
+    }
     return AttentionTrace(modules, {n: t for n, t in ctx.tables.items() if n in used}, info)
 
 
@@ -92,15 +106,9 @@ def _stack_qk(per_layer: list[list[dict[str, Any]]]) -> QKAttention:
     )
 
 
-def _heads_kept(run: Run, arrays: dict[str, tuple[list[int], Any]]) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for group, (_, stacked) in arrays.items():
-        n = stacked.shape[2]
-        out[group] = tuple(range(n))
-    return out
-
-
-def _context(run: Run, model: torch.nn.Module, processor: Any, shapes: dict[str, tuple[int, int, int]]) -> LayoutContext:
+def _context(
+    run: Run, model: torch.nn.Module, processor: Any, shapes: dict[str, tuple[int, int, int]]
+) -> LayoutContext:
     tokenizer = tokenizer_of(processor)
     config = model.config
     first = dict(run.calls[0]) if run.calls else {}
@@ -112,21 +120,27 @@ def _context(run: Run, model: torch.nn.Module, processor: Any, shapes: dict[str,
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     main_key = "decoder_input_ids" if encoder_decoder else "input_ids"
     step_ids = [c[main_key] for c in forward_calls if main_key in c]
-    ctx = LayoutContext(model=model, config=config, processor=processor, tokenizer=tokenizer, inputs=first, shapes=shapes, tables=tables)
+    ctx = LayoutContext(
+        model=model, config=config, processor=processor, tokenizer=tokenizer, inputs=first, shapes=shapes, tables=tables
+    )
     if encoder_decoder:
         if "input_ids" in first:
             tables["text"] = _text_tables([first["input_ids"]], first.get("attention_mask"), tokenizer)
         if step_ids:
             tables["decoder"] = _text_tables(step_ids, None, tokenizer, generated=run.generate)
     elif step_ids:
-        mask = next((c["attention_mask"] for c in reversed(forward_calls) if "attention_mask" in c), first.get("attention_mask"))
+        mask = next(
+            (c["attention_mask"] for c in reversed(forward_calls) if "attention_mask" in c), first.get("attention_mask")
+        )
         tables["text"] = _text_tables(step_ids, mask, tokenizer, generated=run.generate)
     if "pixel_values" in first and first["pixel_values"].ndim in (4, 5):
         ctx.images = images_from_pixels(first["pixel_values"], processor)
     return ctx
 
 
-def _text_tables(steps: list[torch.Tensor], mask: torch.Tensor | None, tokenizer: Any, generated: bool = False) -> list[TokenTable]:
+def _text_tables(
+    steps: list[torch.Tensor], mask: torch.Tensor | None, tokenizer: Any, generated: bool = False
+) -> list[TokenTable]:
     ids = torch.cat(steps, dim=1)
     prompt = steps[0].shape[1]
     out = []

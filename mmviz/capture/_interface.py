@@ -141,10 +141,10 @@ def call_original(
     """Runs the implementation the model had before the capture (sdpa for kernels that need other masks)."""
     if implementation == "eager":
         mask = additive_mask(attention_mask, query, key, module, kwargs)
-        return model_eager_function(module)(module, query, key, value, mask, **kwargs)  # type: ignore[no-any-return]
+        return model_eager_function(module)(module, query, key, value, mask, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 def record_attention(

@@ -20,7 +20,6 @@ from mmviz.capture import DEFAULT_QK_THRESHOLD
 from mmviz.capture._interface import causal_without_mask
 from mmviz.errors import CaptureError
 
-
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
 
@@ -162,13 +161,17 @@ class Recorder:
         if self.heads is None:
             return tensor
         if max(self.heads) >= tensor.shape[1]:
-            raise CaptureError(f"heads={self.heads} asks for head {max(self.heads)}, but the model has {tensor.shape[1]}")
+            raise CaptureError(
+                f"heads={self.heads} asks for head {max(self.heads)}, but the model has {tensor.shape[1]}"
+            )
         return tensor[:, self.heads]
 
     def add_dense(self, target: Target, probs: torch.Tensor | None) -> None:
         """Stores ``[batch, heads, query, key]`` probabilities as float16 on CPU."""
         if probs is None:
-            raise CaptureError(f"the eager attention of {target.group!r} layer {target.layer} returned no probabilities")
+            raise CaptureError(
+                f"the eager attention of {target.group!r} layer {target.layer} returned no probabilities"
+            )
         kept = self._heads(probs.detach())
         self.current.dense.setdefault(target, []).append(kept.to("cpu", torch.float16))
 

@@ -14,8 +14,16 @@ from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
 
 _INPUT_NAMES = (
-    "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "token_type_ids", "mm_token_type_ids",
-    "decoder_input_ids", "decoder_attention_mask", "image_sizes", "inputs_embeds",
+    "input_ids",
+    "attention_mask",
+    "pixel_values",
+    "image_grid_thw",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "image_sizes",
+    "inputs_embeds",
 )
 
 
@@ -36,7 +44,11 @@ def _all_configs(model: torch.nn.Module) -> list[Any]:
 
 
 def _cpu_inputs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().to("cpu") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items() if k in _INPUT_NAMES and v is not None}
+    return {
+        k: v.detach().to("cpu") if isinstance(v, torch.Tensor) else v
+        for k, v in kwargs.items()
+        if k in _INPUT_NAMES and v is not None
+    }
 
 
 class Capture:
@@ -47,7 +59,7 @@ class Capture:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         processor: Any = None,
         layers: Sequence[int] | dict[str, Sequence[int]] | None = None,
         heads: Sequence[int] | None = None,
@@ -71,7 +83,13 @@ class Capture:
             )
         self.model = model
         self.processor = processor
-        self._options = {"layers": layers, "heads": heads, "modules": modules, "store": store, "qk_threshold": qk_threshold}
+        self._options = {
+            "layers": layers,
+            "heads": heads,
+            "modules": modules,
+            "store": store,
+            "qk_threshold": qk_threshold,
+        }
         self.recorder: Recorder | None = None
         self._restore: list[Callable[[], None]] = []
         self._traces: list[AttentionTrace] | None = None
@@ -90,7 +108,11 @@ class Capture:
         self._traces = None
         try:
             for config in configs:
-                self._restore.append(functools.partial(setattr, config, "_attn_implementation_internal", config._attn_implementation_internal))
+                self._restore.append(
+                    functools.partial(
+                        setattr, config, "_attn_implementation_internal", config._attn_implementation_internal
+                    )
+                )
                 config._attn_implementation_internal = _interface.IMPLEMENTATION
             handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
             self._restore.append(handle.remove)
@@ -135,7 +157,7 @@ class Capture:
                 run.sequences = sequences.detach().to("cpu")
             return out
 
-        model.generate = generate  # type: ignore[method-assign]
+        model.generate = generate
         if original is None:
             self._restore.append(lambda: model.__dict__.pop("generate", None))
         else:
@@ -181,7 +203,7 @@ class Capture:
             runs: list[Run] = [r for r in self.recorder.runs if r.dense or r.qk]
             if not runs:
                 raise CaptureError(self._nothing_recorded_message())
-            self._traces = [build_trace(run, self.model, self.processor) for run in runs]
+            self._traces = [build_trace(run, self.model, self.processor, self.recorder.heads) for run in runs]
         return self._traces
 
     @property

@@ -134,7 +134,7 @@ def patch_table(
         image_index=[-1] * n_prefix + [0] * (rows * cols) if image_ok else None,
         patch_row=np.concatenate([np.full(n_prefix, -1), k // cols]) if image_ok else None,
         patch_col=np.concatenate([np.full(n_prefix, -1), k % cols]) if image_ok else None,
-        images=[image] if image_ok else [],
+        images=[image] if image is not None else [],
         grids=[grid] if image_ok else [],
     )
 

@@ -50,7 +50,7 @@ class ModuleAttention:
     def __post_init__(self) -> None:
         if (self.dense is None) == (self.qk is None):
             raise ValueError("ModuleAttention needs exactly one of `dense` and `qk`")
-        b, n_layers, n_heads, _, _ = self.shape
+        _, n_layers, n_heads, _, _ = self.shape
         if (n_layers, n_heads) != (len(self.layers), len(self.heads)):
             raise ValueError(
                 f"module {self.name!r}: {n_layers} layers × {n_heads} heads stored but "
@@ -306,7 +306,9 @@ class AttentionTrace:
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionTrace:
         """Inverse of :meth:`to_payload`."""
-        tables = {name: [TokenTable.from_payload(t, arrays) for t in tabs] for name, tabs in meta["tables"].items()}
+        tables: dict[str, Sequence[TokenTable]] = {
+            name: [TokenTable.from_payload(t, arrays) for t in tabs] for name, tabs in meta["tables"].items()
+        }
         modules = {}
         for entry in meta["modules"]:
             p = entry["prefix"]
@@ -339,7 +341,7 @@ class AttentionTrace:
     def __repr__(self) -> str:
         lines = [f"AttentionTrace(batch={self.batch_size})"]
         for m in self.modules.values():
-            b, n_layers, n_heads, nq, nk = m.shape
+            _, n_layers, n_heads, nq, nk = m.shape
             lines.append(f"  {m.name}: {n_layers} layers × {n_heads} heads, {nq}×{nk} ({m.store})")
         return "\n".join(lines)
 

@@ -29,7 +29,9 @@ _READERS: dict[str, Callable[[dict[str, Any], dict[str, np.ndarray]], Any]] = {}
 class Saveable(Protocol):
     """What a trace class provides to be saved."""
 
-    def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
+    def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON metadata and named arrays."""
+        ...
 
 
 def register_type(name: str, reader: Callable[[dict[str, Any], dict[str, np.ndarray]], Any]) -> None:

@@ -110,10 +110,13 @@ class LayoutContext:
             positions = np.flatnonzero(tab.token_id == image_token_id)
             n_images = len(positions) // per_image
             if n_images * per_image != len(positions):
-                raise ValueError(
-                    f"found {len(positions)} image tokens, not a multiple of the {rows}×{cols} patch grid"
-                )
-            kind, index, prow, pcol = tab.kind.copy(), tab.image_index.copy(), tab.patch_row.copy(), tab.patch_col.copy()
+                raise ValueError(f"found {len(positions)} image tokens, not a multiple of the {rows}×{cols} patch grid")
+            kind, index, prow, pcol = (
+                tab.kind.copy(),
+                tab.image_index.copy(),
+                tab.patch_row.copy(),
+                tab.patch_col.copy(),
+            )
             text = tab.text.copy()
             k = np.arange(len(positions)) % per_image
             kind[positions] = "image"
@@ -124,9 +127,16 @@ class LayoutContext:
             image_counter += n_images
             new.append(
                 TokenTable(
-                    text=text, kind=kind, word_id=_words_after_images(tab.word_id, positions), image_index=index,
-                    patch_row=prow, patch_col=pcol, token_id=tab.token_id, generated=tab.generated,
-                    images=tuple(images), grids=tuple([grid] * n_images),
+                    text=text,
+                    kind=kind,
+                    word_id=_words_after_images(tab.word_id, positions),
+                    image_index=index,
+                    patch_row=prow,
+                    patch_col=pcol,
+                    token_id=tab.token_id,
+                    generated=tab.generated,
+                    images=tuple(images),
+                    grids=tuple([grid] * n_images),
                 )
             )
         self.tables[table] = new
