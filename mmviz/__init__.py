@@ -9,12 +9,16 @@ The public API::
     trace = cap.attention                                    # an AttentionTrace (numpy only)
     trace.probs(layers=[5])                                  # [layers, heads, query, key]
     trace.save("run.mmviz"); mmviz.load("run.mmviz")         # safe, versioned files
+    view = trace.show(layer=5)                               # linked AttentionView widget
+    mmviz.save_html([view], "report.html", title="...")     # one offline HTML file
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; :func:`capture` imports them when called.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from mmviz import capture
 from mmviz.data import AttentionTrace, ModuleAttention, TokenTable, load
@@ -33,4 +37,18 @@ __all__ = [
     "__version__",
     "capture",
     "load",
+    "save_html",
 ]
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def save_html(views: Any, path: Any, **options: Any) -> Path:
+    """Writes views to one self-contained, offline HTML file.
+
+    See :func:`mmviz.export.save_html` (``title=``, ``notes=``, ``budget=``).
+    """
+    from mmviz.export import save_html as _save_html
+
+    return _save_html(views, path, **options)

@@ -338,6 +338,28 @@ class AttentionTrace:
             )
         return cls(modules, tables, meta.get("info"))
 
+    # -- views -----------------------------------------------------------------------------------
+    def show(self, **options: Any) -> Any:
+        """An interactive :class:`~mmviz.widgets.AttentionView` of this trace.
+
+        Args:
+            **options: ``module=``, ``layer=``, ``head=``, ``batch_index=``, ``layers=``, ``heads=``,
+                ``direction=``, ``hide_special=``, ``merge_words=``, ``cmap=``, ... (see AttentionView).
+        """
+        from mmviz.widgets import AttentionView
+
+        return AttentionView(self, **options)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """Shows the trace as an AttentionView when it is the last expression of a notebook cell."""
+        from mmviz.errors import MMVizError
+
+        try:
+            view = self.show()
+        except MMVizError as err:  # too big for the default budget: fall back to text, saying why
+            return {"text/plain": f"{self!r}\n({err})"}
+        return view._repr_mimebundle_(**kwargs)
+
     def __repr__(self) -> str:
         lines = [f"AttentionTrace(batch={self.batch_size})"]
         for m in self.modules.values():

@@ -1,0 +1,41 @@
+/** Small DOM helpers. Text goes in through `textContent` only: token text is data, never markup. */
+
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className?: string,
+  text?: string,
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/** Sizes a canvas for the device pixel ratio and returns its 2D context, scaled to CSS pixels. */
+export function sizeCanvas(
+  canvas: HTMLCanvasElement,
+  width: number,
+  height: number,
+): CanvasRenderingContext2D {
+  const ratio = typeof window !== "undefined" ? Math.max(1, Math.min(3, window.devicePixelRatio || 1)) : 1;
+  canvas.width = Math.max(1, Math.round(width * ratio));
+  canvas.height = Math.max(1, Math.round(height * ratio));
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const ctx = canvas.getContext("2d");
+  if (!ctx) throw new Error("mmviz: a 2D canvas is not available in this browser");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  return ctx;
+}
+
+/** The theme's foreground and muted colours, read from CSS so canvases follow light and dark themes. */
+export function themeColors(el: Element): { fg: string; muted: string; accent: string; bg: string } {
+  const style = getComputedStyle(el);
+  const read = (name: string, fallback: string) => style.getPropertyValue(name).trim() || fallback;
+  return {
+    fg: read("--mmviz-fg", "#1f2328"),
+    muted: read("--mmviz-muted", "#6e7781"),
+    accent: read("--mmviz-accent", "#d1242f"),
+    bg: read("--mmviz-bg", "#ffffff"),
+  };
+}

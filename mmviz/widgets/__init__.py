@@ -1,0 +1,12 @@
+"""anywidget views of mmviz traces (``trace.show()`` returns one).
+
+Each view keeps its trace in Python, syncs small binary summaries, serves full attention maps on
+request, and links its panes in the browser. ``view.save("x.html")`` writes an offline page.
+"""
+
+from __future__ import annotations
+
+from mmviz.widgets._static import MissingBundleError
+from mmviz.widgets.attention_view import COLORMAPS, AttentionView
+
+__all__ = ["COLORMAPS", "AttentionView", "MissingBundleError"]

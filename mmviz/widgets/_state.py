@@ -1,0 +1,198 @@
+"""What an AttentionView sends to the browser: token tables, thumbnails and attention maps as payloads.
+
+All tensors go through :mod:`mmviz._codec` (binary, uint8 quantised per slice). Nothing here touches
+widgets or traitlets, so the HTML export builds the same state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mmviz import _codec
+from mmviz.data.attention import AttentionTrace
+from mmviz.data.tokens import TokenTable
+
+__all__ = ["AGGREGATES", "MapKey", "SliceSource", "block_mean", "map_nbytes", "module_state", "table_state"]
+
+AGGREGATES = ("head", "mean", "max", "rollout")
+"""How one attention map is chosen: one head, or a reduction over the heads."""
+
+
+@dataclass(frozen=True)
+class MapKey:
+    """One attention map of a view: ``module|layer|head`` (``head`` a number or a reduction name)."""
+
+    module: str
+    layer: int
+    aggregate: str = "head"
+    head: int = 0
+
+    @property
+    def key(self) -> str:
+        """The string the front end uses (``js/src/model.ts: sliceKey``)."""
+        return f"{self.module}|{self.layer}|{self.head if self.aggregate == 'head' else self.aggregate}"
+
+
+def table_state(table: TokenTable) -> dict[str, Any]:
+    """The browser's copy of a token table: text as JSON strings, integer columns and images binary."""
+    return {
+        "text": [str(t) for t in table.text.tolist()],
+        "kind": [str(k) for k in table.kind.tolist()],
+        "word_id": _codec.encode_tensor(table.word_id, "int32"),
+        "image_index": _codec.encode_tensor(table.image_index, "int32"),
+        "patch_row": _codec.encode_tensor(table.patch_row, "int32"),
+        "patch_col": _codec.encode_tensor(table.patch_col, "int32"),
+        "images": [_codec.encode_tensor(im, "uint8") for im in table.images],
+        "grids": [[int(r), int(c)] for r, c in table.grids],
+    }
+
+
+def steps(n_query: int, n_key: int, max_matrix: int) -> tuple[int, int]:
+    """Rows/columns averaged into one matrix cell so that neither side exceeds ``max_matrix``."""
+    return max(1, math.ceil(n_query / max_matrix)), max(1, math.ceil(n_key / max_matrix))
+
+
+def module_state(
+    trace: AttentionTrace, name: str, layers: list[int], heads: list[int], max_matrix: int
+) -> dict[str, Any]:
+    """Description of one module for the front end (``js/src/model.ts: ModuleState``)."""
+    m = trace.module(name)
+    _, _, _, nq, nk = m.shape
+    q_step, k_step = steps(nq, nk, max_matrix)
+    return {
+        "name": name,
+        "layers": layers,
+        "heads": heads,
+        "query_table": m.query_table,
+        "key_table": m.key_table,
+        "n_query": int(nq),
+        "n_key": int(nk),
+        "q_step": q_step,
+        "k_step": k_step,
+        "self_attention": m.query_table == m.key_table,
+    }
+
+
+def block_mean(values: np.ndarray, q_step: int, k_step: int) -> np.ndarray:
+    """Means over ``q_step × k_step`` blocks of the last two axes (edge blocks may be smaller).
+
+    Args:
+        values: ``[..., query, key]`` array.
+        q_step: query rows per block.
+        k_step: key columns per block.
+
+    Returns:
+        ``[..., ceil(query / q_step), ceil(key / k_step)]`` float32.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    if q_step == 1 and k_step == 1:
+        return v
+    nq, nk = v.shape[-2:]
+    q_edges = np.arange(0, nq, q_step)
+    k_edges = np.arange(0, nk, k_step)
+    sums = np.add.reduceat(np.add.reduceat(v, q_edges, axis=-2), k_edges, axis=-1)
+    area = np.diff(np.append(q_edges, nq))[:, None] * np.diff(np.append(k_edges, nk))[None, :]
+    return (sums / area).astype(np.float32)
+
+
+def thumb_steps(nq: int, nk: int, size: int) -> tuple[int, int]:
+    """Block steps for thumbnails of at most ``size`` cells per side."""
+    return steps(nq, nk, size)
+
+
+def map_nbytes(n_query: int, n_key: int, q_step: int, k_step: int) -> int:
+    """Bytes one attention map costs on the wire (uint8 cells plus a float32 scale and offset per row)."""
+    rows, cols = math.ceil(n_query / q_step), math.ceil(n_key / k_step)
+    return rows * cols + 8 * rows
+
+
+class SliceSource:
+    """Computes attention maps of one trace and batch item, with a small cache.
+
+    Args:
+        trace: the trace.
+        batch_index: the batch item.
+        max_matrix: most rows/columns of a map; bigger maps are block-averaged.
+        cache_size: maps kept in memory.
+    """
+
+    def __init__(self, trace: AttentionTrace, batch_index: int, max_matrix: int, cache_size: int = 8) -> None:
+        self.trace = trace
+        self.batch_index = batch_index
+        self.max_matrix = max_matrix
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._rollout: dict[str, np.ndarray] = {}
+
+    def steps(self, module: str) -> tuple[int, int]:
+        """Downsampling steps of a module's maps."""
+        _, _, _, nq, nk = self.trace.module(module).shape
+        return steps(nq, nk, self.max_matrix)
+
+    def matrix(self, key: MapKey) -> np.ndarray:
+        """``[rows, cols]`` float32 attention map (block-averaged when the module is big).
+
+        Raises:
+            KeyError: the module, layer or head was not captured.
+            ValueError: rollout of a cross-attention module, or an unknown aggregate.
+        """
+        hit = self._cache.get(key.key)
+        if hit is not None:
+            self._cache.move_to_end(key.key)
+            return hit
+        t, b = self.trace, self.batch_index
+        if key.aggregate == "head":
+            full = t.probs(key.module, b, layers=[key.layer], heads=[key.head])[0, 0]
+        elif key.aggregate == "mean":
+            full = t.head_mean(key.module, b, layers=[key.layer])[0]
+        elif key.aggregate == "max":
+            full = t.head_max(key.module, b, layers=[key.layer])[0]
+        elif key.aggregate == "rollout":
+            if key.module not in self._rollout:
+                self._rollout[key.module] = t.rollout(key.module, b)
+            slot = list(t.module(key.module).layers).index(key.layer)
+            full = self._rollout[key.module][slot]
+        else:
+            raise ValueError(f"unknown aggregate {key.aggregate!r}; use one of {AGGREGATES}")
+        out = block_mean(full, *self.steps(key.module))
+        self._cache[key.key] = out
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def payload(self, key: MapKey) -> dict[str, Any]:
+        """The map as a uint8 payload quantised per query row."""
+        return _codec.encode_uint8(self.matrix(key), axes=1)
+
+    def thumbnails(self, module: str, layers: list[int], heads: list[int], size: int) -> dict[str, Any]:
+        """Thumbnails of every shown head, and of the head mean and max, per layer.
+
+        Returns:
+            ``{"heads": [layers, heads, s, s], "mean": [layers, s, s], "max": [layers, s, s]}`` payloads,
+            each quantised per thumbnail.
+        """
+        _, _, _, nq, nk = self.trace.module(module).shape
+        qs, ks = thumb_steps(nq, nk, size)
+        per_head, means, maxes = [], [], []
+        for layer in layers:
+            p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
+            per_head.append(block_mean(p, qs, ks))
+            means.append(block_mean(p.mean(axis=0), qs, ks))
+            maxes.append(block_mean(p.max(axis=0), qs, ks))
+        return {
+            "heads": _codec.encode_uint8(np.stack(per_head), axes=2),
+            "mean": _codec.encode_uint8(np.stack(means), axes=1),
+            "max": _codec.encode_uint8(np.stack(maxes), axes=1),
+        }
+
+
+def thumbs_nbytes(n_layers: int, n_heads: int, nq: int, nk: int, size: int) -> int:
+    """Bytes of one module's thumbnails on the wire."""
+    qs, ks = thumb_steps(nq, nk, size)
+    cells = math.ceil(nq / qs) * math.ceil(nk / ks)
+    return n_layers * (n_heads + 2) * (cells + 8)
