@@ -28,10 +28,10 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
     for group in groups:
         if any(t.group == group for t in run.dense):
             targets = sorted((t for t in run.dense if t.group == group), key=lambda t: t.layer)
-            stacked = _stack_dense([assemble_dense(run.dense[t]) for t in targets], group)
+            stacked = _stack_dense([_assemble(run.dense[t]) for t in targets], group)
         else:
             targets = sorted((t for t in run.qk if t.group == group), key=lambda t: t.layer)
-            stacked = _stack_qk([run.qk[t] for t in targets])
+            stacked = _stack_qk([_join_chunks_qk(run.qk[t]) for t in targets])
         arrays[group] = ([t.layer for t in targets], stacked)
 
     shapes = {g: _shape(a) for g, (_, a) in arrays.items()}
@@ -59,6 +59,59 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
 def _shape(stacked: Any) -> tuple[int, int, int]:
     b, _, _, q, k = stacked.shape
     return int(b), int(q), int(k)
+
+
+def _chunked(lengths: list[tuple[int, int]]) -> bool:
+    """Whether several calls of one layer are independent chunks of one sequence, not decoding steps.
+
+    Some attention modules call the attention function once per chunk (Qwen2-VL's vision tower runs
+    once per image through ``cu_seqlens``): each call sees its own keys only (key length = query length),
+    while a decoding step with a KV cache sees every earlier key as well.
+    """
+    if len(lengths) < 2 or any(k != q for q, k in lengths):
+        return False
+    # decoding without a cache recomputes the whole, one token longer, sequence at every step
+    return any(lengths[i + 1][0] != lengths[i][0] + 1 for i in range(len(lengths) - 1))
+
+
+def _assemble(steps: list[torch.Tensor]) -> np.ndarray:
+    """Joins the calls of one layer: block-diagonal for independent chunks, else as decoding steps."""
+    if not _chunked([(s.shape[2], s.shape[3]) for s in steps]):
+        return assemble_dense(steps)
+    b, h = steps[0].shape[:2]
+    n = sum(s.shape[2] for s in steps)
+    out = np.zeros((b, h, n, n), dtype=np.float16)
+    start = 0
+    for s in steps:
+        end = start + s.shape[2]
+        out[:, :, start:end, start:end] = s.numpy()
+        start = end
+    return out
+
+
+def _join_chunks_qk(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns independent chunk calls (see :func:`_chunked`) into one call with a block-diagonal mask."""
+    if not _chunked([(s["query"].shape[2], s["key"].shape[2]) for s in steps]):
+        return steps
+    b = steps[0]["query"].shape[0]
+    n = sum(s["query"].shape[2] for s in steps)
+    mask = torch.zeros(b, n, n, dtype=torch.bool)
+    start = 0
+    for s in steps:
+        q = s["query"].shape[2]
+        block = s["mask"] if s["mask"] is not None else torch.ones(b, q, q, dtype=torch.bool)
+        if s["mask"] is None and s["causal"]:
+            block = block.tril()
+        mask[:, start : start + q, start : start + q] = block
+        start += q
+    joined = dict(steps[0])
+    joined.update(
+        query=torch.cat([s["query"] for s in steps], dim=2),
+        key=torch.cat([s["key"] for s in steps], dim=2),
+        mask=mask,
+        causal=False,
+    )
+    return [joined]
 
 
 def _stack_dense(per_layer: list[np.ndarray], group: str) -> np.ndarray:

@@ -20,7 +20,7 @@ query and key table names). Stacks a layout leaves out are matched to tables by 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ __all__ = ["LayoutContext", "register_layout", "resolve_layout"]
 
 Layout = Callable[["LayoutContext"], None]
 _LAYOUTS: dict[str, Layout] = {}
-_BUILTIN = ("vision", "llava")
+_BUILTIN = ("vision", "llava", "qwen2_vl", "paligemma", "blip2")
 
 
 def register_layout(*model_types: str) -> Callable[[Layout], Layout]:
@@ -96,38 +96,55 @@ class LayoutContext:
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
         return int(h) // int(ph), int(w) // int(pw)
 
-    def mark_image_tokens(self, image_token_id: int, grid: tuple[int, int], table: str = "text") -> None:
+    def mark_image_tokens(
+        self,
+        image_token_id: int,
+        grid: tuple[int, int] | Sequence[tuple[int, int]],
+        table: str = "text",
+    ) -> None:
         """Marks placeholder tokens as image patches, ``rows·cols`` per image, row-major.
 
         The k-th placeholder of an image is patch ``(k // cols, k % cols)``; images are taken in order
-        across the batch (one image per run of placeholders).
+        across the batch (each image takes the next ``rows·cols`` placeholders).
+
+        Args:
+            image_token_id: the placeholder's vocabulary id.
+            grid: ``(rows, cols)`` shared by every image, or one grid per image in input order
+                (models with native-resolution images, e.g. Qwen2-VL).
+            table: the table to edit.
         """
-        rows, cols = grid
-        per_image = rows * cols
+        shared = isinstance(grid[0], (int, np.integer))
+        grids: list[Any] = [grid] if shared else list(grid)
         image_counter = 0
         new = []
         for tab in self.tables[table]:
             positions = np.flatnonzero(tab.token_id == image_token_id)
-            n_images = len(positions) // per_image
-            if n_images * per_image != len(positions):
-                raise ValueError(f"found {len(positions)} image tokens, not a multiple of the {rows}×{cols} patch grid")
-            kind, index, prow, pcol = (
-                tab.kind.copy(),
-                tab.image_index.copy(),
-                tab.patch_row.copy(),
-                tab.patch_col.copy(),
-            )
-            text = tab.text.copy()
-            k = np.arange(len(positions)) % per_image
-            kind[positions] = "image"
-            index[positions] = np.arange(len(positions)) // per_image
-            prow[positions], pcol[positions] = k // cols, k % cols
-            text[positions] = [f"<img {r},{c}>" for r, c in zip(k // cols, k % cols)]
-            images = [self.image(image_counter + i) for i in range(n_images)]
-            image_counter += n_images
+            kind, index = tab.kind.copy(), tab.image_index.copy()
+            prow, pcol, text = tab.patch_row.copy(), tab.patch_col.copy(), tab.text.astype(object)
+            images: list[np.ndarray] = []
+            table_grids: list[tuple[int, int]] = []
+            done = 0
+            while done < len(positions):
+                if not shared and image_counter >= len(grids):
+                    raise ValueError(f"found more image tokens than the {len(grids)} image grids account for")
+                rows, cols = (int(v) for v in grids[0 if shared else image_counter])
+                if done + rows * cols > len(positions):
+                    raise ValueError(
+                        f"found {len(positions)} image tokens, which do not fill whole {rows}×{cols} patch grids"
+                    )
+                pos = positions[done : done + rows * cols]
+                k = np.arange(rows * cols)
+                kind[pos] = "image"
+                index[pos] = len(images)
+                prow[pos], pcol[pos] = k // cols, k % cols
+                text[pos] = [f"<img {r},{c}>" for r, c in zip(k // cols, k % cols)]
+                images.append(self.image(image_counter))
+                table_grids.append((rows, cols))
+                image_counter += 1
+                done += rows * cols
             new.append(
                 TokenTable(
-                    text=text,
+                    text=text.astype(str),
                     kind=kind,
                     word_id=_words_after_images(tab.word_id, positions),
                     image_index=index,
@@ -136,7 +153,7 @@ class LayoutContext:
                     token_id=tab.token_id,
                     generated=tab.generated,
                     images=tuple(images),
-                    grids=tuple([grid] * n_images),
+                    grids=tuple(table_grids),
                 )
             )
         self.tables[table] = new
