@@ -58,17 +58,14 @@ export class StandaloneModel<T extends Record<string, unknown>> {
   }
 }
 
-/** Decodes base64 text into a JSON value whose `{"__b64__"}` leaves become DataViews. */
-export function decodeState(base64: string): Record<string, unknown> {
-  const binary = atob(base64.trim());
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return reviveBinary(JSON.parse(new TextDecoder().decode(bytes))) as Record<string, unknown>;
+/** Parses the embedded JSON state; its `{"__b64__"}` leaves become DataViews. */
+export function decodeState(json: string): Record<string, unknown> {
+  return reviveBinary(JSON.parse(json)) as Record<string, unknown>;
 }
 
-/** Mounts one view into `host` (inside a shadow root) from its base64 state. */
-export function mount(host: HTMLElement, base64State: string): () => void {
-  const state = decodeState(base64State) as unknown as AttentionViewState;
+/** Mounts one view into `host` (inside a shadow root) from its embedded JSON state. */
+export function mount(host: HTMLElement, jsonState: string): () => void {
+  const state = decodeState(jsonState) as unknown as AttentionViewState;
   state._standalone = true;
   const model = new StandaloneModel(state as unknown as Record<string, unknown>);
   const shadow = host.shadowRoot ?? host.attachShadow({ mode: "open" });

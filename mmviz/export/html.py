@@ -1,7 +1,7 @@
 """One self-contained HTML file for one or more views: opens from ``file://`` with no network.
 
 The page holds the front-end bundle (``mmviz/static/standalone.js``, base64), each view's state as
-base64 JSON whose binary leaves are ``{"__b64__": ...}``, and a few lines that import the bundle from a
+JSON (``<`` escaped) whose binary leaves are ``{"__b64__": ...}``, and a few lines that import the bundle from a
 Blob URL and mount each view into its own shadow root. Titles, notes and token text are data: they are
 HTML-escaped here and rendered with ``textContent`` by the front end, so nothing in them runs.
 """
@@ -20,9 +20,6 @@ from mmviz.widgets._static import read_asset
 
 __all__ = ["Exportable", "render_html", "save_html"]
 
-DEFAULT_BUDGET = 24_000_000
-"""Bytes of attention maps embedded per view (see ``AttentionView.export_state``)."""
-
 
 class Exportable(Protocol):
     """Anything with an ``export_state(budget)`` (every mmviz view)."""
@@ -40,9 +37,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _b64_json(state: dict[str, Any]) -> str:
-    text = json.dumps(_jsonable(state), separators=(",", ":"), allow_nan=False)
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+def _script_json(state: dict[str, Any]) -> str:
+    """JSON safe inside a ``<script>`` element: every ``<`` is escaped, so no ``</script>`` can occur."""
+    text = json.dumps(_jsonable(state), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return text.replace("<", "\\u003c")
 
 
 _PAGE = """<!doctype html>
@@ -94,7 +92,7 @@ def render_html(
     *,
     title: str | None = None,
     notes: str | None = None,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
 ) -> str:
     """The page's HTML text (see :func:`save_html`)."""
     from mmviz import __version__
@@ -109,10 +107,9 @@ def render_html(
     for i, view in enumerate(views):
         if not hasattr(view, "export_state"):
             raise TypeError(f"save_html: item {i} ({type(view).__name__}) is not an mmviz view")
-        state = _b64_json(view.export_state(budget=budget))
+        state = _script_json(view.export_state() if budget is None else view.export_state(budget=budget))
         hosts.append(f'<div class="mmviz-export" id="mmviz-view-{i}" data-mmviz-state="mmviz-state-{i}"></div>')
-        # base64 cannot contain "<", so no state can close its <script> element early.
-        states.append(f'<script type="application/octet-stream" id="mmviz-state-{i}">{state}</script>')
+        states.append(f'<script type="application/json" id="mmviz-state-{i}">{state}</script>')
     bundle = base64.b64encode(read_asset("standalone.js").encode("utf-8")).decode("ascii")
     return _PAGE.format(
         version=html.escape(__version__),
@@ -130,7 +127,7 @@ def save_html(
     *,
     title: str | None = None,
     notes: str | None = None,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
 ) -> Path:
     """Writes views to one self-contained HTML file that works offline (``file://``, no network).
 
@@ -139,7 +136,7 @@ def save_html(
         path: file to write.
         title: page heading.
         notes: text shown under the heading (plain text, not markup).
-        budget: bytes of attention maps embedded per view; a trace over it embeds the most useful
+        budget: bytes of attention maps embedded per view (default 16 MB); a trace over it embeds the most useful
             maps (current selection, head means, the current layer's heads, ...) and the page lists
             what it left out.
 

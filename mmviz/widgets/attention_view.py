@@ -28,7 +28,7 @@ COLORMAPS = ("viridis", "cividis", "magma", "blues", "greys")
 DEFAULT_BUDGET = 16_000_000
 """Bytes of binary data the initial widget state may hold."""
 
-DEFAULT_EXPORT_BUDGET = 24_000_000
+DEFAULT_EXPORT_BUDGET = 16_000_000
 """Bytes of attention maps an HTML export embeds per view."""
 
 _OPTIONS = (
@@ -340,7 +340,7 @@ class AttentionView(anywidget.AnyWidget):
         *,
         title: str | None = None,
         notes: str | None = None,
-        budget: int = DEFAULT_EXPORT_BUDGET,
+        budget: int | None = None,
     ) -> None:
         """Writes the view to one self-contained HTML file (see :func:`mmviz.save_html`)."""
         from mmviz.export import save_html

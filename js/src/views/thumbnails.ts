@@ -181,6 +181,7 @@ export class ThumbnailGrid {
       }
     }
     this.canvas.dataset.selected = this.selected ? describe(this.selected) : "";
+    this.canvas.dataset.cell = `${LEFT},${TOP},${c + GAP}`;
   }
 }
 
