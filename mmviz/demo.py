@@ -99,6 +99,6 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
         )
     say(f"writing {out}")
     path = Path(out)
-    mmviz.save_html(views, path, title="mmviz demo: attention in a tiny CLIP and a tiny VLM", notes=notes)
+    mmviz.save_html(views, path, title="mmviz demo: attention in a tiny CLIP and a tiny VLM", notes="\n".join(notes))
     say("done")
     return path
