@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from mmviz.cli import main  # noqa: E402
+from mmviz.cli import main
 
 
 def test_demo_writes_an_offline_report(tmp_path, capsys):
