@@ -9,6 +9,7 @@ The public API::
     trace = cap.attention                                    # an AttentionTrace (numpy only)
     trace.probs(layers=[5])                                  # [layers, heads, query, key]
     trace.save("run.mmviz"); mmviz.load("run.mmviz")         # safe, versioned files
+    attr = mmviz.attribute(model, inputs, processor=processor, method="integrated_gradients", target=" red")
     view = trace.show(layer=5)                               # linked AttentionView widget
     mmviz.save_html([view], "report.html", title="...")     # one offline HTML file
 
@@ -21,13 +22,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mmviz import capture
-from mmviz.data import AttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.attribution import attribute
+from mmviz.data import AttentionTrace, Attribution, ModuleAttention, TokenTable, load
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionTrace",
+    "Attribution",
     "BudgetError",
     "CaptureError",
     "MMVizError",
@@ -35,6 +38,7 @@ __all__ = [
     "TokenTable",
     "TraceFileError",
     "__version__",
+    "attribute",
     "capture",
     "load",
     "save_html",

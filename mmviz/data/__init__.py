@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
+from mmviz.data.attribution import Attribution
 from mmviz.data.io import load
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
 
-__all__ = ["KINDS", "AttentionTrace", "ModuleAttention", "QKAttention", "TokenTable", "load", "reductions"]
+__all__ = [
+    "KINDS",
+    "AttentionTrace",
+    "Attribution",
+    "ModuleAttention",
+    "QKAttention",
+    "TokenTable",
+    "load",
+    "reductions",
+]

@@ -1,0 +1,118 @@
+"""Token and patch attributions: gradients, integrated gradients, rollout, relevance and occlusion.
+
+``mmviz.attribute(model, inputs, method=..., target=...)`` explains one example's target (a logit, an
+answer's log-probability, a CLIP/SigLIP similarity or a contrast of two) by scoring every input position:
+text tokens through their input embeddings, image tokens and pixels through ``pixel_values``. The result
+is an :class:`~mmviz.data.Attribution` (numpy only) whose token table is the one
+:func:`mmviz.capture` builds, so attributions link to attention traces by position and by
+``(image, row, col)``.
+
+One method per file: :mod:`.saliency`, :mod:`.input_x_gradient`, :mod:`.integrated_gradients`,
+:mod:`.attention_rollout`, :mod:`.relevance`, :mod:`.occlusion`. Every method leaves the model as it
+found it (hooks removed, attention implementation, train/eval mode and ``requires_grad`` flags
+restored), also when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["METHODS", "attribute"]
+
+METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
+"""The method names :func:`attribute` accepts."""
+
+
+def _method(name: str) -> Callable[..., dict[str, Any]]:
+    import importlib
+
+    if name not in METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; use one of {', '.join(METHODS)}")
+    module = importlib.import_module(f"mmviz.attribution.{name}")
+    fn: Callable[..., dict[str, Any]] = getattr(module, name)
+    return fn
+
+
+def attribute(
+    model: Any,
+    inputs: Any,
+    *,
+    method: str = "integrated_gradients",
+    target: Any = None,
+    processor: Any = None,
+    baseline: Any = "zeros",
+    steps: int = 50,
+    batch_size: int = 8,
+    progress: bool = True,
+    per_token: bool = False,
+    sources: Sequence[str] | None = None,
+    rule: str = "gausslegendre",
+) -> Any:
+    """Scores every input position (and pixel) of one example for a target.
+
+    Example::
+
+        inputs = processor(images=image, text="USER: <image> What shape? ASSISTANT:", return_tensors="pt")
+        attr = mmviz.attribute(model, inputs, processor=processor, method="integrated_gradients", target=" square")
+        attr.scores            # [targets, positions]
+        attr.pixels            # [targets, H, W]
+        attr.show()
+
+    Args:
+        model: a transformers model: a causal LM or VLM (GPT-2, Llama, Qwen2, LLaVA, Qwen2-VL, PaliGemma,
+            ...), a classifier (BERT, ViT, ...) or a two-tower model (CLIP, SigLIP).
+        inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
+        method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
+            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``.
+        target: what to explain.
+
+            * ``None``: the model's own prediction (next token, top class, the first caption).
+            * ``int``: a token id's logit at the last position (language models) or a class logit.
+            * ``str``: an answer appended to the prompt, explained by the sum of its tokens' log-probs
+              (``per_token=True``: one row per answer token, a ``[generated, source]`` matrix); a label
+              name for classifiers; a caption whose similarity to the image is explained for CLIP/SigLIP.
+            * ``(a, b)``: a contrast, ``f(a) − f(b)`` (e.g. ``("red", "blue")``).
+        processor: the processor or tokenizer (token texts, answers, captions, image layout).
+        baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
+            embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
+            pixels, or ``{"text": ..., "image": ...}``.
+        steps: integrated gradients' points on the path.
+        batch_size: path points (or occluded copies) per forward pass; bounds memory.
+        progress: ``tqdm.auto`` progress bar for the multi-pass methods.
+        per_token: one score row per answer token.
+        sources: attribute ``"text"`` and/or ``"image"`` (default: both when present).
+        rule: integrated gradients' integration rule (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
+
+    Returns:
+        An :class:`~mmviz.data.Attribution`.
+
+    Raises:
+        ValueError: an unknown method or target, a batch of several examples, or nothing to attribute.
+    """
+    import torch
+
+    from mmviz.attribution._problem import Problem, prepared
+    from mmviz.data import Attribution
+
+    fn = _method(method)
+    if hasattr(inputs, "data") and not isinstance(inputs, dict):
+        inputs = dict(inputs.data)
+    inputs = dict(inputs)
+    with prepared(model), torch.no_grad():
+        problem = Problem(
+            model, inputs, processor, target, per_token=per_token, sources=None if sources is None else tuple(sources)
+        )
+        result = fn(problem, baseline=baseline, steps=steps, batch_size=batch_size, progress=progress, rule=rule)
+    info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", "")}
+    info.update(result.get("info", {}))
+    return Attribution(
+        scores=result["scores"],
+        tokens=problem.table,
+        method=method,
+        targets=tuple(problem.plan.labels),
+        target=problem.plan.description,
+        pixel_maps=result.get("pixel_maps", ()),
+        delta=result.get("delta"),
+        info=info,
+    )
