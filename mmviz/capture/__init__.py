@@ -1,8 +1,12 @@
-"""Capture attention while models run: transformers models (text, vision, VLMs).
+"""Capture attention while models run: transformers models (text, vision, VLMs) and diffusers pipelines.
 
 ``with mmviz.capture(model, processor=processor) as cap:`` switches the model to a recording attention
 implementation registered in transformers' AttentionInterface, and switches it back on exit, also when
 the block raises. ``cap.attention`` is an :class:`~mmviz.data.AttentionTrace` (numpy only).
+
+``with mmviz.capture(pipe) as cap:`` around a diffusers pipeline (or its UNet / transformer) records the
+cross-attention maps of every denoising step: ``cap.cross_attention`` is a
+:class:`~mmviz.data.CrossAttentionTrace`.
 """
 
 from __future__ import annotations
@@ -10,9 +14,13 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from diffusers.models.modeling_utils import ModelMixin
+
+    from mmviz.capture._diffusers import DiffusionCapture
     from mmviz.capture._session import Capture
 
 __all__ = ["DEFAULT_QK_THRESHOLD", "capture"]
@@ -21,6 +29,17 @@ DEFAULT_QK_THRESHOLD = 4096
 """``store="auto"`` keeps queries and keys instead of probabilities from this many keys on."""
 
 
+@overload
+def capture(
+    model: DiffusionPipeline | ModelMixin,
+    processor: Any = None,
+    layers: Sequence[int | str] | None = None,
+    heads: bool = False,
+    **diffusion_options: Any,
+) -> DiffusionCapture: ...
+
+
+@overload
 def capture(
     model: Any,
     processor: Any = None,
@@ -29,7 +48,19 @@ def capture(
     modules: Sequence[str] | None = None,
     store: str = "auto",
     qk_threshold: int = DEFAULT_QK_THRESHOLD,
-) -> Capture:
+) -> Capture: ...
+
+
+def capture(
+    model: Any,
+    processor: Any = None,
+    layers: Any = None,
+    heads: Any = None,
+    modules: Sequence[str] | None = None,
+    store: str = "auto",
+    qk_threshold: int = DEFAULT_QK_THRESHOLD,
+    **diffusion_options: Any,
+) -> Capture | DiffusionCapture:
     """Records attention of ``model`` while it runs inside a ``with`` block.
 
     Example::
@@ -52,14 +83,37 @@ def capture(
             recomputes probabilities on demand (for long sequences); ``"auto"`` picks ``"qk"`` from
             ``qk_threshold`` keys on.
         qk_threshold: sequence length from which ``store="auto"`` keeps queries and keys.
+        **diffusion_options: for diffusers pipelines only: ``tokens``, ``branch``, ``cfg``, ``max_bytes``
+            (see below).
 
     Returns:
         A :class:`Capture`; after the block, ``cap.attention`` is the trace of the last forward or
         ``generate`` call, ``cap.traces`` holds one trace per call.
 
+    Diffusers pipelines (SD 1.x/2.x, SDXL, PixArt, SD3, Flux) or their bare UNet / transformer::
+
+        with mmviz.capture(pipe) as cap:
+            image = pipe("a red circle left of a blue square", num_inference_steps=30).images[0]
+        cap.cross_attention.heatmap("circle")  # [H, W] DAAM map; cap.cross_attention.show()
+
+    record the image → prompt attention of every text-conditioned layer at every step; the output is the
+    uncaptured one. Arguments for them: ``layers`` (indices, names or parts of names, e.g.
+    ``["up_blocks"]``), ``heads`` (``True`` keeps every head; default: mean over heads), and keywords
+    ``tokens="prompt"`` (drop padding; ``"all"`` keeps it), ``branch="cond"`` (or ``"uncond"``: the
+    classifier-free-guidance branch recorded), ``cfg=None`` (auto-detect a doubled CFG batch),
+    ``max_bytes`` (budget of recorded maps; :class:`~mmviz.errors.BudgetError` before the run otherwise).
+
     Raises:
         CaptureError: the model does not route attention through transformers' AttentionInterface.
     """
+    if not isinstance(model, type) and _is_diffusers(model):
+        from mmviz.capture._diffusers import DiffusionCapture
+
+        if processor is not None or modules is not None or store != "auto":
+            raise TypeError("processor=, modules= and store= apply to transformers models, not to diffusers pipelines")
+        return DiffusionCapture(model, layers=layers, heads=False if heads is None else heads, **diffusion_options)
+    if diffusion_options:
+        raise TypeError(f"unexpected arguments for a transformers capture: {sorted(diffusion_options)}")
     from mmviz.capture._session import Capture
 
     return Capture(
@@ -67,10 +121,15 @@ def capture(
     )
 
 
+def _is_diffusers(obj: Any) -> bool:
+    """A diffusers pipeline or model, recognised without importing diffusers."""
+    return any(cls.__module__.split(".")[0] == "diffusers" for cls in type(obj).__mro__)
+
+
 class _CallableModule(types.ModuleType):
     """Lets ``mmviz.capture(model)`` call :func:`capture` although ``mmviz.capture`` is this package."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Capture:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return capture(*args, **kwargs)
 
 

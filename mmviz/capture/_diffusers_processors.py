@@ -1,0 +1,370 @@
+"""Recording attention processors for diffusers denoisers.
+
+Each processor computes its output exactly as the diffusers processor it replaces (same operations in the
+same order, same kernel), so the generated image does not change; when the running
+:class:`~mmviz.capture._diffusers.DiffusionCapture` asks for the current call, it also computes the
+attention probabilities of the image positions over the prompt tokens for the recorded batch rows and hands
+them over, reduced over heads unless heads are kept.
+
+- :class:`CrossAttnRecorder` replaces ``AttnProcessor2_0`` on ``attn2`` of UNet and PixArt blocks;
+  :class:`WrappedCrossAttnRecorder` wraps any other ``attn2`` processor (its output is the wrapped
+  processor's; the probabilities are recomputed from ``to_q``/``to_k``).
+- :class:`JointAttnRecorder` replaces ``JointAttnProcessor2_0`` (SD3): image and text share one softmax,
+  ``[image, text]``; the map is the image-query → text-key block of it.
+- :class:`FluxAttnRecorder` replaces ``FluxAttnProcessor``: ``[text, image]`` in double-stream blocks and
+  in the joint sequence of single-stream blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mmviz.capture._diffusers import DiffusionCapture
+
+__all__ = ["CrossAttnRecorder", "FluxAttnRecorder", "JointAttnRecorder", "WrappedCrossAttnRecorder"]
+
+_CHUNK_ELEMENTS = 1 << 24
+"""Largest score block (elements) computed at once for joint attention."""
+
+
+def _masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask.to(scores.dtype)
+
+
+def _image_to_text(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    text: slice,
+    keep: torch.Tensor,
+    heads: bool,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Probabilities that image queries pay to the kept text keys, the softmax running over all keys.
+
+    Args:
+        query: ``[batch, heads, image, dim]`` image queries.
+        key: ``[batch, heads, keys, dim]`` all keys of the softmax.
+        text: the text keys within ``keys``.
+        keep: ``[tokens]`` indices of the stored tokens within the text keys.
+        heads: keep the heads (else mean over heads).
+        mask: additive or boolean mask broadcastable to ``[batch, heads, image, keys]``.
+
+    Returns:
+        ``[batch, tokens, image]`` float32 (``[batch, heads, tokens, image]`` with ``heads``).
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    b, h, n, _ = query.shape
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, b * h * key.shape[2]))
+    parts = []
+    for start in range(0, n, chunk):
+        q = query[:, :, start : start + chunk]
+        scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale
+        if mask is not None:
+            m = mask if mask.shape[-2] == 1 else mask[..., start : start + chunk, :]
+            scores = _masked_scores(scores, m)
+        probs = scores.softmax(dim=-1)[..., text].index_select(-1, keep)
+        parts.append(probs if heads else probs.mean(dim=1))
+    probs = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+    return probs.transpose(-1, -2)
+
+
+class CrossAttnRecorder:
+    """``AttnProcessor2_0`` (diffusers 0.42) that also records ``attn2`` probabilities.
+
+    Args:
+        session: the capture that receives the maps.
+        slot: this layer's index in the capture.
+    """
+
+    def __init__(self, session: DiffusionCapture, slot: int) -> None:
+        self.session = session
+        self.slot = slot
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        request = self.session.request(self.slot, key.shape[2])
+        if request is not None:
+            rows, keep = request
+            mask = None if attention_mask is None else attention_mask[rows]
+            probs = _image_to_text(query[rows], key[rows], slice(None), keep, self.session.heads, mask)
+            self.session.store(self.slot, probs, attn.heads)
+
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states
+
+
+class WrappedCrossAttnRecorder:
+    """Wraps any other ``attn2`` processor: its output is the wrapped processor's own.
+
+    The probabilities are recomputed from ``to_q`` and ``to_k`` (costing one more query projection), with
+    the text keys only (extra keys a processor appends, e.g. IP-Adapter image tokens, are not seen).
+    """
+
+    def __init__(self, session: DiffusionCapture, slot: int, original: Any) -> None:
+        self.session = session
+        self.slot = slot
+        self.original = original
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        out: torch.Tensor = self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+            temb=temb, **kwargs,
+        )  # fmt: skip
+        context = encoder_hidden_states
+        if context is None:
+            return out
+        request = self.session.request(self.slot, self.session.text_length or context.shape[1])
+        if request is None:
+            return out
+        rows, keep = request
+        with torch.no_grad():
+            h = hidden_states
+            if attn.spatial_norm is not None:
+                h = attn.spatial_norm(h, temb)
+            if h.ndim == 4:
+                h = h.flatten(2).transpose(1, 2)
+            if attn.group_norm is not None:
+                h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+            context = context[:, : self.session.text_length or context.shape[1]]
+            if attn.norm_cross:
+                context = attn.norm_encoder_hidden_states(context)
+            h, context = h[rows], context[rows]
+            query = attn.to_q(h)
+            key = attn.to_k(context)
+            head_dim = key.shape[-1] // attn.heads
+            query = query.view(query.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+            key = key.view(key.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            mask = None
+            if attention_mask is not None:
+                full = attn.prepare_attention_mask(attention_mask, key.shape[2], hidden_states.shape[0])
+                mask = full.view(hidden_states.shape[0], attn.heads, -1, full.shape[-1])[rows][..., : key.shape[2]]
+            probs = _image_to_text(query, key, slice(None), keep, self.session.heads, mask)
+        self.session.store(self.slot, probs, attn.heads)
+        return out
+
+
+class JointAttnRecorder:
+    """``JointAttnProcessor2_0`` (SD3, diffusers 0.42) that also records the image → text block."""
+
+    def __init__(self, session: DiffusionCapture, slot: int) -> None:
+        self.session = session
+        self.slot = slot
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if encoder_hidden_states is not None:
+            c_query = attn.add_q_proj(encoder_hidden_states)
+            c_key = attn.add_k_proj(encoder_hidden_states)
+            c_value = attn.add_v_proj(encoder_hidden_states)
+            c_query = c_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            c_key = c_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            c_value = c_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_added_q is not None:
+                c_query = attn.norm_added_q(c_query)
+            if attn.norm_added_k is not None:
+                c_key = attn.norm_added_k(c_key)
+            n_image = query.shape[2]
+            query = torch.cat([query, c_query], dim=2)
+            key = torch.cat([key, c_key], dim=2)
+            value = torch.cat([value, c_value], dim=2)
+            request = self.session.request(self.slot, c_key.shape[2])
+            if request is not None:
+                rows, keep = request
+                probs = _image_to_text(
+                    query[rows][:, :, :n_image], key[rows], slice(n_image, None), keep, self.session.heads
+                )
+                self.session.store(self.slot, probs, attn.heads)
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : residual.shape[1]],
+                hidden_states[:, residual.shape[1] :],
+            )
+            if not attn.context_pre_only:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if encoder_hidden_states is not None:
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+
+class FluxAttnRecorder:
+    """``FluxAttnProcessor`` (diffusers 0.42) that also records the image → text block.
+
+    Double-stream blocks get the text as ``encoder_hidden_states``; single-stream blocks get the joint
+    ``[text, image]`` sequence, and the text length comes from the capture (the denoiser's context).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, session: DiffusionCapture, slot: int, original: Any) -> None:
+        self.session = session
+        self.slot = slot
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = query.unflatten(-1, (-1, attn.head_dim))
+        key = key.unflatten(-1, (-1, attn.head_dim))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
+            encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
+            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
+            encoder_query = attn.norm_added_q(encoder_query)
+            encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([encoder_query, query], dim=1)
+            key = torch.cat([encoder_key, key], dim=1)
+            value = torch.cat([encoder_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        n_text = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else self.session.text_length
+        if n_text:
+            request = self.session.request(self.slot, n_text)
+            if request is not None:
+                rows, keep = request
+                q = query[rows][:, n_text:].transpose(1, 2)  # [b, heads, image, dim]
+                k = key[rows].transpose(1, 2)
+                mask = None
+                if attention_mask is not None:
+                    mask = attention_mask[rows] if attention_mask.shape[0] == query.shape[0] else attention_mask
+                    if mask.ndim == 4 and mask.shape[-2] > 1:
+                        mask = mask[..., n_text:, :]
+                probs = _image_to_text(q, k, slice(0, n_text), keep, self.session.heads, mask)
+                self.session.store(self.slot, probs, query.shape[2])
+
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3)
+        hidden_states = hidden_states.to(query.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
+            )
+            hidden_states = attn.to_out[0](hidden_states.contiguous())
+            hidden_states = attn.to_out[1](hidden_states)
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+            return hidden_states, encoder_hidden_states
+        return hidden_states
