@@ -7,14 +7,11 @@ Skipped cleanly when /usr/bin/chromium (or the playwright package) is missing. S
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 
 CHROMIUM = Path(os.environ.get("MMVIZ_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

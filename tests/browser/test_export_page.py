@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from browser_helpers import CANVAS_STATS
-from synthetic import make_trace
+from tests.browser.browser_helpers import CANVAS_STATS
+from tests.fixtures.synthetic import make_trace
 
 import mmviz
 

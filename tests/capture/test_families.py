@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import conftest as tiny  # noqa: E402
+from tests.capture import conftest as tiny  # noqa: E402
 
 import mmviz  # noqa: E402
 from mmviz.capture._recorder import module_group  # noqa: E402

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import traitlets
-from synthetic import big_trace, make_trace
+from tests.fixtures.synthetic import big_trace, make_trace
 
 from mmviz import BudgetError
 from mmviz._codec import decode_tensor, payload_nbytes
