@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
+from tests.attribution.conftest import random_image
 
 import mmviz
 from mmviz.attribution import attribute

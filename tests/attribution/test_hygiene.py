@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import model_state, random_image
+from tests.attribution.conftest import model_state, random_image
 
 from mmviz.attribution import METHODS, attribute
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import random_image
+from tests.attribution.conftest import random_image
 
 from mmviz.attribution import attribute
 from mmviz.data import reductions
