@@ -97,6 +97,8 @@ export class AttentionApp {
 
   destroy(): void {
     for (const fn of this.cleanups.splice(0)) fn();
+    this.sides.query.strip?.destroy();
+    this.sides.key.strip?.destroy();
     this.root.remove();
   }
 
@@ -327,6 +329,8 @@ export class AttentionApp {
 
   private buildSides(module: ModuleState): void {
     this.builtModule = module.name;
+    this.sides.query.strip?.destroy();
+    this.sides.key.strip?.destroy();
     this.displayKey = "";
     const cross = !module.self_attention;
     const makeStrip = (side: "query" | "key", title: string) =>

@@ -81,6 +81,7 @@ for (const host of document.querySelectorAll("[data-mmviz-state]")) {{
   }}
 }}
 document.body.dataset.mmvizReady = "1";
+requestAnimationFrame(() => {{ document.body.dataset.mmvizPaintedMs = performance.now().toFixed(1); }});
 </script>
 </body>
 </html>
