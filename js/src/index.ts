@@ -1,13 +1,19 @@
 /**
  * anywidget entry (AFM): `export default { render }`. Bundled by esbuild into `mmviz/static/widget.js`,
- * which `mmviz/widgets/attention_view.py` points `_esm` at.
+ * which every view in `mmviz/widgets/` points `_esm` at; the `_view` trait picks the application
+ * (absent: the AttentionView).
  */
-import type { RenderProps } from "@anywidget/types";
+import type { AnyModel, RenderProps } from "@anywidget/types";
 import { AttentionApp } from "./app";
 import type { AttentionViewState } from "./model";
+import { CrossAttentionApp, type CrossAttentionState } from "./views/cross-attention";
 
 export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, "model" | "el">): () => void {
-  const app = new AttentionApp(model);
+  const view = (model as unknown as AnyModel<{ _view?: string }>).get("_view");
+  const app =
+    view === "cross_attention"
+      ? new CrossAttentionApp(model as unknown as AnyModel<CrossAttentionState>)
+      : new AttentionApp(model);
   el.classList.add("mmviz-host");
   el.append(app.root);
   return () => app.destroy();

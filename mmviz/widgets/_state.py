@@ -181,8 +181,9 @@ class SliceSource:
         per_head, means, maxes = [], [], []
         for layer in layers:
             p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
-            per_head.append(block_mean(p, qs, ks))
-            means.append(block_mean(p.mean(axis=0), qs, ks))
+            thumbs = block_mean(p, qs, ks)
+            per_head.append(thumbs)
+            means.append(thumbs.mean(axis=0))  # block means are linear: the mean of thumbnails is exact
             maxes.append(block_mean(p.max(axis=0), qs, ks))
         return {
             "heads": _codec.encode_uint8(np.stack(per_head), axes=2),

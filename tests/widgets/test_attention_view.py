@@ -116,3 +116,18 @@ def test_batch_index_switch_reloads():
     assert view.source.batch_index == 1 and view._slices is not before
     with pytest.raises(IndexError):
         AttentionView(t, batch_index=5)
+
+
+def test_thumbnails_match_block_means_of_the_data(trace):
+    from mmviz.widgets._state import block_mean, thumb_steps
+
+    view = AttentionView(trace, modules=["language_model"])
+    thumbs = view._thumbs["language_model"]
+    n = view._modules[0]["n_query"]
+    qs, ks = thumb_steps(n, n, view.thumb_size)
+    mean = block_mean(trace.head_mean(), qs, ks)
+    mx = block_mean(trace.head_max(), qs, ks)
+    heads = block_mean(trace.probs(), qs, ks)
+    np.testing.assert_allclose(decode_tensor(thumbs["mean"]), mean, atol=mean.max() / 255 + 1e-6)
+    np.testing.assert_allclose(decode_tensor(thumbs["max"]), mx, atol=mx.max() / 255 + 1e-6)
+    np.testing.assert_allclose(decode_tensor(thumbs["heads"]), heads, atol=heads.max() / 255 + 1e-6)

@@ -50,7 +50,14 @@ export function groupSlice(group: MapGroup, word: number, step: number): Float32
 /**
  * Adds a bilinear (half-pixel centres, edges clamped) upsample of `src [h, w]` to `out [H, W]`.
  */
-export function addBilinear(src: Float32Array, h: number, w: number, out: Float32Array, H: number, W: number): void {
+export function addBilinear(
+  src: Float32Array,
+  h: number,
+  w: number,
+  out: Float32Array,
+  H: number,
+  W: number,
+): void {
   const sy = h / H;
   const sx = w / W;
   for (let y = 0; y < H; y++) {

@@ -91,7 +91,7 @@ export class ImagePane {
     ctx.imageSmoothingEnabled = true;
     ctx.drawImage(this.base, 0, 0, this.width, this.height);
     if (values) {
-      ctx.fillStyle = "rgba(0,0,0,0.35)";
+      ctx.fillStyle = "rgba(0,0,0,0.25)";
       ctx.fillRect(0, 0, this.width, this.height);
       for (let r = 0; r < rows; r++) {
         for (let c = 0; c < cols; c++) {
@@ -99,7 +99,8 @@ export class ImagePane {
           if (unit < 0) continue;
           const idx = lutIndex(values[unit] ?? 0, vmax);
           if (idx === 0) continue;
-          const alpha = 0.2 + 0.7 * (idx / 255) ** 0.6;
+          // Translucent even at the maximum, so the image stays visible under uniform attention.
+          const alpha = 0.12 + 0.58 * (idx / 255) ** 0.8;
           ctx.fillStyle = `rgba(${table[idx * 3]},${table[idx * 3 + 1]},${table[idx * 3 + 2]},${alpha.toFixed(3)})`;
           ctx.fillRect(c * cw, r * ch, cw + 0.5, ch + 0.5);
         }

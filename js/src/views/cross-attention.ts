@@ -1,0 +1,355 @@
+/**
+ * The CrossAttentionView application (`mmviz/widgets/cross_attention_view.py`): the generated image with
+ * the selected word's map over it, a word strip (hover previews, click selects), a timestep scrubber with
+ * play (its last position sums every step, DAAM's map), one toggle per resolution, opacity and colormap,
+ * and small multiples of every word at the current step. Everything is computed in the browser from the
+ * synced per-resolution maps; only durable selections go back to Python.
+ */
+import type { AnyModel } from "@anywidget/types";
+import { decodeTensor, type TensorPayload } from "../codecs";
+import { COLORMAPS, lut } from "../render/colormap";
+import css from "./cross-attention.css";
+import { decodeGroup, type GroupPayload, heatRGBA, type MapGroup, wordMap } from "./cross-attention-maps";
+import { h, sizeCanvas } from "./dom";
+
+/** The synced state, mirroring `CrossAttentionView`'s traits. */
+export interface CrossAttentionState {
+  word: number;
+  /** Step shown; -1 sums all steps. */
+  step: number;
+  /** Resolutions switched on (`"HxW"`). */
+  resolutions: string[];
+  opacity: number;
+  cmap: string;
+  batch_index: number;
+  _view: "cross_attention";
+  _title: string;
+  _words: string[];
+  _timesteps: number[];
+  _groups: GroupPayload[];
+  _image: TensorPayload | null;
+  _image_size: [number, number];
+  _notes: string[];
+  _standalone: boolean;
+}
+
+type Model = AnyModel<CrossAttentionState>;
+
+const MAIN_SIDE = 320;
+const THUMB_SIDE = 96;
+const PLAY_MS = 350;
+const SYNCED = ["word", "step", "resolutions", "opacity", "cmap"] as const;
+
+interface Local {
+  word: number;
+  step: number;
+  resolutions: Set<string>;
+  opacity: number;
+  cmap: string;
+  /** Word under the pointer (previewed in the main pane), -1 for none. */
+  hover: number;
+}
+
+export class CrossAttentionApp {
+  readonly root = h("div", "mmviz-root mmviz-xattn");
+  private groups: MapGroup[] = [];
+  private words: string[] = [];
+  private timesteps: number[] = [];
+  private image: HTMLCanvasElement | null = null;
+  private imageSize: [number, number] = [1, 1];
+  private state: Local;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly cleanups: (() => void)[] = [];
+  private readonly notes = h("ul", "mmviz-notes");
+  private readonly playButton = h("button", "mmviz-xattn-play", "▶");
+  private readonly slider = h("input", "mmviz-xattn-step");
+  private readonly stepLabel = h("span", "mmviz-xattn-step-label");
+  private readonly resBox = h("span", "mmviz-control mmviz-xattn-res");
+  private readonly opacityInput = h("input", "mmviz-xattn-opacity");
+  private readonly cmapSelect = h("select", "mmviz-xattn-cmap");
+  private readonly mainCanvas = h("canvas", "mmviz-xattn-canvas");
+  private readonly caption = h("figcaption", "mmviz-xattn-caption");
+  private readonly wordStrip = h("div", "mmviz-xattn-words");
+  private readonly grid = h("div", "mmviz-xattn-grid");
+  private thumbs: HTMLCanvasElement[] = [];
+
+  constructor(private readonly model: Model) {
+    const style = h("style");
+    style.textContent = css;
+    this.root.append(style);
+    const title = model.get("_title");
+    if (title) this.root.append(h("div", "mmviz-title", title));
+    this.state = {
+      word: model.get("word"),
+      step: model.get("step"),
+      resolutions: new Set(model.get("resolutions")),
+      opacity: model.get("opacity"),
+      cmap: model.get("cmap"),
+      hover: -1,
+    };
+    this.root.append(this.notes, this.buildControls());
+    const figure = h("figure", "mmviz-xattn-main");
+    figure.append(this.mainCanvas, this.caption);
+    const side = h("div", "mmviz-xattn-side");
+    side.append(
+      h("div", "mmviz-pane-title", "prompt"),
+      this.wordStrip,
+      h("div", "mmviz-pane-title", "all words"),
+      this.grid,
+    );
+    const body = h("div", "mmviz-xattn-body");
+    body.append(figure, side);
+    this.root.append(body);
+    this.load();
+    for (const key of SYNCED) {
+      const handler = () => this.fromModel();
+      model.on(`change:${key}`, handler);
+      this.cleanups.push(() => model.off(`change:${key}`, handler));
+    }
+    for (const key of ["_groups", "_image", "_words", "_timesteps"] as const) {
+      const handler = () => this.load();
+      model.on(`change:${key}`, handler);
+      this.cleanups.push(() => model.off(`change:${key}`, handler));
+    }
+  }
+
+  destroy(): void {
+    this.stop(false);
+    for (const fn of this.cleanups.splice(0)) fn();
+  }
+
+  // -- building --------------------------------------------------------------------------------------
+  private buildControls(): HTMLElement {
+    const controls = h("div", "mmviz-controls");
+    this.playButton.type = "button";
+    this.playButton.title = "play the denoising steps";
+    this.playButton.addEventListener("click", () => (this.timer ? this.stop(true) : this.play()));
+    this.slider.type = "range";
+    this.slider.min = "0";
+    this.slider.addEventListener("input", () => {
+      this.stop(false);
+      const v = Number(this.slider.value);
+      this.update({ step: v >= this.timesteps.length ? -1 : v }, true);
+    });
+    const stepControl = h("label", "mmviz-control");
+    stepControl.append(h("span", undefined, "step"), this.slider, this.stepLabel);
+    this.opacityInput.type = "range";
+    this.opacityInput.min = "0";
+    this.opacityInput.max = "1";
+    this.opacityInput.step = "0.05";
+    this.opacityInput.value = String(this.state.opacity);
+    this.opacityInput.addEventListener("input", () =>
+      this.update({ opacity: Number(this.opacityInput.value) }, true),
+    );
+    const opacity = h("label", "mmviz-control");
+    opacity.append(h("span", undefined, "opacity"), this.opacityInput);
+    for (const name of COLORMAPS) {
+      const option = h("option", undefined, name);
+      option.value = name;
+      this.cmapSelect.append(option);
+    }
+    this.cmapSelect.value = this.state.cmap;
+    this.cmapSelect.addEventListener("change", () => this.update({ cmap: this.cmapSelect.value }, true));
+    const cmap = h("label", "mmviz-control");
+    cmap.append(h("span", undefined, "colormap"), this.cmapSelect);
+    controls.append(this.playButton, stepControl, this.resBox, opacity, cmap);
+    return controls;
+  }
+
+  /** (Re)reads the data traits: groups, words, image; rebuilds the word strip and small multiples. */
+  private load(): void {
+    const m = this.model;
+    this.groups = m.get("_groups").map(decodeGroup);
+    this.words = m.get("_words");
+    this.timesteps = m.get("_timesteps");
+    this.imageSize = m.get("_image_size");
+    const payload = m.get("_image");
+    this.image = payload ? imageCanvas(payload) : null;
+    this.notes.replaceChildren(...m.get("_notes").map((n) => h("li", undefined, n)));
+    this.slider.max = String(this.timesteps.length);
+    this.resBox.replaceChildren(h("span", undefined, "resolution"));
+    for (const g of this.groups) {
+      const box = h("input", "mmviz-xattn-res-toggle");
+      box.type = "checkbox";
+      box.dataset.key = g.key;
+      box.checked = this.state.resolutions.has(g.key);
+      box.addEventListener("change", () => {
+        const next = new Set(this.state.resolutions);
+        if (box.checked) next.add(g.key);
+        else next.delete(g.key);
+        this.update({ resolutions: next }, true);
+      });
+      const label = h("label", "mmviz-xattn-res-label");
+      label.title = `${g.layers.length} layer(s): ${g.layers.join(", ")}`;
+      label.append(box, h("span", undefined, g.key.replace("x", "×")));
+      this.resBox.append(label);
+    }
+    this.wordStrip.replaceChildren();
+    this.grid.replaceChildren();
+    this.thumbs = [];
+    this.words.forEach((word, i) => {
+      const button = h("button", "mmviz-xattn-word", word);
+      button.type = "button";
+      button.dataset.index = String(i);
+      button.addEventListener("mouseenter", () => this.update({ hover: i }, false));
+      button.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      button.addEventListener("click", () => this.update({ word: i }, true));
+      this.wordStrip.append(button);
+      const cell = h("figure", "mmviz-xattn-cell");
+      const canvas = h("canvas", "mmviz-xattn-thumb");
+      canvas.dataset.index = String(i);
+      canvas.addEventListener("click", () => this.update({ word: i }, true));
+      canvas.addEventListener("mouseenter", () => this.update({ hover: i }, false));
+      canvas.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      cell.append(canvas, h("figcaption", undefined, word));
+      this.grid.append(cell);
+      this.thumbs.push(canvas);
+    });
+    this.paint();
+  }
+
+  // -- state -----------------------------------------------------------------------------------------
+  private fromModel(): void {
+    const m = this.model;
+    this.state = {
+      ...this.state,
+      word: m.get("word"),
+      step: m.get("step"),
+      resolutions: new Set(m.get("resolutions")),
+      opacity: m.get("opacity"),
+      cmap: m.get("cmap"),
+    };
+    this.paint();
+  }
+
+  private update(patch: Partial<Local>, durable: boolean): void {
+    this.state = { ...this.state, ...patch };
+    if (durable && !this.model.get("_standalone")) {
+      if (patch.word !== undefined) this.model.set("word", patch.word);
+      if (patch.step !== undefined) this.model.set("step", patch.step);
+      if (patch.resolutions !== undefined) this.model.set("resolutions", [...patch.resolutions]);
+      if (patch.opacity !== undefined) this.model.set("opacity", patch.opacity);
+      if (patch.cmap !== undefined) this.model.set("cmap", patch.cmap);
+      if (!this.timer) this.model.save_changes();
+    }
+    this.paint();
+  }
+
+  private play(): void {
+    if (this.timesteps.length === 0) return;
+    this.playButton.textContent = "❚❚";
+    this.root.dataset.playing = "1";
+    this.timer = setInterval(() => {
+      const n = this.timesteps.length;
+      const next = this.state.step < 0 || this.state.step >= n - 1 ? 0 : this.state.step + 1;
+      this.update({ step: next }, false);
+    }, PLAY_MS);
+  }
+
+  private stop(sync: boolean): void {
+    if (!this.timer) return;
+    clearInterval(this.timer);
+    this.timer = null;
+    this.playButton.textContent = "▶";
+    delete this.root.dataset.playing;
+    if (sync) this.update({ step: this.state.step }, true);
+  }
+
+  // -- painting --------------------------------------------------------------------------------------
+  private paint(): void {
+    const s = this.state;
+    const n = this.timesteps.length;
+    this.slider.value = String(s.step < 0 ? n : s.step);
+    const t = s.step >= 0 ? this.timesteps[s.step] : undefined;
+    this.stepLabel.textContent =
+      s.step < 0 ? `all ${n} steps (sum)` : `${s.step + 1}/${n} · t=${formatTimestep(t ?? 0)}`;
+    this.opacityInput.value = String(s.opacity);
+    this.cmapSelect.value = s.cmap;
+    for (const box of this.resBox.querySelectorAll("input"))
+      box.checked = s.resolutions.has(box.dataset.key ?? "");
+    const shown = s.hover >= 0 ? s.hover : s.word;
+    for (const b of this.wordStrip.children) {
+      const i = Number((b as HTMLElement).dataset.index);
+      b.classList.toggle("is-selected", i === s.word);
+      b.classList.toggle("is-hover", i === s.hover);
+    }
+    const table = lut(s.cmap);
+    this.drawMap(this.mainCanvas, MAIN_SIDE, shown, table, 128);
+    this.root.dataset.word = String(shown);
+    this.root.dataset.step = String(s.step);
+    const what = shown >= 0 && shown < this.words.length ? `“${this.words[shown]}”` : "";
+    this.caption.textContent = `${what} · ${s.step < 0 ? "all steps" : `step ${s.step + 1}`} · ${
+      [...s.resolutions].map((r) => r.replace("x", "×")).join(", ") || "no resolution"
+    }`;
+    this.thumbs.forEach((canvas, i) => {
+      this.drawMap(canvas, THUMB_SIDE, i, table, 48);
+      canvas.classList.toggle("is-selected", i === s.word);
+    });
+  }
+
+  /** Draws the image with word `word`'s map (at most `res` cells per side) over it. */
+  private drawMap(
+    canvas: HTMLCanvasElement,
+    side: number,
+    word: number,
+    table: Uint8ClampedArray,
+    res: number,
+  ): void {
+    const [ih, iw] = this.imageSize;
+    const f = side / Math.max(ih, iw, 1);
+    const width = Math.max(16, Math.round(iw * f));
+    const height = Math.max(16, Math.round(ih * f));
+    if (canvas.dataset.size !== `${width}x${height}`) {
+      sizeCanvas(canvas, width, height);
+      canvas.dataset.size = `${width}x${height}`;
+    }
+    const ctx = canvas.getContext("2d");
+    if (!ctx) return;
+    ctx.clearRect(0, 0, width, height);
+    ctx.imageSmoothingEnabled = true;
+    if (this.image) ctx.drawImage(this.image, 0, 0, width, height);
+    else {
+      ctx.fillStyle = "#808080";
+      ctx.fillRect(0, 0, width, height);
+    }
+    const g = Math.max(ih, iw, 1);
+    const mh = Math.max(1, Math.round((ih / g) * Math.min(res, g)));
+    const mw = Math.max(1, Math.round((iw / g) * Math.min(res, g)));
+    const values = wordMap(this.groups, this.state.resolutions, word, this.state.step, mh, mw);
+    const off = document.createElement("canvas");
+    off.width = mw;
+    off.height = mh;
+    const octx = off.getContext("2d");
+    if (!octx) return;
+    const rgba = octx.createImageData(mw, mh);
+    rgba.data.set(heatRGBA(values, table, this.state.opacity));
+    octx.putImageData(rgba, 0, 0);
+    ctx.drawImage(off, 0, 0, width, height);
+    canvas.dataset.painted = word >= 0 ? "map" : "image";
+  }
+}
+
+function formatTimestep(t: number): string {
+  return Number.isInteger(t) ? String(t) : t.toPrecision(3);
+}
+
+/** A canvas holding a uint8 `[H, W, 3]` image at its own size. */
+function imageCanvas(payload: TensorPayload): HTMLCanvasElement {
+  const t = decodeTensor(payload);
+  const [ih = 1, iw = 1] = t.shape;
+  const canvas = document.createElement("canvas");
+  canvas.width = iw;
+  canvas.height = ih;
+  const ctx = canvas.getContext("2d");
+  if (ctx) {
+    const rgba = ctx.createImageData(iw, ih);
+    for (let i = 0, n = iw * ih; i < n; i++) {
+      rgba.data[i * 4] = t.data[i * 3] ?? 0;
+      rgba.data[i * 4 + 1] = t.data[i * 3 + 1] ?? 0;
+      rgba.data[i * 4 + 2] = t.data[i * 3 + 2] ?? 0;
+      rgba.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(rgba, 0, 0);
+  }
+  return canvas;
+}

@@ -1,0 +1,284 @@
+"""CrossAttentionView: a diffusion trace's word maps over the generated image, per denoising step.
+
+The state holds, for one batch item, each word's maps at every step, summed over the layers of each
+resolution (uint8, quantised per step and word), plus the image. The browser upsamples and sums the
+resolutions that are switched on, so scrubbing timesteps, playing them, hovering words and toggling
+resolutions never waits for the kernel. Which layers feed the sums is ``layers=`` (a Python option: the
+state is rebuilt). Durable selections (word, step, resolutions, opacity, colormap) are traits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from mmviz import _codec
+from mmviz.data.cross_attention import CrossAttentionTrace
+from mmviz.errors import BudgetError
+from mmviz.widgets._static import STATIC_DIR, asset
+from mmviz.widgets.attention_view import COLORMAPS
+
+__all__ = ["CrossAttentionView", "cross_attention_state"]
+
+DEFAULT_BUDGET = 16_000_000
+"""Bytes of maps the state (and an exported page) may hold."""
+
+_OPTIONS = ("word", "step", "resolutions", "opacity", "cmap", "batch_index", "layers", "special", "title", "budget")
+_DURABLE = ("word", "step", "resolutions", "opacity", "cmap", "batch_index")
+
+
+def _bundle(name: str) -> Any:
+    path = STATIC_DIR / name
+    return path if path.is_file() else "export default { render() {} };\n"
+
+
+def _res_key(res: tuple[int, int]) -> str:
+    return f"{res[0]}x{res[1]}"
+
+
+def cross_attention_state(
+    trace: CrossAttentionTrace,
+    batch_index: int = 0,
+    layers: Any = None,
+    special: bool = False,
+) -> dict[str, Any]:
+    """The data part of a view's state (``js/src/views/cross-attention.ts: CrossAttentionState``).
+
+    Args:
+        trace: the trace.
+        batch_index: batch item.
+        layers: layers summed into the maps (see :meth:`CrossAttentionTrace.layer_index`).
+        special: offer BOS/EOS as words too.
+
+    Returns:
+        ``_words`` (text per word), ``_timesteps``, ``_groups`` (one per resolution: key, ``[h, w]``, layer
+        names, and ``maps``: uint8 ``[steps, words, h, w]`` quantised per (step, word)), ``_image``.
+    """
+    words = trace.words(batch_index, special=special)
+    if not words:
+        raise ValueError("the trace's prompt has no words to show; pass special=True to show BOS/EOS")
+    slots = trace.layer_index(layers)
+    groups = []
+    for res in trace.resolutions:
+        chosen = [s for s in slots if trace.layers[s].resolution == res]
+        if not chosen:
+            continue
+        total = sum(trace.maps(s, batch_index) for s in chosen)  # [steps, tokens, h, w]
+        assert isinstance(total, np.ndarray)
+        per_word = np.stack([total[:, pos].mean(axis=1) for _, pos in words], axis=1)  # [steps, words, h, w]
+        groups.append(
+            {
+                "key": _res_key(res),
+                "resolution": [int(res[0]), int(res[1])],
+                "layers": [trace.layers[s].name for s in chosen],
+                "maps": _codec.encode_uint8(per_word, axes=2),
+            }
+        )
+    image = trace.image(batch_index)
+    height, width = trace.image_size
+    return {
+        "_words": [w for w, _ in words],
+        "_timesteps": [float(t) for t in trace.timesteps],
+        "_groups": groups,
+        "_image": None if image is None else _codec.encode_tensor(image, "uint8"),
+        "_image_size": [int(height), int(width)],
+    }
+
+
+class CrossAttentionView(anywidget.AnyWidget):
+    """Interactive view of a :class:`~mmviz.data.CrossAttentionTrace` (``trace.show(...)``).
+
+    The generated image with the selected word's map over it; the prompt's words (hover to preview,
+    click to select); a timestep scrubber with play, whose last position sums every step (DAAM); one
+    toggle per resolution; and small multiples of every word at the current step.
+
+    Args:
+        trace: the trace to show.
+        word: word index selected first (into ``trace.words()``).
+        step: step shown first; ``-1`` sums all steps (DAAM's map).
+        resolutions: resolutions switched on, e.g. ``["16x16"]`` (default: all).
+        opacity: opacity of the map over the image (0–1).
+        cmap: colormap (:data:`mmviz.widgets.COLORMAPS`).
+        batch_index: batch item.
+        layers: layers summed (indices, names or parts of names; default all).
+        special: offer BOS/EOS as words.
+        title: heading above the view.
+        budget: bytes of maps the state may hold.
+
+    Raises:
+        BudgetError: the maps exceed ``budget``; the message names ``layers=`` and ``budget=``.
+        TypeError: an unknown keyword argument.
+    """
+
+    _esm = _bundle("widget.js")
+    _css = _bundle("widget.css")
+
+    word = traitlets.Int(0).tag(sync=True)
+    """Selected word index."""
+    step = traitlets.Int(-1).tag(sync=True)
+    """Selected step, ``-1`` for the sum over all steps."""
+    resolutions: traitlets.List[str] = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    """Resolutions switched on (``"HxW"``)."""
+    opacity = traitlets.Float(0.6).tag(sync=True)
+    """Opacity of the heat map over the image."""
+    cmap = traitlets.Enum(COLORMAPS, default_value="viridis").tag(sync=True)
+    """Colormap name."""
+    batch_index = traitlets.Int(0).tag(sync=True)
+    """Batch item shown (setting it re-sends the maps)."""
+
+    _view = traitlets.Unicode("cross_attention").tag(sync=True)
+    _title = traitlets.Unicode("").tag(sync=True)
+    _words: traitlets.List[str] = traitlets.List().tag(sync=True)
+    _timesteps: traitlets.List[float] = traitlets.List().tag(sync=True)
+    _groups: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
+    _image = traitlets.Any(None).tag(sync=True)
+    _image_size: traitlets.List[int] = traitlets.List().tag(sync=True)
+    _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
+    _standalone = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, trace: CrossAttentionTrace, **options: Any) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"CrossAttentionView got unexpected keyword argument(s) {unknown}; valid options: {', '.join(_OPTIONS)}"
+            )
+        asset("widget.js")
+        asset("widget.css")
+        if not isinstance(trace, CrossAttentionTrace):
+            raise TypeError(f"CrossAttentionView needs a CrossAttentionTrace, not {type(trace).__name__}")
+        self.trace = trace
+        self._layer_filter = options.get("layers")
+        self._special = bool(options.get("special", False))
+        self.budget = int(options.get("budget", DEFAULT_BUDGET))
+        batch_index = int(options.get("batch_index", 0))
+        data = self._data(batch_index)
+        word = options.get("word", 0)
+        if isinstance(word, str):
+            word = [w.lower() for w in data["_words"]].index(word.strip().lower()) if word else 0
+        step = int(options.get("step", -1))
+        if not -1 <= step < trace.num_steps:
+            raise IndexError(f"step {step} is out of range: the trace holds {trace.num_steps} steps (-1: all)")
+        keys = [g["key"] for g in data["_groups"]]
+        resolutions = list(options.get("resolutions") or keys)
+        for r in resolutions:
+            if r not in keys:
+                raise KeyError(f"resolution {r!r} is not in this view; resolutions: {keys}")
+        super().__init__(
+            word=int(word),
+            step=step,
+            resolutions=resolutions,
+            opacity=float(options.get("opacity", 0.6)),
+            cmap=options.get("cmap", "viridis"),
+            batch_index=batch_index,
+            _title=str(options.get("title") or ""),
+            **data,
+        )
+
+    def _data(self, batch_index: int) -> dict[str, Any]:
+        data = cross_attention_state(self.trace, batch_index, self._layer_filter, self._special)
+        need = _codec.payload_nbytes(data)
+        if need > self.budget:
+            raise BudgetError(
+                f"CrossAttentionView: the maps would hold {need / 1e6:.1f} MB, over the budget of "
+                f"{self.budget / 1e6:.1f} MB ({self.trace.num_steps} steps × {len(data['_words'])} words × "
+                f"{len(data['_groups'])} resolutions). Show fewer layers with layers=[...] (e.g. "
+                "layers=['up_blocks']), or raise budget=."
+            )
+        return data
+
+    @traitlets.validate("word")
+    def _valid_word(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if self._words and not 0 <= value < len(self._words):
+            raise traitlets.TraitError(f"word {value} is out of range: the prompt shows {len(self._words)} words")
+        return value
+
+    @traitlets.validate("step")
+    def _valid_step(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if self._timesteps and not -1 <= value < len(self._timesteps):
+            raise traitlets.TraitError(f"step {value} is out of range (-1 … {len(self._timesteps) - 1})")
+        return value
+
+    @traitlets.observe("batch_index")
+    def _on_batch(self, change: dict[str, Any]) -> None:
+        if self._words:
+            data = self._data(int(change["new"]))
+            with self.hold_sync():
+                for key, value in data.items():
+                    setattr(self, key, value)
+                if self.word >= len(self._words):
+                    self.word = 0
+
+    # -- export --------------------------------------------------------------------------------------
+    def export_state(self, budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
+        """The state an exported page embeds (everything: the maps are summaries already).
+
+        Args:
+            budget: bytes of maps the page may hold.
+
+        Raises:
+            BudgetError: the maps exceed ``budget``.
+        """
+        state: dict[str, Any] = {name: getattr(self, name) for name in _DURABLE}
+        state.update(
+            _view=self._view,
+            _title=self._title,
+            _words=self._words,
+            _timesteps=self._timesteps,
+            _groups=self._groups,
+            _image=self._image,
+            _image_size=self._image_size,
+            _notes=self._notes,
+            _standalone=True,
+        )
+        need = _codec.payload_nbytes(state)
+        if need > budget:
+            raise BudgetError(
+                f"CrossAttentionView: the page would embed {need / 1e6:.1f} MB of maps, over the export budget "
+                f"of {budget / 1e6:.1f} MB; show fewer layers with trace.show(layers=[...]) or raise budget="
+            )
+        return state
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        notes: str | None = None,
+        budget: int | None = None,
+        dpi: int = 150,
+    ) -> Path:
+        """Writes the view: ``.html`` (one offline page), or ``.png``/``.svg``/``.pdf`` (matplotlib).
+
+        The figure shows the current step (or all steps) and the layers of the switched-on resolutions.
+        """
+        out = Path(path)
+        suffix = out.suffix.lower()
+        if suffix in (".html", ".htm"):
+            from mmviz.export import save_html
+
+            return save_html([self], out, title=title, notes=notes, budget=budget)
+        if suffix not in (".png", ".svg", ".pdf"):
+            raise ValueError(f"save: unknown file type {suffix!r}; use .html, .png, .svg or .pdf")
+        on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
+        slots = [
+            s
+            for s in self.trace.layer_index(self._layer_filter)
+            if (self.trace.layers[s].resolution in on) or not on
+        ]
+        fig = self.trace.figure(
+            words=None,
+            timesteps=None if self.step < 0 else [self.step],
+            layers=slots,
+            batch_index=self.batch_index,
+        )
+        if title:
+            fig.suptitle(title)
+        fig.savefig(out, dpi=dpi, bbox_inches="tight")
+        return out
