@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.attribution.conftest import random_image
 
 import mmviz
 from mmviz.attribution import METHODS, attribute
+from tests.attribution.conftest import random_image
 
 
 def _vlm(name, request):

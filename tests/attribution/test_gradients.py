@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.attribution.conftest import random_image
 
 import mmviz
 from mmviz.attribution import attribute
+from tests.attribution.conftest import random_image
 
 
 def _lm_reference(model, inputs, target_id):

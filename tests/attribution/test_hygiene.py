@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.attribution.conftest import model_state, random_image
 
 from mmviz.attribution import METHODS, attribute
+from tests.attribution.conftest import model_state, random_image
 
 
 @pytest.mark.parametrize("method", METHODS)

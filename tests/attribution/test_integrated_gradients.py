@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.attribution.conftest import random_image
 
 from mmviz.attribution import attribute
 from mmviz.attribution.integrated_gradients import path_points
+from tests.attribution.conftest import random_image
 
 
 def _reference_ig(model, inputs, target_id, baseline, steps=2000):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tests.attribution.conftest import random_image
 
 from mmviz.attribution import attribute
 from mmviz.data import reductions
+from tests.attribution.conftest import random_image
 
 
 def test_relevance_equals_step_by_step_reference_on_tiny_vit(vit, image_processor):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.attribution.conftest import random_image
 
 from mmviz.attribution import attribute
+from tests.attribution.conftest import random_image
 
 
 def test_per_token_answer_gives_generated_by_source_matrix(gpt2, tok):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import mmviz
 from tests.browser.browser_helpers import CANVAS_STATS
 from tests.fixtures.synthetic import make_trace
-
-import mmviz
 
 EVIL = "<img src=x onerror=alert(1)>"
 

@@ -21,10 +21,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tests.capture import conftest as tiny  # noqa: E402
-
 import mmviz  # noqa: E402
 from mmviz.capture._recorder import module_group  # noqa: E402
+from tests.capture import conftest as tiny  # noqa: E402
 
 IMG = tiny.random_image(32, seed=0)
 IMG2 = tiny.random_image(24, seed=1)

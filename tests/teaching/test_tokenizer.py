@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
-from mmviz.teaching import WEIGHTS_DIR  # noqa: E402
-from mmviz.teaching._tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, vocab  # noqa: E402
-from mmviz.teaching.shapes import make_scenes, vocabulary  # noqa: E402
+from mmviz.teaching import WEIGHTS_DIR
+from mmviz.teaching._tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, vocab
+from mmviz.teaching.shapes import make_scenes, vocabulary
 
 
 def test_eos_is_last_and_not_two() -> None:

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import traitlets
-from tests.fixtures.synthetic import big_trace, make_trace
 
 from mmviz import BudgetError
 from mmviz._codec import decode_tensor, payload_nbytes
 from mmviz.widgets import AttentionView
+from tests.fixtures.synthetic import big_trace, make_trace
 
 
 def test_state_is_binary_with_expected_shapes(trace):
