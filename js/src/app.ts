@@ -99,6 +99,7 @@ export class AttentionApp {
     for (const fn of this.cleanups.splice(0)) fn();
     this.sides.query.strip?.destroy();
     this.sides.key.strip?.destroy();
+    this.tooltip.destroy();
     this.root.remove();
   }
 

@@ -1,20 +1,31 @@
-/** One floating tooltip per view, showing values under the pointer. */
+/**
+ * One floating tooltip per view, showing values under the pointer. It is positioned inside the view's
+ * root (absolute), from the pointer's viewport coordinates minus the root's origin. The origin is
+ * measured once per pointer entry or scroll, not per hover, so showing the tooltip adds no layout work
+ * to a hover (a fixed position would break inside JupyterLab panels, which are containing blocks).
+ */
 import { h } from "./dom";
 
 export class Tooltip {
   readonly el = h("div", "mmviz-tooltip");
   private text = "";
+  private origin: { x: number; y: number; width: number } | null = null;
+  private readonly forget = () => {
+    this.origin = null;
+  };
 
-  constructor(root: HTMLElement) {
+  constructor(private readonly root: HTMLElement) {
     this.el.hidden = true;
     this.el.setAttribute("role", "status");
     root.append(this.el);
+    root.addEventListener("pointerenter", this.forget);
+    if (typeof window !== "undefined") {
+      window.addEventListener("scroll", this.forget, { capture: true, passive: true });
+      window.addEventListener("resize", this.forget, { passive: true });
+    }
   }
 
-  /**
-   * Shows lines of text near a pointer event (text only; never parsed as markup). Positioned with
-   * `position: fixed` from the event's viewport coordinates, so showing it reads no layout.
-   */
+  /** Shows lines of text near a pointer event (text only; never parsed as markup). */
   show(lines: string[], event: { clientX: number; clientY: number }): void {
     const text = lines.join("\n");
     if (text !== this.text) {
@@ -22,12 +33,25 @@ export class Tooltip {
       this.text = text;
     }
     this.el.hidden = false;
-    const width = typeof window === "undefined" ? 1e9 : window.innerWidth;
-    const x = event.clientX + 14 + 360 > width ? Math.max(0, event.clientX - 374) : event.clientX + 14;
-    this.el.style.transform = `translate(${Math.round(x)}px, ${Math.round(event.clientY + 14)}px)`;
+    if (!this.origin) {
+      const box = this.root.getBoundingClientRect();
+      this.origin = { x: box.left, y: box.top, width: box.width };
+    }
+    const x = event.clientX - this.origin.x;
+    const y = event.clientY - this.origin.y;
+    const left = x + 374 > this.origin.width ? Math.max(0, x - 374) : x + 14;
+    this.el.style.transform = `translate(${Math.round(left)}px, ${Math.round(y + 14)}px)`;
   }
 
   hide(): void {
     this.el.hidden = true;
+  }
+
+  destroy(): void {
+    this.root.removeEventListener("pointerenter", this.forget);
+    if (typeof window !== "undefined") {
+      window.removeEventListener("scroll", this.forget, { capture: true });
+      window.removeEventListener("resize", this.forget);
+    }
   }
 }
