@@ -94,3 +94,21 @@ def test_over_budget_export_says_what_it_left_out(tmp_path, page, shots):
     p.locator(".mmviz-c-head select").select_option("3")
     assert p.locator(".mmviz-root").get_attribute("data-state") == "missing"
     assert "not embedded" in p.locator(".mmviz-status").text_content()
+
+
+def test_4096_token_trace_opens_downsampled(tmp_path, page, shots):
+    from tests.fixtures.synthetic import big_trace
+
+    view = big_trace(4096, n_layers=1, n_heads=2).show(layer=0, head=1)
+    assert view._modules[0]["q_step"] == 4
+    path = tmp_path / "big.html"
+    view.save(path, budget=3_000_000)
+    p = page.open(path)
+    assert float(p.get_attribute("body", "data-mmviz-painted-ms") or 1e9) < 10_000
+    stats = p.locator(".mmviz-heatmap").evaluate(CANVAS_STATS)
+    assert stats["colours"] > 20
+    assert "averaged over blocks of 4×4" in " ".join(p.locator(".mmviz-notes li").all_text_contents())
+    token = p.locator(".mmviz-tok").nth(10)
+    token.hover()
+    assert p.locator(".mmviz-heatmap-overlay").get_attribute("data-rows") == "2"  # position 10 → block 2
+    p.screenshot(path=str(shots / "export-4096.png"))
