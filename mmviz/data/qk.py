@@ -2,20 +2,26 @@
 
 Dense probabilities cost ``layers·heads·N²``; at 16k tokens that is gigabytes per layer. Queries and
 keys cost ``layers·heads·N·d``. :class:`QKAttention` keeps those (post-RoPE, as the model used them,
-with grouped keys stored once) and the mask, and recomputes any rows, block or thumbnail of the
+with grouped keys stored once) and the mask, and recomputes any rows, columns, block or thumbnail of the
 probabilities in numpy, a chunk of rows at a time, so the ``N × N`` matrix is never materialised.
+
+The recomputation follows ``attn_implementation="eager"``: ``softmax(tanh(q·kᵀ·s / c)·c + mask)`` in
+float32, and a query that may attend to no key gets a uniform row (as eager's additive mask gives).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["QKAttention"]
 
-_ROW_CHUNK = 512
+_CHUNK_ELEMENTS = 1 << 22
+"""Logits computed at once (``rows × keys``, float32: 16 MiB)."""
 
 
 @dataclass(eq=False)
@@ -24,14 +30,16 @@ class QKAttention:
 
     Attributes:
         query: ``[batch, layers, heads, query, dim]`` queries after position encoding.
-        key: ``[batch, layers, kv_heads, key, dim]`` keys; head ``h`` uses key head
-            ``h // (heads // kv_heads)`` (grouped-query attention).
+        key: ``[batch, layers, kv_heads, key, dim]`` keys; stored head ``h`` uses key head
+            ``head_index[h] // group`` (grouped-query attention).
         scaling: ``[layers]`` softmax scale of each layer.
-        mask: ``[batch, query, ceil(key / 8)]`` bit-packed ``uint8`` (1 = may attend), or ``None``.
-        causal: when ``mask`` is ``None``: whether query ``i`` sees keys ``≤ i + key - query``.
-        softcap: logit soft-capping (``tanh(x / c) · c``) where the model uses it.
+        mask: bit-packed ``uint8`` (1 = may attend), ``[batch, query, ceil(key / 8)]`` shared by all layers
+            or ``[batch, layers, query, ceil(key / 8)]`` per layer (sliding-window layers), or ``None``.
+        causal: when ``mask`` is ``None``: whether query ``i`` sees keys ``≤ i + key - query``
+            (otherwise it sees every key).
         head_index: ``[heads]`` the model's head number of each stored query head.
         group: query heads per key head in the model (1 without grouped-query attention).
+        softcap: logit soft-capping (``tanh(x / c) · c``) where the model uses it.
     """
 
     query: np.ndarray
@@ -43,25 +51,126 @@ class QKAttention:
     group: int = 1
     softcap: float | None = None
 
+    def __post_init__(self) -> None:
+        b, n_layers, _, nq, _ = self.query.shape
+        kb, kl, _, nk, _ = self.key.shape
+        if (kb, kl) != (b, n_layers):
+            raise ValueError(f"query {self.query.shape} and key {self.key.shape} differ in batch or layers")
+        if self.mask is not None:
+            packed = (nk + 7) // 8
+            if self.mask.shape not in ((b, nq, packed), (b, n_layers, nq, packed)):
+                raise ValueError(
+                    f"mask {self.mask.shape} should be [batch, query, ceil(key / 8)] = {(b, nq, packed)} "
+                    f"or [batch, layers, query, ceil(key / 8)]"
+                )
+
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
         """``(batch, layers, heads, query, key)``."""
         b, layers, heads, q, _ = self.query.shape
         return b, layers, heads, q, int(self.key.shape[3])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return int(self.query.nbytes + self.key.nbytes + (0 if self.mask is None else self.mask.nbytes))
+
+    # -- the core: logits of some rows, masked, softmax-ed ------------------------------------------
     def _key_head(self, head: int) -> int:
         return int(self.head_index[head]) // self.group
 
-    def _allowed(self, batch: int, queries: np.ndarray) -> np.ndarray:
-        """``[len(queries), key]`` bool: which keys each query may attend to."""
-        nk = self.key.shape[3]
-        if self.mask is not None:
-            return np.unpackbits(self.mask[batch, queries], axis=-1, count=nk).astype(bool)
-        if not self.causal:
-            return np.ones((queries.size, nk), dtype=bool)
-        offset = nk - self.query.shape[3]
-        return np.arange(nk)[None, :] <= (queries[:, None] + offset)
+    def _packed(self, batch: int, layer: int) -> np.ndarray | None:
+        if self.mask is None:
+            return None
+        return self.mask[batch] if self.mask.ndim == 3 else self.mask[batch, layer]
 
+    def _allowed(
+        self, batch: int, layer: int, queries: np.ndarray, start: int, stop: int
+    ) -> tuple[int, np.ndarray] | None:
+        """Which keys of ``[start, stop)`` each query may see.
+
+        Returns:
+            ``None`` when every query sees every key, else ``(first, allowed)``: keys before
+            ``start + first`` are all allowed, ``allowed [len(queries), stop - start - first]`` bool covers
+            the rest (for a causal chunk of rows, only the band around the diagonal).
+        """
+        packed = self._packed(batch, layer)
+        nk = self.key.shape[3]
+        if packed is not None:
+            bits = np.unpackbits(packed[queries, start // 8 : (stop + 7) // 8], axis=-1)
+            first = start - (start // 8) * 8
+            return 0, bits[:, first : first + stop - start].view(bool)
+        if not self.causal or queries.size == 0:
+            return None
+        offset = nk - self.query.shape[3]
+        first = min(max(int(queries.min()) + offset + 1, start), stop)
+        if first >= stop:
+            return None
+        return first - start, np.arange(first, stop)[None, :] <= (queries[:, None] + offset)
+
+    def _key_range(self, batch: int, layer: int, queries: np.ndarray) -> tuple[int, int]:
+        """Keys ``[start, stop)`` outside of which every query of ``queries`` has zero probability.
+
+        A query that may see no key at all has a uniform row, so it widens the range to every key.
+        """
+        nk = self.key.shape[3]
+        packed = self._packed(batch, layer)
+        if queries.size == 0:
+            return 0, nk
+        if packed is not None:
+            rows = packed[queries]
+            if not rows.any(axis=1).all():
+                return 0, nk
+            seen = np.bitwise_or.reduce(rows, axis=0)
+            used = np.flatnonzero(seen)
+            first, last = int(used[0]), int(used[-1])
+            start = first * 8 + int(np.unpackbits(seen[first : first + 1]).argmax())
+            stop = last * 8 + 8 - int(np.unpackbits(seen[last : last + 1])[::-1].argmax())
+            return start, min(stop, nk)
+        if self.causal:
+            stop = int(queries.max()) + 1 + nk - self.query.shape[3]
+            if int(queries.min()) + nk - self.query.shape[3] < 0:
+                return 0, nk
+            return 0, min(stop, nk)
+        return 0, nk
+
+    def _weights(
+        self, batch: int, layer: int, head: int, queries: np.ndarray, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unnormalised ``exp`` weights of keys ``[start, stop)`` for some queries.
+
+        Returns:
+            ``(weights [len(queries), stop - start] float32, dead [len(queries)] bool)``, each row scaled by
+            its own maximum; a dead row may see no key (its probabilities are ``1 / key`` everywhere).
+        """
+        q = self.query[batch, layer, head, queries].astype(np.float32) * np.float32(self.scaling[layer])
+        k = self.key[batch, layer, self._key_head(head), start:stop].astype(np.float32, copy=False)
+        logits = q @ k.T
+        if self.softcap:
+            cap = np.float32(self.softcap)
+            logits /= cap
+            np.tanh(logits, out=logits)
+            logits *= cap
+        allowed = self._allowed(batch, layer, queries, start, stop)
+        if allowed is not None:
+            first, bits = allowed
+            np.copyto(logits[:, first:], np.float32(-np.inf), where=~bits)
+        if logits.shape[1]:
+            top = logits.max(axis=1, keepdims=True)
+        else:
+            top = np.full((len(queries), 1), -np.inf, np.float32)
+        dead = ~np.isfinite(top[:, 0])
+        top[dead] = 0.0
+        logits -= top
+        np.exp(logits, out=logits)
+        return logits, dead
+
+    def _chunks(self, queries: np.ndarray, width: int) -> Iterator[np.ndarray]:
+        step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+        for i in range(0, queries.size, step):
+            yield queries[i : i + step]
+
+    # -- public accessors --------------------------------------------------------------------------
     def rows(self, batch: int, layer: int, head: int, queries: Sequence[int] | np.ndarray) -> np.ndarray:
         """Probabilities of some query rows of one head.
 
@@ -72,29 +181,45 @@ class QKAttention:
             queries: query positions.
 
         Returns:
-            ``[len(queries), key]`` float32; rows sum to 1 (or 0 where a query may attend to nothing).
+            ``[len(queries), key]`` float32; every row sums to 1.
         """
         q_idx = np.asarray(queries, dtype=np.int64).reshape(-1)
-        q = self.query[batch, layer, head, q_idx].astype(np.float32)
-        k = self.key[batch, layer, self._key_head(head)].astype(np.float32)
-        logits = (q @ k.T) * np.float32(self.scaling[layer])
-        if self.softcap:
-            logits = np.tanh(logits / self.softcap) * self.softcap
-        allowed = self._allowed(batch, q_idx)
-        logits = np.where(allowed, logits, -np.inf)
-        top = logits.max(axis=-1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        weights = np.exp(logits - top)
-        total = weights.sum(axis=-1, keepdims=True)
-        return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+        nk = self.key.shape[3]
+        out = np.empty((q_idx.size, nk), dtype=np.float32)
+        done = 0
+        for chunk in self._chunks(q_idx, nk):
+            weights, dead = self._weights(batch, layer, head, chunk, 0, nk)
+            total = weights.sum(axis=1)
+            total[dead] = 1.0
+            weights /= total[:, None]
+            weights[dead] = np.float32(1.0 / nk)
+            out[done : done + chunk.size] = weights
+            done += chunk.size
+        return out
+
+    def columns(self, batch: int, layer: int, head: int, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Probabilities that every query gives some keys (rows are normalised over all keys).
+
+        Returns:
+            ``[query, len(keys)]`` float32.
+        """
+        k_idx = np.asarray(keys, dtype=np.int64).reshape(-1)
+        nq, nk = self.query.shape[3], self.key.shape[3]
+        out = np.empty((nq, k_idx.size), dtype=np.float32)
+        for chunk in self._chunks(np.arange(nq), nk):
+            out[chunk] = self.rows(batch, layer, head, chunk)[:, k_idx]
+        return out
 
     def block(self, batch: int, layer: int, head: int, queries: slice, keys: slice) -> np.ndarray:
         """A rectangular block ``[queries, keys]`` of one head's probabilities (rows normalised over all keys)."""
         q_idx = np.arange(self.query.shape[3])[queries]
-        out = [
-            self.rows(batch, layer, head, q_idx[i : i + _ROW_CHUNK])[:, keys] for i in range(0, q_idx.size, _ROW_CHUNK)
-        ]
-        return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
+        k_idx = np.arange(self.key.shape[3])[keys]
+        out = np.empty((q_idx.size, k_idx.size), dtype=np.float32)
+        done = 0
+        for chunk in self._chunks(q_idx, self.key.shape[3]):
+            out[done : done + chunk.size] = self.rows(batch, layer, head, chunk)[:, k_idx]
+            done += chunk.size
+        return out
 
     def dense(self, batch: int, layers: Sequence[int], heads: Sequence[int]) -> np.ndarray:
         """Materialises ``[layers, heads, query, key]`` (only for the sizes a caller asked for)."""
@@ -102,30 +227,76 @@ class QKAttention:
         out = np.empty((len(layers), len(heads), nq, nk), dtype=np.float32)
         for li, layer in enumerate(layers):
             for hi, head in enumerate(heads):
-                out[li, hi] = self.block(batch, layer, head, slice(None), slice(None))
+                out[li, hi] = self.rows(batch, layer, head, np.arange(nq))
         return out
 
-    def thumbnails(self, batch: int, size: int = 64) -> np.ndarray:
-        """Block means of every layer and head, computed a chunk of rows at a time.
+    def thumbnails(
+        self,
+        batch: int,
+        size: int = 64,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        workers: int = 1,
+    ) -> np.ndarray:
+        """Block means of some layers and heads, computed a chunk of rows at a time.
+
+        Keys a chunk of queries cannot see (beyond the causal diagonal, outside a sliding window) are
+        skipped, which halves the work of a causal matrix. With ``workers`` > 1, heads are computed in
+        parallel threads (numpy's matmul and ufuncs release the GIL); the default, one, leaves the
+        cores to the BLAS library's own threads.
 
         Args:
             batch: batch item.
             size: cells per side (at most the sequence length).
+            layers: indices into the stored layers (default: all).
+            heads: indices into the stored heads (default: all).
+            workers: threads computing heads in parallel (default 1; ``0``: one per CPU core).
 
         Returns:
             ``[layers, heads, rows, cols]`` float32, each cell the mean probability of its block.
         """
         _, n_layers, n_heads, nq, nk = self.shape
+        ls = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+        hs = list(range(n_heads)) if heads is None else [int(x) for x in heads]
         q_edges = np.linspace(0, nq, min(size, nq) + 1).astype(np.int64)
         k_edges = np.linspace(0, nk, min(size, nk) + 1).astype(np.int64)
-        q_cell = np.searchsorted(q_edges, np.arange(nq), side="right") - 1
-        out = np.zeros((n_layers, n_heads, q_edges.size - 1, k_edges.size - 1), dtype=np.float64)
-        for layer in range(n_layers):
-            for head in range(n_heads):
-                for start in range(0, nq, _ROW_CHUNK):
-                    rows = np.arange(start, min(start + _ROW_CHUNK, nq))
-                    p = self.rows(batch, layer, head, rows)
-                    per_key_cell = np.add.reduceat(p, k_edges[:-1], axis=1)
-                    np.add.at(out[layer, head], q_cell[rows], per_key_cell)
+        out = np.zeros((len(ls), len(hs), q_edges.size - 1, k_edges.size - 1), dtype=np.float64)
+        tasks = [(li, hi) for li in range(len(ls)) for hi in range(len(hs))]
+
+        def one(task: tuple[int, int]) -> None:
+            li, hi = task
+            out[li, hi] = self._thumbnail(batch, ls[li], hs[hi], q_edges, k_edges)
+
+        n_workers = min(len(tasks), workers if workers > 0 else os.cpu_count() or 1)
+        if n_workers <= 1:
+            for task in tasks:
+                one(task)
+        else:
+            with ThreadPoolExecutor(n_workers) as pool:
+                list(pool.map(one, tasks))
         area = np.diff(q_edges)[:, None] * np.diff(k_edges)[None, :]
         return (out / area).astype(np.float32)
+
+    def _thumbnail(self, batch: int, layer: int, head: int, q_edges: np.ndarray, k_edges: np.ndarray) -> np.ndarray:
+        """``[cells, cells]`` float64 sums of one head's probabilities over blocks."""
+        nk = self.key.shape[3]
+        out = np.zeros((q_edges.size - 1, k_edges.size - 1), dtype=np.float64)
+        cell_widths = np.diff(k_edges)
+        # chunks of whole query cells, so that rows reduce with one reduceat
+        cell_rows = int(np.diff(q_edges).max()) if q_edges.size > 1 else 1
+        per_chunk = max(1, _CHUNK_ELEMENTS // max(nk * cell_rows, 1))
+        for c0 in range(0, q_edges.size - 1, per_chunk):
+            c1 = min(c0 + per_chunk, q_edges.size - 1)
+            rows = np.arange(q_edges[c0], q_edges[c1])
+            start, stop = self._key_range(batch, layer, rows)
+            kc0 = int(np.searchsorted(k_edges, start, side="right")) - 1
+            kc1 = int(np.searchsorted(k_edges, stop, side="left"))
+            weights, dead = self._weights(batch, layer, head, rows, start, stop)
+            per_cell = np.add.reduceat(weights, np.maximum(k_edges[kc0:kc1], start) - start, axis=1)
+            total = per_cell.sum(axis=1)
+            total[dead] = 1.0
+            per_cell /= total[:, None]
+            if dead.any():
+                per_cell[dead] = cell_widths[kc0:kc1] / nk
+            out[c0:c1, kc0:kc1] += np.add.reduceat(per_cell, q_edges[c0:c1] - q_edges[c0], axis=0)
+        return out
