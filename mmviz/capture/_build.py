@@ -24,15 +24,18 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
     """
     arrays: dict[str, tuple[list[int], Any]] = {}
     stacked: Any
+    packed = _packed_items(run)
     groups = sorted({t.group for t in [*run.dense, *run.qk]})
     for group in groups:
         if any(t.group == group for t in run.dense):
             targets = sorted((t for t in run.dense if t.group == group), key=lambda t: t.layer)
-            stacked = _stack_dense([_assemble(run.dense[t]) for t in targets], group)
+            layers, per_layer = _applications(targets, run, packed)
+            stacked = _stack_dense(per_layer, group)
         else:
             targets = sorted((t for t in run.qk if t.group == group), key=lambda t: t.layer)
-            stacked = _stack_qk([_join_chunks_qk(run.qk[t]) for t in targets])
-        arrays[group] = ([t.layer for t in targets], stacked)
+            layers = [t.layer for t in targets]
+            stacked = _stack_qk([_join_chunks_qk(run.qk[t], packed) for t in targets])
+        arrays[group] = (layers, stacked)
 
     shapes = {g: _shape(a) for g, (_, a) in arrays.items()}
     ctx = _context(run, model, processor, shapes)
@@ -61,23 +64,32 @@ def _shape(stacked: Any) -> tuple[int, int, int]:
     return int(b), int(q), int(k)
 
 
-def _chunked(lengths: list[tuple[int, int]]) -> bool:
+def _packed_items(run: Run) -> int | None:
+    """How many images the inputs pack into one sequence (``image_grid_thw`` rows), if any."""
+    for call in run.calls:
+        grid = call.get("image_grid_thw")
+        if isinstance(grid, torch.Tensor) and grid.ndim == 2:
+            return int(grid.shape[0])
+    return None
+
+
+def _chunked(lengths: list[tuple[int, int]], packed: int | None = None) -> bool:
     """Whether several calls of one layer are independent chunks of one sequence, not decoding steps.
 
     Some attention modules call the attention function once per chunk (Qwen2-VL's vision tower runs
     once per image through ``cu_seqlens``): each call sees its own keys only (key length = query length),
-    while a decoding step with a KV cache sees every earlier key as well.
+    while a decoding step with a KV cache sees every earlier key as well. Chunks of equal length are
+    told apart from a module applied several times (shared layers) by the number of packed images.
     """
     if len(lengths) < 2 or any(k != q for q, k in lengths):
         return False
+    if len(set(lengths)) == 1:
+        return packed == len(lengths)
     # decoding without a cache recomputes the whole, one token longer, sequence at every step
     return any(lengths[i + 1][0] != lengths[i][0] + 1 for i in range(len(lengths) - 1))
 
 
-def _assemble(steps: list[torch.Tensor]) -> np.ndarray:
-    """Joins the calls of one layer: block-diagonal for independent chunks, else as decoding steps."""
-    if not _chunked([(s.shape[2], s.shape[3]) for s in steps]):
-        return assemble_dense(steps)
+def _block_diagonal(steps: list[torch.Tensor]) -> np.ndarray:
     b, h = steps[0].shape[:2]
     n = sum(s.shape[2] for s in steps)
     out = np.zeros((b, h, n, n), dtype=np.float16)
@@ -89,9 +101,44 @@ def _assemble(steps: list[torch.Tensor]) -> np.ndarray:
     return out
 
 
-def _join_chunks_qk(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _split_calls(steps: list[torch.Tensor], packed: int | None, generate: bool) -> list[np.ndarray]:
+    """The arrays of the calls one attention module made during a run, one per application.
+
+    * one call, or (outside generation) the same probabilities computed twice, as DiffLlama does for
+      its two value halves: one array;
+    * independent chunks of one sequence (see :func:`_chunked`): one block-diagonal array;
+    * outside generation, calls of equal shape: the module was applied several times (ALBERT's shared
+      layer, recurrent blocks), one array each;
+    * otherwise decoding steps, joined into one causal matrix.
+    """
+    shapes = [(int(s.shape[2]), int(s.shape[3])) for s in steps]
+    same_shape = len({s.shape for s in steps}) == 1
+    if len(steps) == 1 or (same_shape and not generate and all(torch.equal(steps[0], s) for s in steps[1:])):
+        return [steps[0].numpy()]
+    if _chunked(shapes, packed):
+        return [_block_diagonal(steps)]
+    if same_shape and not generate:
+        return [s.numpy() for s in steps]
+    return [assemble_dense(steps)]
+
+
+def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[list[int], list[np.ndarray]]:
+    """Layer labels and arrays of one stack; a module applied ``n`` times yields ``n`` layers.
+
+    Repeated applications are numbered in the order a loop over the stack would run them: application
+    ``r`` of layer ``l`` becomes layer ``r · (last layer + 1) + l``.
+    """
+    split = [_split_calls(run.dense[t], packed, run.generate) for t in targets]
+    if all(len(a) == 1 for a in split):
+        return [t.layer for t in targets], [a[0] for a in split]
+    span = max(t.layer for t in targets) + 1
+    labelled = sorted((r * span + t.layer, arr) for t, arrays in zip(targets, split) for r, arr in enumerate(arrays))
+    return [label for label, _ in labelled], [arr for _, arr in labelled]
+
+
+def _join_chunks_qk(steps: list[dict[str, Any]], packed: int | None = None) -> list[dict[str, Any]]:
     """Turns independent chunk calls (see :func:`_chunked`) into one call with a block-diagonal mask."""
-    if not _chunked([(s["query"].shape[2], s["key"].shape[2]) for s in steps]):
+    if not _chunked([(s["query"].shape[2], s["key"].shape[2]) for s in steps], packed):
         return steps
     b = steps[0]["query"].shape[0]
     n = sum(s["query"].shape[2] for s in steps)
@@ -122,107 +169,41 @@ def _stack_dense(per_layer: list[np.ndarray], group: str) -> np.ndarray:
 
 
 def _stack_qk(per_layer: list[list[dict[str, Any]]]) -> QKAttention:
-    """Joins the calls of each layer (generation steps) and stacks layers into one QKAttention.
-
-    Queries and keys stay in the model's dtype (bfloat16, which numpy lacks, becomes float32). Layers
-    whose calls are all causal (or single decoding rows) store no mask; otherwise the mask is packed
-    to bits, a chunk of rows at a time, once for all layers when they share it.
-    """
+    """Joins the calls of each layer (generation steps) and stacks layers into one QKAttention."""
+    queries, keys, masks, scalings = [], [], [], []
+    single = len(per_layer[0]) == 1
+    any_mask = not single or any(s["mask"] is not None for steps in per_layer for s in steps)
+    for steps in per_layer:
+        queries.append(torch.cat([s["query"] for s in steps], dim=2))
+        keys.append(steps[-1]["key"])
+        scalings.append(steps[0]["scaling"])
+        if any_mask:
+            n_k = steps[-1]["key"].shape[2]
+            rows = []
+            for s in steps:
+                b, q, k = s["query"].shape[0], s["query"].shape[2], s["key"].shape[2]
+                m = s["mask"]
+                if m is None:
+                    full = torch.ones(q, k, dtype=torch.bool)
+                    m = (full.tril(k - q) if s["causal"] else full).expand(b, q, k)
+                rows.append(torch.nn.functional.pad(m, (0, n_k - k)))
+            masks.append(torch.cat(rows, dim=1))
     first = per_layer[0][0]
-    query = np.stack([_numpy(torch.cat([s["query"] for s in steps], dim=2)) for steps in per_layer], axis=1)
-    key = np.stack([_numpy(_full_key(steps)) for steps in per_layer], axis=1)
-    kinds = [_mask_kind(steps) for steps in per_layer]
-    mask = None
-    if any(k == "mask" for k in kinds) or len(set(kinds)) > 1:
-        packed: list[np.ndarray] = []
-        for steps in per_layer:
-            same = next((p for p, other in zip(packed, per_layer) if _same_masks(steps, other)), None)
-            packed.append(same if same is not None else _pack_mask(steps, key.shape[3]))
-        if all(p is packed[0] or np.array_equal(p, packed[0]) for p in packed[1:]):
-            mask = packed[0]
-        else:
-            mask = np.stack(packed, axis=1)
-    n_heads, kv_heads = first["heads"], first["key"].shape[1]
+    n_heads = first["heads"]
+    kv_heads = first["key"].shape[1]
+    query = torch.stack(queries, dim=1).numpy()
+    mask = np.packbits(masks[0].numpy(), axis=-1) if any_mask else None
+    head_index = np.arange(query.shape[2])
     return QKAttention(
         query=query,
-        key=key,
-        scaling=np.asarray([steps[0]["scaling"] for steps in per_layer], dtype=np.float64),
+        key=torch.stack(keys, dim=1).numpy(),
+        scaling=np.asarray(scalings, dtype=np.float64),
         mask=mask,
-        causal=mask is None and kinds[0] == "causal",
-        head_index=np.arange(query.shape[2]),
+        causal=bool(first["causal"]) and not any_mask,
+        head_index=head_index,
         group=max(n_heads // kv_heads, 1),
         softcap=first["softcap"],
     )
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-
-
-def _full_key(steps: list[dict[str, Any]]) -> torch.Tensor:
-    """The last step's keys: the last full key tensor plus the new keys of the decoding steps after it."""
-    base = max(i for i, s in enumerate(steps) if "key_new" not in s)
-    parts = [steps[base]["key"], *(s["key_new"] for s in steps[base + 1 :])]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-
-
-def _mask_kind(steps: list[dict[str, Any]]) -> str:
-    """``"causal"``, ``"full"`` (every query sees every key) or ``"mask"`` for the joined calls of one layer."""
-    if any(s["mask"] is not None for s in steps):
-        return "mask"
-    if len(steps) == 1:
-        return "causal" if steps[0]["causal"] else "full"
-    n_k = steps[-1]["key"].shape[2]
-    total_q = sum(s["query"].shape[2] for s in steps)
-    row_end = 0
-    for s in steps:
-        q, k = s["query"].shape[2], s["key"].shape[2]
-        row_end += q
-        # a step is a piece of one causal matrix when its keys end where the causal diagonal puts them
-        if not (s["causal"] or q == 1) or k - row_end != n_k - total_q:
-            return "mask"
-    return "causal"
-
-
-def _same_masks(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    """Whether two layers' calls used the same mask tensors (layers of one type share the model's mask)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        mx, my = x["mask"], y["mask"]
-        if (mx is None) != (my is None) or x["causal"] != y["causal"] or x["key"].shape != y["key"].shape:
-            return False
-        if mx is not None and (mx.data_ptr(), mx.shape, mx.stride()) != (my.data_ptr(), my.shape, my.stride()):
-            return False
-    return True
-
-
-_PACK_ROWS = 1024
-
-
-def _pack_mask(steps: list[dict[str, Any]], n_k: int) -> np.ndarray:
-    """``[batch, query, ceil(n_k / 8)]`` bit-packed mask of the joined calls of one layer."""
-    b = steps[0]["query"].shape[0]
-    total_q = sum(s["query"].shape[2] for s in steps)
-    out = np.zeros((b, total_q, (n_k + 7) // 8), dtype=np.uint8)
-    row = 0
-    for s in steps:
-        q, k = s["query"].shape[2], s["key"].shape[2]
-        m = s["mask"]
-        for r in range(0, q, _PACK_ROWS):
-            rows = slice(r, min(r + _PACK_ROWS, q))
-            if m is not None:
-                bits = m[:, rows].numpy()
-            elif s["causal"]:
-                bits = np.broadcast_to(
-                    np.arange(k)[None, :] <= np.arange(rows.start, rows.stop)[:, None] + k - q,
-                    (b, rows.stop - rows.start, k),
-                )
-            else:
-                bits = np.ones((b, rows.stop - rows.start, k), dtype=bool)
-            out[:, row + rows.start : row + rows.stop, : (k + 7) // 8] = np.packbits(bits, axis=-1)
-        row += q
-    return out
 
 
 def _context(

@@ -9,7 +9,6 @@ memory does not grow with the number of layers. Raw tensors only: reductions hap
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from mmviz.errors import CaptureError
 
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
+_GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,12 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
 
     ``model.language_model.layers.3.self_attn`` → ``("language_model", 3)``;
     ``decoder.block.1.layer.1.EncDecAttention`` → ``("decoder.cross_attention", 1)``;
-    ``transformer.h.0.attn`` → ``("language_model", 0)``.
+    ``transformer.h.0.attn`` → ``("language_model", 0)``;
+    ``encoder.layers.2.blocks.1.attention`` (stages of blocks) → ``("encoder.stage2", 1)``;
+    ``mask_decoder.transformer.layers.0.cross_attn_token_to_image`` →
+    ``("mask_decoder.cross_attn_token_to_image", 0)`` (a layer with several kinds of cross-attention);
+    ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
+    ``("mask_decoder.final_attn_token_to_image", 0)``.
 
     Args:
         path: the module's name in ``model.named_modules()``.
@@ -48,12 +53,19 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     digits = [i for i, p in enumerate(parts) if p.isdigit()]
     first = digits[0] if digits else len(parts)
     container, layer = parts[:first], int(parts[first]) if digits else 0
-    suffix = ".".join(parts[first + 1 :])
+    rest = parts[first + 1 :]
     words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
     words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
     name = words[0] if words else "language_model"
+    if not digits and len(words) > 1:
+        name = f"{words[0]}.{words[-1]}"
+    inner = [i for i, p in enumerate(rest) if p.isdigit()]
+    if inner and (inner[0] == 0 or rest[inner[0] - 1] != "layer"):  # "layer.N" is T5's sub-layer slot
+        name, layer, rest = f"{name}.stage{layer}", int(rest[inner[0]]), rest[inner[0] + 1 :]
+    suffix = ".".join(rest)
     if _CROSS.search(suffix):
-        name += ".cross_attention"
+        attribute = rest[0]
+        name += ".cross_attention" if _GENERIC_CROSS.fullmatch(attribute) else f".{attribute}"
     return name, layer
 
 
@@ -185,80 +197,33 @@ class Recorder:
         mask: torch.Tensor | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """Stores post-position-encoding queries and keys, and the mask, for exact recomputation.
-
-        Each call adds a step ``{"query": [batch, heads, query, dim], "key": [batch, kv_heads, key, dim],
-        "mask": [batch, query, key] bool or None, ...}`` (CPU tensors in the model's dtype). A decoding
-        step whose keys are the previous step's keys plus its own (a growing KV cache) keeps only its new
-        keys, in ``"key_new"``, and its ``"key"`` is a placeholder of the right shape that holds no memory,
-        so a long generation stores every key once (``_stack_qk`` joins them).
-        """
+        """Stores post-position-encoding queries and keys, and the mask, for exact recomputation."""
         for unsupported in ("position_bias", "s_aux", "sinks"):
             if kwargs.get(unsupported) is not None:
                 raise CaptureError(
                     f"store='qk' cannot recompute attention with {unsupported!r} ({target.group!r}); "
                     "capture with store='dense' and fewer layers=/heads= instead"
                 )
-        q_len, k_len = query.shape[2], key.shape[2]
         if mask is not None and mask.dtype != torch.bool:
             mask = mask > torch.finfo(mask.dtype).min / 2
         causal = mask is None and causal_without_mask(module, query, kwargs)
-        sliding = kwargs.get("sliding_window")
-        if sliding is not None and mask is None and k_len > int(sliding):
-            raise CaptureError(
-                "store='qk' needs an explicit mask for sliding-window attention; capture with store='dense'"
-            )
         if mask is not None:
-            mask = _cpu_mask(mask[:, 0, :, :k_len].expand(query.shape[0], -1, -1))
-        steps = self.current.qk.setdefault(target, [])
-        previous = steps[-1] if steps else None
-        step: dict[str, Any] = {
-            "query": _cpu_copy(self._heads(query.detach())),
-            "mask": mask,
-            "scaling": float(kwargs["scaling"]) if kwargs.get("scaling") is not None else query.shape[-1] ** -0.5,
-            "softcap": kwargs.get("softcap"),
-            "causal": causal,
-            "heads": query.shape[1],
-        }
-        grows = previous is not None and q_len < k_len and k_len == previous["key"].shape[2] + q_len
-        if grows:
-            step["key"] = _placeholder(key)
-            step["key_new"] = _cpu_copy(key.detach()[:, :, k_len - q_len :])
-        else:
-            step["key"] = _cpu_copy(key.detach())
-        steps.append(step)
-
-
-_masks_on_cpu: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
-
-
-def _cpu_mask(mask: torch.Tensor) -> torch.Tensor:
-    """The mask on CPU, copied once however many layers share it (a model builds one mask per call)."""
-    if mask.device.type == "cpu":
-        return mask
-    base = mask._base if mask._base is not None else mask
-    for dead in [k for k, (ref, _) in _masks_on_cpu.items() if ref() is None]:
-        del _masks_on_cpu[dead]
-    entry = _masks_on_cpu.get(id(base))
-    if entry is not None and entry[0]() is base and entry[1].shape == mask.shape:
-        return entry[1]
-    cpu = mask.to("cpu")
-    _masks_on_cpu[id(base)] = (weakref.ref(base), cpu)
-    return cpu
-
-
-def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor with its own storage: a view of a bigger tensor (fused QKV) would keep that alive."""
-    if tensor.device.type != "cpu":
-        return tensor.to("cpu")
-    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
-        return tensor.clone(memory_format=torch.contiguous_format)
-    return tensor
-
-
-def _placeholder(like: torch.Tensor) -> torch.Tensor:
-    """A tensor of ``like``'s shape and dtype without memory (for keys stored in a later step)."""
-    return torch.zeros((), dtype=like.dtype).expand(like.shape)
+            mask = mask[:, 0, :, : key.shape[2]].expand(query.shape[0], -1, -1)
+        sliding = kwargs.get("sliding_window")
+        if sliding is not None and mask is None:
+            raise CaptureError("store='qk' needs an explicit mask for sliding-window attention")
+        scaling = kwargs.get("scaling")
+        self.current.qk.setdefault(target, []).append(
+            {
+                "query": self._heads(query.detach()).to("cpu"),
+                "key": key.detach().to("cpu"),
+                "mask": None if mask is None else mask.to("cpu"),
+                "scaling": float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
+                "softcap": kwargs.get("softcap"),
+                "causal": causal,
+                "heads": query.shape[1],
+            }
+        )
 
 
 def assemble_dense(steps: list[torch.Tensor]) -> np.ndarray:
