@@ -169,41 +169,107 @@ def _stack_dense(per_layer: list[np.ndarray], group: str) -> np.ndarray:
 
 
 def _stack_qk(per_layer: list[list[dict[str, Any]]]) -> QKAttention:
-    """Joins the calls of each layer (generation steps) and stacks layers into one QKAttention."""
-    queries, keys, masks, scalings = [], [], [], []
-    single = len(per_layer[0]) == 1
-    any_mask = not single or any(s["mask"] is not None for steps in per_layer for s in steps)
-    for steps in per_layer:
-        queries.append(torch.cat([s["query"] for s in steps], dim=2))
-        keys.append(steps[-1]["key"])
-        scalings.append(steps[0]["scaling"])
-        if any_mask:
-            n_k = steps[-1]["key"].shape[2]
-            rows = []
-            for s in steps:
-                b, q, k = s["query"].shape[0], s["query"].shape[2], s["key"].shape[2]
-                m = s["mask"]
-                if m is None:
-                    full = torch.ones(q, k, dtype=torch.bool)
-                    m = (full.tril(k - q) if s["causal"] else full).expand(b, q, k)
-                rows.append(torch.nn.functional.pad(m, (0, n_k - k)))
-            masks.append(torch.cat(rows, dim=1))
+    """Joins the calls of each layer (generation steps) and stacks layers into one QKAttention.
+
+    Queries and keys stay in the model's dtype (bfloat16, which numpy lacks, becomes float32). Layers
+    whose calls are all causal (or single decoding rows) store no mask; otherwise the mask is packed
+    to bits, a chunk of rows at a time, once for all layers when they share it.
+    """
     first = per_layer[0][0]
-    n_heads = first["heads"]
-    kv_heads = first["key"].shape[1]
-    query = torch.stack(queries, dim=1).numpy()
-    mask = np.packbits(masks[0].numpy(), axis=-1) if any_mask else None
-    head_index = np.arange(query.shape[2])
+    query = np.stack([_numpy(torch.cat([s["query"] for s in steps], dim=2)) for steps in per_layer], axis=1)
+    key = np.stack([_numpy(_full_key(steps)) for steps in per_layer], axis=1)
+    kinds = [_mask_kind(steps) for steps in per_layer]
+    mask = None
+    if any(k == "mask" for k in kinds) or len(set(kinds)) > 1:
+        packed: list[np.ndarray] = []
+        for steps in per_layer:
+            same = next((p for p, other in zip(packed, per_layer) if _same_masks(steps, other)), None)
+            packed.append(same if same is not None else _pack_mask(steps, key.shape[3]))
+        if all(p is packed[0] or np.array_equal(p, packed[0]) for p in packed[1:]):
+            mask = packed[0]
+        else:
+            mask = np.stack(packed, axis=1)
+    n_heads, kv_heads = first["heads"], first["key"].shape[1]
     return QKAttention(
         query=query,
-        key=torch.stack(keys, dim=1).numpy(),
-        scaling=np.asarray(scalings, dtype=np.float64),
+        key=key,
+        scaling=np.asarray([steps[0]["scaling"] for steps in per_layer], dtype=np.float64),
         mask=mask,
-        causal=bool(first["causal"]) and not any_mask,
-        head_index=head_index,
+        causal=mask is None and kinds[0] == "causal",
+        head_index=np.arange(query.shape[2]),
         group=max(n_heads // kv_heads, 1),
         softcap=first["softcap"],
     )
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _full_key(steps: list[dict[str, Any]]) -> torch.Tensor:
+    """The last step's keys: the last full key tensor plus the new keys of the decoding steps after it."""
+    base = max(i for i, s in enumerate(steps) if "key_new" not in s)
+    parts = [steps[base]["key"], *(s["key_new"] for s in steps[base + 1 :])]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def _mask_kind(steps: list[dict[str, Any]]) -> str:
+    """``"causal"``, ``"full"`` (every query sees every key) or ``"mask"`` for the joined calls of one layer."""
+    if any(s["mask"] is not None for s in steps):
+        return "mask"
+    if len(steps) == 1:
+        return "causal" if steps[0]["causal"] else "full"
+    n_k = steps[-1]["key"].shape[2]
+    total_q = sum(s["query"].shape[2] for s in steps)
+    row_end = 0
+    for s in steps:
+        q, k = s["query"].shape[2], s["key"].shape[2]
+        row_end += q
+        # a step is a piece of one causal matrix when its keys end where the causal diagonal puts them
+        if not (s["causal"] or q == 1) or k - row_end != n_k - total_q:
+            return "mask"
+    return "causal"
+
+
+def _same_masks(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two layers' calls used the same mask tensors (layers of one type share the model's mask)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        mx, my = x["mask"], y["mask"]
+        if (mx is None) != (my is None) or x["causal"] != y["causal"] or x["key"].shape != y["key"].shape:
+            return False
+        if mx is not None and (mx.data_ptr(), mx.shape, mx.stride()) != (my.data_ptr(), my.shape, my.stride()):
+            return False
+    return True
+
+
+_PACK_ROWS = 1024
+
+
+def _pack_mask(steps: list[dict[str, Any]], n_k: int) -> np.ndarray:
+    """``[batch, query, ceil(n_k / 8)]`` bit-packed mask of the joined calls of one layer."""
+    b = steps[0]["query"].shape[0]
+    total_q = sum(s["query"].shape[2] for s in steps)
+    out = np.zeros((b, total_q, (n_k + 7) // 8), dtype=np.uint8)
+    row = 0
+    for s in steps:
+        q, k = s["query"].shape[2], s["key"].shape[2]
+        m = s["mask"]
+        for r in range(0, q, _PACK_ROWS):
+            rows = slice(r, min(r + _PACK_ROWS, q))
+            if m is not None:
+                bits = m[:, rows].numpy()
+            elif s["causal"]:
+                bits = np.broadcast_to(
+                    np.arange(k)[None, :] <= np.arange(rows.start, rows.stop)[:, None] + k - q,
+                    (b, rows.stop - rows.start, k),
+                )
+            else:
+                bits = np.ones((b, rows.stop - rows.start, k), dtype=bool)
+            out[:, row + rows.start : row + rows.stop, : (k + 7) // 8] = np.packbits(bits, axis=-1)
+        row += q
+    return out
 
 
 def _context(

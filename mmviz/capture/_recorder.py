@@ -9,6 +9,7 @@ memory does not grow with the number of layers. Raw tensors only: reductions hap
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,33 +198,80 @@ class Recorder:
         mask: torch.Tensor | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """Stores post-position-encoding queries and keys, and the mask, for exact recomputation."""
+        """Stores post-position-encoding queries and keys, and the mask, for exact recomputation.
+
+        Each call adds a step ``{"query": [batch, heads, query, dim], "key": [batch, kv_heads, key, dim],
+        "mask": [batch, query, key] bool or None, ...}`` (CPU tensors in the model's dtype). A decoding
+        step whose keys are the previous step's keys plus its own (a growing KV cache) keeps only its new
+        keys, in ``"key_new"``, and its ``"key"`` is a placeholder of the right shape that holds no memory,
+        so a long generation stores every key once (``_stack_qk`` joins them).
+        """
         for unsupported in ("position_bias", "s_aux", "sinks"):
             if kwargs.get(unsupported) is not None:
                 raise CaptureError(
                     f"store='qk' cannot recompute attention with {unsupported!r} ({target.group!r}); "
                     "capture with store='dense' and fewer layers=/heads= instead"
                 )
+        q_len, k_len = query.shape[2], key.shape[2]
         if mask is not None and mask.dtype != torch.bool:
             mask = mask > torch.finfo(mask.dtype).min / 2
         causal = mask is None and causal_without_mask(module, query, kwargs)
-        if mask is not None:
-            mask = mask[:, 0, :, : key.shape[2]].expand(query.shape[0], -1, -1)
         sliding = kwargs.get("sliding_window")
-        if sliding is not None and mask is None:
-            raise CaptureError("store='qk' needs an explicit mask for sliding-window attention")
-        scaling = kwargs.get("scaling")
-        self.current.qk.setdefault(target, []).append(
-            {
-                "query": self._heads(query.detach()).to("cpu"),
-                "key": key.detach().to("cpu"),
-                "mask": None if mask is None else mask.to("cpu"),
-                "scaling": float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
-                "softcap": kwargs.get("softcap"),
-                "causal": causal,
-                "heads": query.shape[1],
-            }
-        )
+        if sliding is not None and mask is None and k_len > int(sliding):
+            raise CaptureError(
+                "store='qk' needs an explicit mask for sliding-window attention; capture with store='dense'"
+            )
+        if mask is not None:
+            mask = _cpu_mask(mask[:, 0, :, :k_len].expand(query.shape[0], -1, -1))
+        steps = self.current.qk.setdefault(target, [])
+        previous = steps[-1] if steps else None
+        step: dict[str, Any] = {
+            "query": _cpu_copy(self._heads(query.detach())),
+            "mask": mask,
+            "scaling": float(kwargs["scaling"]) if kwargs.get("scaling") is not None else query.shape[-1] ** -0.5,
+            "softcap": kwargs.get("softcap"),
+            "causal": causal,
+            "heads": query.shape[1],
+        }
+        grows = previous is not None and q_len < k_len and k_len == previous["key"].shape[2] + q_len
+        if grows:
+            step["key"] = _placeholder(key)
+            step["key_new"] = _cpu_copy(key.detach()[:, :, k_len - q_len :])
+        else:
+            step["key"] = _cpu_copy(key.detach())
+        steps.append(step)
+
+
+_masks_on_cpu: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
+
+
+def _cpu_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The mask on CPU, copied once however many layers share it (a model builds one mask per call)."""
+    if mask.device.type == "cpu":
+        return mask
+    base = mask._base if mask._base is not None else mask
+    for dead in [k for k, (ref, _) in _masks_on_cpu.items() if ref() is None]:
+        del _masks_on_cpu[dead]
+    entry = _masks_on_cpu.get(id(base))
+    if entry is not None and entry[0]() is base and entry[1].shape == mask.shape:
+        return entry[1]
+    cpu = mask.to("cpu")
+    _masks_on_cpu[id(base)] = (weakref.ref(base), cpu)
+    return cpu
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with its own storage: a view of a bigger tensor (fused QKV) would keep that alive."""
+    if tensor.device.type != "cpu":
+        return tensor.to("cpu")
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor
+
+
+def _placeholder(like: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``like``'s shape and dtype without memory (for keys stored in a later step)."""
+    return torch.zeros((), dtype=like.dtype).expand(like.shape)
 
 
 def assemble_dense(steps: list[torch.Tensor]) -> np.ndarray:
