@@ -136,9 +136,7 @@ def test_view_in_jupyterlab(lab, browser, shots):
     # Python's assignment reached the browser
     page.locator(".jp-Cell .jp-InputArea-editor").nth(2).click()
     page.keyboard.press("Shift+Enter")
-    page.wait_for_function(
-        "() => document.querySelector('.mmviz-c-layer select')?.value === '0'", timeout=30000
-    )
+    page.wait_for_function("() => document.querySelector('.mmviz-c-layer select')?.value === '0'", timeout=30000)
     page.wait_for_selector(".mmviz-root[data-state='ready']", timeout=30000)
     page.screenshot(path=str(shots / "jupyterlab-final.png"))
     assert not [e for e in errors if "mmviz" in e]
