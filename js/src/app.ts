@@ -189,6 +189,9 @@ export class AttentionApp {
       t = {
         text: raw.text,
         kind: raw.kind,
+        generated: raw.generated
+          ? Uint8Array.from(decodeTensor(raw.generated).data, (v) => (v > 0 ? 1 : 0))
+          : new Uint8Array(raw.text.length),
         wordId: decodeInts(raw.word_id),
         imageIndex: decodeInts(raw.image_index),
         patchRow: decodeInts(raw.patch_row),

@@ -14,6 +14,8 @@ export interface TableState {
   text: string[];
   /** `[positions]` "text" | "image" | "special" | "pad". */
   kind: string[];
+  /** `[positions]` uint8, 1 for tokens produced by `generate` (absent in older states). */
+  generated?: TensorPayload;
   /** `[positions]` int32 word id. */
   word_id: TensorPayload;
   /** `[positions]` int32 image index, -1 for non-image tokens. */

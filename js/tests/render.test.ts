@@ -7,6 +7,7 @@ function table(text: string[], kind: string[], wordId: number[]): Table {
   return {
     text,
     kind,
+    generated: new Uint8Array(n),
     wordId: Int32Array.from(wordId),
     imageIndex: new Int32Array(n).fill(-1),
     patchRow: new Int32Array(n).fill(-1),

@@ -55,6 +55,7 @@ function state(): AttentionViewState {
   const table: TableState = {
     text,
     kind: ["special", "text", "text", "text"],
+    generated: u8([0, 0, 0, 1], [4]),
     word_id: i32([0, 1, 2, 3]),
     image_index: i32([-1, -1, -1, -1]),
     patch_row: i32([-1, -1, -1, -1]),
@@ -118,6 +119,7 @@ describe("AttentionView front end", () => {
     const { el, root, cleanup } = setup();
     const toks = [...el.querySelectorAll(".mmviz-tok")].map((s) => s.textContent);
     expect(toks).toEqual(["<s>", "a", EVIL, " cat"]);
+    expect(el.querySelectorAll(".mmviz-generated").length).toBe(1);
     expect(el.querySelector("img")).toBeNull();
     expect(el.querySelector("b")).toBeNull();
     expect(el.querySelector(".mmviz-title")?.textContent).toBe("</script><b>title</b>");

@@ -43,6 +43,7 @@ def table_state(table: TokenTable) -> dict[str, Any]:
     return {
         "text": [str(t) for t in table.text.tolist()],
         "kind": [str(k) for k in table.kind.tolist()],
+        "generated": _codec.encode_tensor(table.generated, "uint8"),
         "word_id": _codec.encode_tensor(table.word_id, "int32"),
         "image_index": _codec.encode_tensor(table.image_index, "int32"),
         "patch_row": _codec.encode_tensor(table.patch_row, "int32"),

@@ -342,8 +342,15 @@ class AttentionView(anywidget.AnyWidget):
         notes: str | None = None,
         budget: int | None = None,
     ) -> None:
-        """Writes the view to one self-contained HTML file (see :func:`mmviz.save_html`)."""
+        """Writes the view to one self-contained HTML file (see :func:`mmviz.save_html`).
+
+        Raises:
+            ValueError: ``path`` does not end in ``.html`` or ``.htm``.
+        """
         from mmviz.export import save_html
+
+        if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
+            raise ValueError(f"AttentionView.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
 
         save_html([self], path, title=title, notes=notes, budget=budget)
 

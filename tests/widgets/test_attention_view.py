@@ -131,3 +131,28 @@ def test_thumbnails_match_block_means_of_the_data(trace):
     np.testing.assert_allclose(decode_tensor(thumbs["mean"]), mean, atol=mean.max() / 255 + 1e-6)
     np.testing.assert_allclose(decode_tensor(thumbs["max"]), mx, atol=mx.max() / 255 + 1e-6)
     np.testing.assert_allclose(decode_tensor(thumbs["heads"]), heads, atol=heads.max() / 255 + 1e-6)
+
+
+def test_state_has_no_float_lists(trace):
+    view = AttentionView(trace)
+
+    def walk(value, path="state"):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(value, (list, tuple)):
+            assert not any(isinstance(v, float) for v in value), f"{path} is a JSON list of floats"
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+
+    walk({name: getattr(view, name) for name in ("_tables", "_thumbs", "_slices", "_modules")})
+
+
+def test_save_writes_html_only(trace, tmp_path):
+    view = AttentionView(trace)
+    with pytest.raises(ValueError, match=r"\.html"):
+        view.save(tmp_path / "figure.png")
+    path = tmp_path / "figure.html"
+    view.save(path)
+    text = path.read_text(encoding="utf-8")
+    assert "<photograph" not in text and "http://" not in text and "https://" not in text

@@ -8,6 +8,8 @@ import type { Tensor } from "../codecs";
 export interface Table {
   text: string[];
   kind: string[];
+  /** 1 where `generate` produced the token. */
+  generated: Uint8Array;
   wordId: Int32Array;
   imageIndex: Int32Array;
   patchRow: Int32Array;
@@ -20,6 +22,7 @@ export interface Unit {
   positions: number[];
   label: string;
   kind: string;
+  generated: boolean;
 }
 
 export interface Display {
@@ -80,7 +83,7 @@ export function buildUnits(
     }
     unitOfPos[p] = units.length;
     if (merge && kind !== "image") byWord.set(word, units.length);
-    units.push({ positions: [p], label: positionLabel(table, p), kind });
+    units.push({ positions: [p], label: positionLabel(table, p), kind, generated: table.generated[p] === 1 });
   }
   return { units, unitOfPos };
 }

@@ -72,7 +72,12 @@ export class TokenStrip {
         }
         return;
       }
-      const span = h("span", `mmviz-tok mmviz-kind-${unit.kind}`, unit.label);
+      const span = h(
+        "span",
+        `mmviz-tok mmviz-kind-${unit.kind}${unit.generated ? " mmviz-generated" : ""}`,
+        unit.label,
+      );
+      if (unit.generated) span.title = "generated";
       span.dataset.unit = String(i);
       span.dataset.pos = String(unit.positions[0] ?? -1);
       this.spans[i] = span;
