@@ -12,6 +12,9 @@ The public API::
     attr = mmviz.attribute(model, inputs, processor=processor, method="integrated_gradients", target=" red")
     view = trace.show(layer=5)                               # linked AttentionView widget
     mmviz.save_html([view], "report.html", title="...")     # one offline HTML file
+    with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
+        image = pipe("a red circle left of a blue square").images[0]
+    cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; :func:`capture` imports them when called.
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz import capture
 from mmviz.attribution import attribute
-from mmviz.data import AttentionTrace, Attribution, ModuleAttention, TokenTable, load
+from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
 
 __version__ = "0.1.0"
@@ -33,6 +36,7 @@ __all__ = [
     "Attribution",
     "BudgetError",
     "CaptureError",
+    "CrossAttentionTrace",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",

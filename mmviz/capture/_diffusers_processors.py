@@ -64,10 +64,11 @@ def _image_to_text(
     scale = 1.0 / math.sqrt(query.shape[-1])
     b, h, n, _ = query.shape
     chunk = max(1, _CHUNK_ELEMENTS // max(1, b * h * key.shape[2]))
+    key_t = key.transpose(-1, -2)
     parts = []
     for start in range(0, n, chunk):
-        q = query[:, :, start : start + chunk]
-        scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale
+        q = query[:, :, start : start + chunk] * scale  # scaling the queries is cheaper than the scores
+        scores = torch.matmul(q, key_t).float()
         if mask is not None:
             m = mask if mask.shape[-2] == 1 else mask[..., start : start + chunk, :]
             scores = _masked_scores(scores, m)

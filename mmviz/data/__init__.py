@@ -8,6 +8,7 @@ from __future__ import annotations
 from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
+from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.io import load
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
@@ -16,6 +17,8 @@ __all__ = [
     "KINDS",
     "AttentionTrace",
     "Attribution",
+    "CrossAttentionLayer",
+    "CrossAttentionTrace",
     "ModuleAttention",
     "QKAttention",
     "TokenTable",

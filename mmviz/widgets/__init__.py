@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from mmviz.widgets._static import MissingBundleError
 from mmviz.widgets.attention_view import COLORMAPS, AttentionView
+from mmviz.widgets.cross_attention_view import CrossAttentionView
 
-__all__ = ["COLORMAPS", "AttentionView", "MissingBundleError"]
+__all__ = ["COLORMAPS", "AttentionView", "CrossAttentionView", "MissingBundleError"]

@@ -99,16 +99,11 @@ class CrossAttentionView(anywidget.AnyWidget):
 
     Args:
         trace: the trace to show.
-        word: word index selected first (into ``trace.words()``).
-        step: step shown first; ``-1`` sums all steps (DAAM's map).
-        resolutions: resolutions switched on, e.g. ``["16x16"]`` (default: all).
-        opacity: opacity of the map over the image (0–1).
-        cmap: colormap (:data:`mmviz.widgets.COLORMAPS`).
-        batch_index: batch item.
-        layers: layers summed (indices, names or parts of names; default all).
-        special: offer BOS/EOS as words.
-        title: heading above the view.
-        budget: bytes of maps the state may hold.
+        **options: ``word`` (index into ``trace.words()`` or the word itself), ``step`` (``-1``, the
+            default, sums all steps: DAAM's map), ``resolutions`` (switched on, e.g. ``["16x16"]``;
+            default all), ``opacity`` (0–1), ``cmap`` (:data:`mmviz.widgets.COLORMAPS`),
+            ``batch_index``, ``layers`` (summed; indices, names or parts of names; default all),
+            ``special`` (offer BOS/EOS as words), ``title``, ``budget`` (bytes of maps the state may hold).
 
     Raises:
         BudgetError: the maps exceed ``budget``; the message names ``layers=`` and ``budget=``.
@@ -268,9 +263,7 @@ class CrossAttentionView(anywidget.AnyWidget):
             raise ValueError(f"save: unknown file type {suffix!r}; use .html, .png, .svg or .pdf")
         on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
         slots = [
-            s
-            for s in self.trace.layer_index(self._layer_filter)
-            if (self.trace.layers[s].resolution in on) or not on
+            s for s in self.trace.layer_index(self._layer_filter) if (self.trace.layers[s].resolution in on) or not on
         ]
         fig = self.trace.figure(
             words=None,

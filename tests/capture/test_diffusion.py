@@ -526,3 +526,17 @@ def test_not_a_denoiser() -> None:
 
     with pytest.raises(CaptureError):
         mmviz.capture(DDIMScheduler())
+
+
+def test_show_and_export_from_a_capture(tmp_path: Any) -> None:
+    pytest.importorskip("anywidget")
+    from mmviz.widgets._static import STATIC_DIR
+
+    if not (STATIC_DIR / "standalone.js").is_file():
+        pytest.skip("front-end bundle not built")
+    pipe = build("pixart")
+    with mmviz.capture(pipe) as cap:
+        pipe(PROMPT, **call_args("pixart", steps=2))
+    view = cap.cross_attention.show(word="zebra")
+    assert view._words[:3] == ["a", "red", "circle"] and view.word == 6
+    assert view.save(tmp_path / "x.html").stat().st_size > 10_000
