@@ -103,6 +103,14 @@ export class AttentionApp {
     this.root.remove();
   }
 
+  /** Redraws what reads theme colours: after the view is attached, and when the theme changes. */
+  themeChanged(): void {
+    this.heatmap.draw();
+    this.thumbs.draw();
+    for (const pane of [...this.sides.query.images, ...this.sides.key.images]) pane.resetTheme();
+    this.paint();
+  }
+
   // -- model <-> store ---------------------------------------------------------------------------
   private bindModel(): void {
     const model = this.model;

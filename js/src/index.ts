@@ -16,7 +16,33 @@ export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, 
       : new AttentionApp(model);
   el.classList.add("mmviz-host");
   el.append(app.root);
-  return () => app.destroy();
+  const stopWatching = "themeChanged" in app ? watchTheme(() => app.themeChanged()) : () => undefined;
+  return () => {
+    stopWatching();
+    app.destroy();
+  };
+}
+
+/**
+ * Calls `redraw` once the view is attached (canvases read theme colours from CSS, which a detached
+ * element does not have) and whenever the theme changes: JupyterLab's theme attributes on `<body>`, or
+ * the system colour scheme that exported pages follow. Returns the function that stops watching.
+ */
+function watchTheme(redraw: () => void): () => void {
+  if (typeof window === "undefined" || typeof MutationObserver === "undefined") return () => undefined;
+  const frame = requestAnimationFrame(redraw);
+  const observer = new MutationObserver(redraw);
+  observer.observe(document.body, {
+    attributes: true,
+    attributeFilter: ["data-jp-theme-light", "data-jp-theme-name"],
+  });
+  const scheme = window.matchMedia?.("(prefers-color-scheme: dark)");
+  scheme?.addEventListener?.("change", redraw);
+  return () => {
+    cancelAnimationFrame(frame);
+    observer.disconnect();
+    scheme?.removeEventListener?.("change", redraw);
+  };
 }
 
 export default {

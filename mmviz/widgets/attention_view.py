@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anywidget
@@ -341,8 +342,11 @@ class AttentionView(anywidget.AnyWidget):
         title: str | None = None,
         notes: str | None = None,
         budget: int | None = None,
-    ) -> None:
+    ) -> Path:
         """Writes the view to one self-contained HTML file (see :func:`mmviz.save_html`).
+
+        Returns:
+            The path written.
 
         Raises:
             ValueError: ``path`` does not end in ``.html`` or ``.htm``.
@@ -352,7 +356,7 @@ class AttentionView(anywidget.AnyWidget):
         if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
             raise ValueError(f"AttentionView.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
 
-        save_html([self], path, title=title, notes=notes, budget=budget)
+        return save_html([self], path, title=title, notes=notes, budget=budget)
 
 
 def _labels(value: Any) -> set[int] | None:

@@ -49,6 +49,10 @@ def lab(tmp_path_factory):
         "nbformat_minor": 5,
     }
     (root / "view.ipynb").write_text(json.dumps(notebook), encoding="utf-8")
+    # the dark theme: the view must follow JupyterLab's theme variables
+    themes = root / "settings" / "@jupyterlab" / "apputils-extension"
+    themes.mkdir(parents=True)
+    (themes / "themes.jupyterlab-settings").write_text(json.dumps({"theme": "JupyterLab Dark"}), encoding="utf-8")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_CONFIG_DIR": str(root / "config")}
     proc = subprocess.Popen(
@@ -65,6 +69,7 @@ def lab(tmp_path_factory):
             "--ServerApp.disable_check_xsrf=True",
             f"--ServerApp.root_dir={root}",
             f"--LabApp.workspaces_dir={root / 'workspaces'}",
+            f"--LabApp.user_settings_dir={root / 'settings'}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -139,5 +144,8 @@ def test_view_in_jupyterlab(lab, browser, shots):
     page.wait_for_function("() => document.querySelector('.mmviz-c-layer select')?.value === '0'", timeout=30000)
     page.wait_for_selector(".mmviz-root[data-state='ready']", timeout=30000)
     page.screenshot(path=str(shots / "jupyterlab-final.png"))
+    # dark theme: the view's text colour comes from JupyterLab's variables (light text on dark)
+    colour = root.evaluate("el => getComputedStyle(el).color")
+    assert sum(int(c) for c in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]) > 3 * 150, colour
     assert not [e for e in errors if "mmviz" in e]
     context.close()

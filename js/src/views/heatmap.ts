@@ -176,7 +176,8 @@ export class Heatmap {
     this.drawOverlay();
   }
 
-  private draw(): void {
+  /** Redraws with the current theme colours (also after the theme changes). */
+  draw(): void {
     const ctx = this.ctx;
     this.colors = themeColors(this.el);
     const { fg, muted } = this.colors;

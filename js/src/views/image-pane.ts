@@ -76,6 +76,11 @@ export class ImagePane {
     return this.positions[r * cols + c] ?? -1;
   }
 
+  /** Forgets the cached theme colour (the theme changed). */
+  resetTheme(): void {
+    this.accent = "";
+  }
+
   /** Maps each patch to the unit it belongs to on this pane's side. */
   setUnits(unitOfPos: Int32Array): void {
     this.cellUnit = this.positions.map((p) => (p >= 0 ? (unitOfPos[p] ?? -1) : -1));

@@ -138,7 +138,8 @@ export class ThumbnailGrid {
     return null;
   }
 
-  private draw(): void {
+  /** Redraws with the current theme colours (also after the theme changes). */
+  draw(): void {
     const ctx = this.ctx;
     if (!ctx || !this.tiles) return;
     const { fg, muted, accent } = themeColors(this.el);
