@@ -540,3 +540,23 @@ def test_show_and_export_from_a_capture(tmp_path: Any) -> None:
     view = cap.cross_attention.show(word="zebra")
     assert view._words[:3] == ["a", "red", "circle"] and view.word == 6
     assert view.save(tmp_path / "x.html").stat().st_size > 10_000
+
+
+def test_other_processors_are_wrapped() -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = build("sd")
+    with mmviz.capture(pipe) as cap:
+        pipe(PROMPT, **call_args("sd", steps=2))
+    exact = cap.cross_attention
+    pipe.unet.set_attn_processor(AttnProcessor())  # the classic (non-SDPA) processor
+    reference = pipe(PROMPT, **call_args("sd", steps=2)).images
+    before = processor_state(pipe)
+    with mmviz.capture(pipe) as cap2:
+        images = pipe(PROMPT, **call_args("sd", steps=2)).images
+    assert np.abs(images - reference).max() == 0
+    assert processor_state(pipe) == before
+    wrapped = cap2.cross_attention
+    assert wrapped.layer_names == exact.layer_names
+    for name in exact.layer_names:
+        np.testing.assert_allclose(wrapped.maps(name), exact.maps(name), atol=2e-3)
