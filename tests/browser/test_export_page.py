@@ -112,3 +112,19 @@ def test_4096_token_trace_opens_downsampled(tmp_path, page, shots):
     token.hover()
     assert p.locator(".mmviz-heatmap-overlay").get_attribute("data-rows") == "2"  # position 10 → block 2
     p.screenshot(path=str(shots / "export-4096.png"))
+
+
+def test_heatmap_zooms_with_the_wheel(tmp_path, page):
+    p = page.open(_export(tmp_path))
+    heat = p.locator(".mmviz-heatmap")
+    overlay = p.locator(".mmviz-heatmap-overlay")
+    box = overlay.bounding_box()
+    assert box and heat.get_attribute("data-zoom") == "1.00"
+    p.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6)
+    for _ in range(3):
+        p.mouse.wheel(0, -200)
+    zoomed = "() => document.querySelector('.mmviz-export').shadowRoot.querySelector('.mmviz-heatmap').dataset.zoom"
+    p.wait_for_function(f"{zoomed} !== '1.00'")
+    assert float(heat.get_attribute("data-zoom") or 1) > 1.5
+    overlay.dblclick()
+    assert heat.get_attribute("data-zoom") == "1.00"
