@@ -98,6 +98,22 @@ def block_diagonal(chunks: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def expected_layers(calls: dict[int, list[torch.Tensor]], packed: int | None) -> dict[int, torch.Tensor]:
+    """Eager probabilities per layer label: a module called once per packed image is one block-diagonal
+    matrix, the same probabilities computed twice count once, and a module applied ``r`` times (shared
+    layers) gives layers ``r · (last layer + 1) + layer``."""
+    span = max(calls) + 1
+    out = {}
+    for layer, tensors in calls.items():
+        if len(tensors) == 1 or all(torch.equal(tensors[0], t) for t in tensors[1:]):
+            out[layer] = tensors[0]
+        elif len(tensors) == packed:
+            out[layer] = block_diagonal(tensors)
+        else:
+            out.update({r * span + layer: t for r, t in enumerate(tensors)})
+    return out
+
+
 def check_exact(model: Any, inputs: dict[str, Any], processor: Any = None, modules: set[str] | None = None) -> Any:
     """The three exactness checks; returns the captured trace."""
     with torch.no_grad():
@@ -127,12 +143,15 @@ def check_exact(model: Any, inputs: dict[str, Any], processor: Any = None, modul
     trace = cap.attention
     if modules is not None:
         assert set(trace.modules) == modules
+    packed = len(inputs["image_grid_thw"]) if "image_grid_thw" in inputs else None
     for group, m in trace.modules.items():
+        want = expected_layers({k[1]: v for k, v in spied.items() if k[0] == group}, packed)
+        assert m.layers == tuple(sorted(want)), group
+        assert m.dense is not None
         for slot, layer in enumerate(m.layers):
-            calls = spied[(group, layer)]
-            want = calls[0] if len(calls) == 1 else block_diagonal(calls)
-            assert m.dense is not None
-            np.testing.assert_allclose(m.dense[:, slot].astype(np.float32), want.numpy(), atol=1e-3, err_msg=group)
+            np.testing.assert_allclose(
+                m.dense[:, slot].astype(np.float32), want[layer].numpy(), atol=1e-3, err_msg=group
+            )
     return trace
 
 
@@ -375,3 +394,41 @@ def test_accelerate_dispatch_with_cpu_and_disk_offload(tmp_path):
     assert (out - ref).abs().max() <= 1e-5
     np.testing.assert_array_equal(cap2.attention.probs(), cap.attention.probs())
     assert cap2.attention.tokens().tokens == cap.attention.tokens().tokens
+
+
+# -- generic structures: shared layers, duplicate calls, stages ------------------------------------
+def test_shared_layer_applications_become_layers():
+    torch.manual_seed(0)
+    cfg = transformers.AlbertConfig(
+        vocab_size=32,
+        embedding_size=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+    )
+    model = transformers.AlbertModel(cfg, add_pooling_layer=False).eval()
+    # encoder.albert_layer_groups.0.albert_layers.0.attention: layer group 0 holds the one shared layer
+    trace = check_exact(model, {"input_ids": torch.tensor([[2, 5, 6, 7, 3]])}, modules={"encoder.stage0"})
+    assert trace.module().layers == (0, 1, 2)  # one attention module, applied three times
+
+
+def test_duplicate_calls_of_one_layer_are_kept_once():
+    torch.manual_seed(0)
+    cfg = transformers.DiffLlamaConfig(**tiny.text_cfg(num_key_value_heads=2))
+    model = transformers.DiffLlamaModel(cfg).eval()
+    trace = check_exact(model, {"input_ids": torch.tensor([[2, 5, 6, 7, 3]])}, modules={"language_model"})
+    assert trace.module().shape[:2] == (1, 2)
+
+
+def test_hierarchical_stages_are_separate_stacks():
+    torch.manual_seed(0)
+    cfg = transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[2, 4], window_size=2, mlp_ratio=2.0
+    )
+    model = transformers.SwinModel(cfg, add_pooling_layer=False).eval()
+    trace = check_exact(
+        model, {"pixel_values": torch.randn(1, 3, 16, 16)}, modules={"encoder.stage0", "encoder.stage1"}
+    )
+    assert trace.modules["encoder.stage0"].layers == (0, 1)
+    assert trace.modules["encoder.stage0"].shape[0] == 16  # windows of 2×2 patches over the 8×8 grid
