@@ -39,9 +39,9 @@ def synthetic_cross_trace(batch: int = 2, steps: int = 6, evil: bool = False) ->
     for layer in layers:
         h, w = layer.resolution
         cy, cx = np.mgrid[0:h, 0:w] + 0.5
-        m = np.full((batch, steps, len(text), h, w), 0.02, dtype=np.float32)
+        m = np.full((batch, steps, len(text), h, w), 0.05, dtype=np.float32)
         for s in range(steps):
-            width = (0.45 - 0.3 * s / max(steps - 1, 1)) * h
+            width = (0.3 - 0.2 * s / max(steps - 1, 1)) * h
             for token, (py, px) in centres.items():
                 y, x = py / size * h, px / size * w
                 m[:, s, token] += np.exp(-((cy - y) ** 2 + (cx - x) ** 2) / (2 * width**2))
