@@ -312,6 +312,7 @@ class DiffusionCapture:
         )
         planned = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
         expected = max(1, len(planned)) if planned is not None else 1
+        run.info["estimated_bytes"] = run.step_bytes * expected
         if run.step_bytes * expected > self.max_bytes:
             raise BudgetError(self._budget_message(run, expected))
 

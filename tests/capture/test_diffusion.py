@@ -305,6 +305,7 @@ def test_image_unchanged_and_trace(family_pipe: tuple[str, Any]) -> None:
     trace = cap.cross_attention
     assert isinstance(trace, CrossAttentionTrace)
     assert trace.num_steps == 3 and trace.batch_size == 1
+    assert trace.info["estimated_bytes"] == 2 * trace.nbytes  # the budget check's estimate (float32) is exact
     assert trace.images is not None and trace.images.shape == (1, 32, 32, 3)
     words = [w for w, _ in trace.words()]
     assert words[:7] == ["a", "red", "circle", "left", "of", "a", "zebra"]
