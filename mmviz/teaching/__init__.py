@@ -141,6 +141,6 @@ def load_diffusion() -> Any:
     ).eval()
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     tokenizer = _load(path / "tokenizer", "clip")
-    pipe = ShapesDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+    pipe: Any = ShapesDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

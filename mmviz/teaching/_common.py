@@ -107,7 +107,7 @@ def save_fp16(model: torch.nn.Module, directory: Path) -> int:
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
-    half = copy.deepcopy(model).to(torch.float16)
+    half: Any = copy.deepcopy(model).to(torch.float16)
     half.save_pretrained(directory, safe_serialization=True)
     return (directory / "model.safetensors").stat().st_size
 

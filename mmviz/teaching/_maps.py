@@ -55,7 +55,7 @@ def clip_relevance(model: Any, pixel_values: torch.Tensor, input_ids: torch.Tens
         cam = (g * a).clamp(min=0).mean(1).detach()
         rel = rel + cam @ rel
     patches = rel[:, 0, 1:]
-    grid = int(round((n - 1) ** 0.5))
+    grid = round((n - 1) ** 0.5)
     return patches.reshape(batch, grid, grid)
 
 
@@ -78,7 +78,7 @@ def clip_cls_attention(model: Any, pixel_values: torch.Tensor, layer: int = -1) 
     finally:
         model.set_attn_implementation(previous)
     a = vis.attentions[layer].mean(1)[:, 0, 1:]
-    grid = int(round(a.shape[-1] ** 0.5))
+    grid = round(a.shape[-1] ** 0.5)
     return a.reshape(a.shape[0], grid, grid)
 
 
@@ -114,8 +114,47 @@ def vlm_answer_attention(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[t
         maps.append(torch.stack([q[b][image[b]] for b in range(ids.shape[0])]))
     m = torch.stack(maps, 1)
     m = m / m.sum(-1, keepdim=True)
-    grid = int(round(m.shape[-1] ** 0.5))
+    grid = round(m.shape[-1] ** 0.5)
     return m.reshape(m.shape[0], m.shape[1], grid, grid), out.logits[rows, last]
+
+
+def vlm_relevance(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Gradient-weighted attention relevance of the image tokens for a LLaVA answer.
+
+    Chefer et al. (2021) rule applied to the language model's self-attention: with
+    ``A`` each layer's attention and ``g`` the gradient of the target logit (at the
+    answer-predicting position) with respect to it, ``R <- R + mean_heads(relu(g*A)) @ R``
+    from ``R = I``; the answer position's row over the image tokens is the map.
+
+    Args:
+        model: a `LlavaForConditionalGeneration`.
+        inputs: processor output, prompts only, padded on the right.
+        targets: `[batch]` token ids whose logits are explained (e.g. the answers).
+
+    Returns:
+        `[batch, grid, grid]` relevance (>= 0).
+    """
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.enable_grad():
+            out = model(**inputs, output_attentions=True)
+            ids = inputs["input_ids"]
+            rows = torch.arange(ids.shape[0])
+            last = inputs["attention_mask"].sum(-1) - 1
+            score = out.logits[rows, last, targets].sum()
+            attentions = list(out.attentions)
+            grads = torch.autograd.grad(score, attentions)
+    finally:
+        model.set_attn_implementation(previous)
+    batch, _, n, _ = attentions[0].shape
+    rel = torch.eye(n).expand(batch, n, n).clone()
+    for a, g in zip(attentions, grads):
+        rel = rel + (g * a).clamp(min=0).mean(1).detach() @ rel
+    image = ids == model.config.image_token_id
+    maps = torch.stack([rel[b, last[b]][image[b]] for b in range(batch)])
+    grid = round(maps.shape[-1] ** 0.5)
+    return maps.reshape(batch, grid, grid)
 
 
 class CrossAttentionRecorder:
@@ -171,7 +210,7 @@ class CrossAttentionRecorder:
         out = out / attn.rescale_output_factor
 
         h, w = self.shape
-        scale = int(round((h * w / n) ** 0.5))
+        scale = round((h * w / n) ** 0.5)
         maps = probs.detach().float().reshape(batch, attn.heads, n, tokens).mean(1)
         maps = maps.transpose(1, 2).reshape(batch, tokens, h // scale, w // scale)
         if maps.shape[-2:] != (h, w):
@@ -195,8 +234,7 @@ def install_recorder(unet: Any, shape: tuple[int, int]) -> CrossAttentionRecorde
 
     recorder = CrossAttentionRecorder(shape)
     procs = {
-        name: (recorder if name.endswith("attn2.processor") else AttnProcessor2_0())
-        for name in unet.attn_processors
+        name: (recorder if name.endswith("attn2.processor") else AttnProcessor2_0()) for name in unet.attn_processors
     }
     unet.set_attn_processor(procs)
     return recorder

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+import diffusers
+from diffusers import ImagePipelineOutput
+
+_PipelineBase: Any = diffusers.DiffusionPipeline
 
 FOLD = 2
 """Pixels per latent cell along each axis (``pixel_unshuffle`` factor)."""
@@ -44,7 +47,7 @@ def latents_to_image(latents: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pixel_shuffle(latents, FOLD)
 
 
-class ShapesDiffusionPipeline(DiffusionPipeline):  # type: ignore[misc]
+class ShapesDiffusionPipeline(_PipelineBase):
     """Text-to-image for the shapes world, in pixel space.
 
     Args:

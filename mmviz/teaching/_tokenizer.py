@@ -55,7 +55,6 @@ def build_tokenizer(flavour: Flavour = "clip") -> PreTrainedTokenizerFast:
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
 
     ids = vocab()
     tk = Tokenizer(WordLevel(vocab=ids, unk_token="<unk>"))

@@ -76,9 +76,7 @@ def prompt(question: str) -> str:
     return f"<image> {question}"
 
 
-def make_batch(
-    scenes: list[Scene], choices: list[int], tok: Any, with_answer: bool = True
-) -> dict[str, torch.Tensor]:
+def make_batch(scenes: list[Scene], choices: list[int], tok: Any, with_answer: bool = True) -> dict[str, torch.Tensor]:
     """Build a training/eval batch without the processor (same ids, much faster).
 
     Each row is ``<bos> <image>x64 question... [answer <eos>]`` padded on the right.

@@ -6,7 +6,7 @@ Run once, offline, in the background (never in CI)::
 
 Model: transformers `CLIPModel`, vision 32 px / patch 4 (64 patches + CLS), hidden 64,
 3 layers; text hidden 64, 2 layers, word-level vocabulary of 25, EOS = last id.
-Loss: the built-in symmetric InfoNCE (``return_loss=True``), AdamW, batch 128,
+Loss: symmetric InfoNCE (`contrastive_loss`), AdamW, batch 128,
 lr 2e-3 with warm-up and cosine decay, seed 0, one CPU thread. Scenes mix one
 object (1/3) and two objects (2/3).
 
@@ -87,6 +87,36 @@ def _features(out: Any) -> Any:
     return out if hasattr(out, "dim") else out.pooler_output
 
 
+def contrastive_loss(model: Any, tok: Any, scenes: list[Scene], hard_negatives: bool = False) -> Any:
+    """Symmetric InfoNCE, optionally with relation-swapped captions as hard negatives.
+
+    Random batches rarely hold two scenes that differ only in the relation, so
+    plain InfoNCE barely teaches relations. With ``hard_negatives`` each two-object
+    scene adds its relation-swapped caption to the texts (as a negative for every
+    image). Measured: this did not help either (relation-swap accuracy 0.52 after
+    1500 steps, run stopped), so the shipped weights use plain InfoNCE.
+
+    Args:
+        model: the `CLIPModel` being trained.
+        tok: its tokenizer.
+        scenes: the batch.
+        hard_negatives: add relation-swapped captions as negatives.
+
+    Returns:
+        Scalar loss.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    negatives = [relation_swap(s) for s in scenes if s.relation is not None] if hard_negatives else []
+    enc = tok([s.caption for s in scenes] + negatives, padding=True, return_tensors="pt")
+    img = F.normalize(_features(model.get_image_features(pixel_values=pixels([s.image for s in scenes]))), dim=-1)
+    txt = F.normalize(_features(model.get_text_features(**enc)), dim=-1)
+    logits = model.logit_scale.exp() * img @ txt.T  # [images, texts + negatives]
+    target = torch.arange(len(scenes))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(scenes)].T, target)) / 2
+
+
 def main() -> None:
     """Train and save the teaching CLIP."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,6 +125,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--relation-negatives", action="store_true", help="add relation-swapped hard negatives")
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "clip"))
     args = parser.parse_args()
 
@@ -121,20 +152,19 @@ def main() -> None:
     model.train()
     for step in range(1, args.steps + 1):
         scenes = [random_scene(rng) for _ in range(args.batch)]
-        enc = tok([s.caption for s in scenes], padding=True, return_tensors="pt")
-        out = model(**enc, pixel_values=pixels([s.image for s in scenes]), return_loss=True)
+        loss = contrastive_loss(model, tok, scenes, args.relation_negatives)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0:
-            print(f"{clock} step {step} loss {out.loss.item():.4f}", flush=True)
+            print(f"{clock} step {step} loss {loss.item():.4f}", flush=True)
         if step % 500 == 0 or step == args.steps:
             model.eval()
             metrics = evaluate(model, tok)
             model.train()
-            metrics.update(step=step, loss=float(out.loss.item()), seconds=time_s(clock))
+            metrics.update(step=step, loss=float(loss.item()), seconds=time_s(clock))
             history.append(metrics)
             print(f"{clock} eval {metrics}", flush=True)
     model.eval()

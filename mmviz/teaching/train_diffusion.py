@@ -48,7 +48,7 @@ def unet_config() -> dict[str, Any]:
         "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
         "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
         "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "layers_per_block": 2,
+        "layers_per_block": 1,
         "cross_attention_dim": 64,
         "attention_head_dim": 4,
         "norm_num_groups": 8,
@@ -136,7 +136,8 @@ def save(unet: Any, text_encoder: Any, tok: Any, out: Path, log: dict[str, Any])
     half.save_pretrained(unet_dir, safe_serialization=True)
     size = sum(p.stat().st_size for p in unet_dir.glob("*.safetensors"))
     size += save_fp16(text_encoder, out / "text_encoder")
-    DDIMScheduler(**scheduler_config()).save_pretrained(out / "scheduler")
+    sampler: Any = DDIMScheduler(**scheduler_config())
+    sampler.save_pretrained(out / "scheduler")
     save_tokenizer(tok, out / "tokenizer")
     write_json(out / "train_log.json", log)
     return size
@@ -147,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -168,11 +169,11 @@ def main() -> None:
     tok = build_tokenizer("clip")
     text_encoder = CLIPTextModel.from_pretrained(args.clip, dtype=torch.float32).eval()
     text_encoder.requires_grad_(False)
-    unet = UNet2DConditionModel(**unet_config())
-    ema = copy.deepcopy(unet).eval()
+    unet: Any = UNet2DConditionModel(**unet_config())
+    ema: Any = copy.deepcopy(unet).eval()
     ema.requires_grad_(False)
     print(f"unet params {sum(p.numel() for p in unet.parameters()) / 1e6:.3f} M", flush=True)
-    scheduler = DDPMScheduler(**scheduler_config())
+    scheduler: Any = DDPMScheduler(**scheduler_config())
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = 200
 
