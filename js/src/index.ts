@@ -6,6 +6,7 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { AttentionApp } from "./app";
 import type { AttentionViewState } from "./model";
+import { AttributionApp, type AttributionState } from "./views/attribution";
 import { CrossAttentionApp, type CrossAttentionState } from "./views/cross-attention";
 
 export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, "model" | "el">): () => void {
@@ -13,7 +14,9 @@ export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, 
   const app =
     view === "cross_attention"
       ? new CrossAttentionApp(model as unknown as AnyModel<CrossAttentionState>)
-      : new AttentionApp(model);
+      : view === "attribution"
+        ? new AttributionApp(model as unknown as AnyModel<AttributionState>)
+        : new AttentionApp(model);
   el.classList.add("mmviz-host");
   el.append(app.root);
   const stopWatching = "themeChanged" in app ? watchTheme(() => app.themeChanged()) : () => undefined;

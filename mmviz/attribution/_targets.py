@@ -28,12 +28,16 @@ class Variant:
         weight: ``+1`` or ``-1`` (contrasts).
         objective: model output of ``k`` copies → ``[k, targets]``.
         kwargs: extra forward arguments (``logits_to_keep``, ``use_cache``).
+        fast: ``batch → [k, targets]`` computing the objective without the full vocabulary projection;
+            used once :class:`~mmviz.attribution._problem.Problem` has checked it against ``objective``.
     """
 
     inputs: dict[str, Any]
     weight: float
     objective: Objective
     kwargs: dict[str, Any] = field(default_factory=dict)
+    fast: Callable[[dict[str, Any]], torch.Tensor] | None = None
+    """Same values from the base model and only the needed rows of the output layer (or ``None``)."""
 
 
 @dataclass
@@ -161,7 +165,32 @@ def _logit_variant(model: Any, inputs: dict[str, Any], token_ids: list[int], wei
         last = _logits(out)[:, -1].float()
         return (last[:, ids.to(last.device)] * w.to(last.device)).sum(-1, keepdim=True)
 
-    return Variant(dict(inputs), 1.0, objective, _lm_kwargs(model, 1))
+    return Variant(dict(inputs), 1.0, objective, _lm_kwargs(model, 1), _fast_logits(model, token_ids, weights))
+
+
+def _fast_logits(model: Any, token_ids: list[int], weights: list[float]) -> Callable[[dict[str, Any]], torch.Tensor] | None:
+    """Logits of a few ids at the last position from the base model's last hidden state.
+
+    A causal LM computes all vocabulary logits (50k+ rows) for every copy of the input, forward and
+    backward; a logit target needs only its rows of the output layer.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    base = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Linear) or base is None or base is model:
+        return None
+    rows = torch.tensor(token_ids)
+    w = torch.tensor(weights)
+    use_cache = {"use_cache": False} if _accepts(base, "use_cache") else {}
+
+    def run(batch: dict[str, Any]) -> torch.Tensor:
+        hidden = base(**batch, **use_cache).last_hidden_state[:, -1]
+        idx = rows.to(hidden.device)
+        logits = hidden @ head.weight[idx].T
+        if head.bias is not None:
+            logits = logits + head.bias[idx]
+        return (logits.float() * w.to(hidden.device)).sum(-1, keepdim=True)
+
+    return run
 
 
 def _answer_ids(tokenizer: Any, text: str) -> list[int]:

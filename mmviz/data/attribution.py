@@ -141,7 +141,7 @@ class Attribution:
     def show(self, **kwargs: Any) -> Any:
         """An ``AttributionView`` widget of this attribution (keyword arguments go to the view)."""
         try:
-            from mmviz.widgets import AttributionView  # type: ignore[attr-defined]
+            from mmviz.widgets import AttributionView
         except ImportError as exc:
             raise ImportError(
                 "Attribution.show() needs the mmviz widgets (pip install 'mmviz[widgets]'); the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mmviz.widgets._static import MissingBundleError
 from mmviz.widgets.attention_view import COLORMAPS, AttentionView
+from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 
-__all__ = ["COLORMAPS", "AttentionView", "CrossAttentionView", "MissingBundleError"]
+__all__ = ["COLORMAPS", "AttentionView", "AttributionView", "CrossAttentionView", "MissingBundleError"]

@@ -1,0 +1,229 @@
+"""AttributionView: tokens coloured by score, image overlays, the ``[generated, source]`` matrix.
+
+The state holds everything (attributions are small: ``[targets, positions]`` scores as float32 and
+pixel maps as uint8 quantised per target), so switching attribution, target or opacity and hovering
+never wait for the kernel. Several attributions of one input (different methods or targets) share a view
+and switch with a selector. Signed methods use a diverging blue–red scale centred at 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from mmviz import _codec
+from mmviz.data.attribution import Attribution
+from mmviz.data.tokens import TokenTable
+from mmviz.errors import BudgetError
+from mmviz.widgets._static import STATIC_DIR, asset
+from mmviz.widgets.attention_view import COLORMAPS
+
+__all__ = ["AttributionView", "attribution_state"]
+
+DEFAULT_BUDGET = 16_000_000
+"""Bytes of scores, pixel maps and images the state (and an exported page) may hold."""
+
+_OPTIONS = ("entry", "target", "opacity", "cmap", "title", "budget")
+_DURABLE = ("entry", "target", "opacity", "cmap")
+
+
+def _bundle(name: str) -> Any:
+    path = STATIC_DIR / name
+    return path if path.is_file() else "export default { render() {} };\n"
+
+
+def _table_state(table: TokenTable) -> dict[str, Any]:
+    images = []
+    for i, image in enumerate(table.images):
+        grid = table.image_positions(i)
+        images.append(
+            {
+                "image": _codec.encode_tensor(image, "uint8"),
+                "grid": [int(grid.shape[0]), int(grid.shape[1])],
+                "positions": _codec.encode_tensor(grid.reshape(-1), "int32"),
+            }
+        )
+    return {
+        "text": [str(t) for t in table.text.tolist()],
+        "kind": [str(k) for k in table.kind.tolist()],
+        "generated": [bool(g) for g in table.generated.tolist()],
+        "images": images,
+    }
+
+
+def _label(attr: Attribution) -> str:
+    label = f"{attr.method}: {attr.target}" if attr.target else attr.method
+    if attr.delta is not None:
+        label += f" (|delta| ≤ {float(np.abs(attr.delta).max()):.2g})"
+    return label
+
+
+def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
+    """The data part of a view's state (``js/src/views/attribution.ts: AttributionState``).
+
+    Args:
+        attributions: attributions of one input (their token tables must have the same positions).
+
+    Returns:
+        ``_tokens`` (text, kind, generated, images with grid and patch positions) and ``_entries`` (one per
+        attribution: label, method, signed, target labels, float32 ``scores [targets, positions]``, uint8
+        ``pixels`` ``[targets, H, W]`` per image quantised per target).
+    """
+    if not attributions:
+        raise ValueError("AttributionView needs at least one attribution")
+    first = attributions[0].tokens
+    for a in attributions[1:]:
+        if len(a.tokens) != len(first) or a.tokens.text.tolist() != first.text.tolist():
+            raise ValueError(
+                "AttributionView shows attributions of one input: their token tables differ "
+                f"({len(first)} vs {len(a.tokens)} positions); show them in separate views"
+            )
+    entries = []
+    for a in attributions:
+        entries.append(
+            {
+                "label": _label(a),
+                "method": a.method,
+                "signed": bool(a.signed),
+                "targets": list(a.targets),
+                "scores": _codec.encode_tensor(a.scores, "float32"),
+                "pixels": [_codec.encode_uint8(p, axes=1) for p in a.pixel_maps],
+            }
+        )
+    return {"_tokens": _table_state(first), "_entries": entries}
+
+
+class AttributionView(anywidget.AnyWidget):
+    """Interactive view of one or more :class:`~mmviz.data.Attribution` s (``attr.show()``).
+
+    Text tokens coloured by score (diverging, centred at 0, for signed methods); each image with the
+    pixel map (or patch scores) over it; for several targets (an answer explained token by token) the
+    ``[generated, source]`` matrix, whose rows select the target. Hovering a token, patch or matrix cell
+    highlights that position everywhere.
+
+    Args:
+        attributions: an attribution or a list of attributions of the same input (switched by a selector).
+        **options: ``entry`` (attribution shown first), ``target`` (score row), ``opacity`` (0–1, of the
+            image overlay), ``cmap`` (:data:`mmviz.widgets.COLORMAPS`, for unsigned methods), ``title``,
+            ``budget`` (bytes the state may hold).
+
+    Raises:
+        BudgetError: the scores, maps and images exceed ``budget``.
+        TypeError: an unknown keyword argument.
+    """
+
+    _esm = _bundle("widget.js")
+    _css = _bundle("widget.css")
+
+    entry = traitlets.Int(0).tag(sync=True)
+    """Attribution shown (index into the list given)."""
+    target = traitlets.Int(0).tag(sync=True)
+    """Score row shown (target, or generated token)."""
+    opacity = traitlets.Float(0.6).tag(sync=True)
+    """Opacity of the map over the images."""
+    cmap = traitlets.Enum(COLORMAPS, default_value="viridis").tag(sync=True)
+    """Colormap of unsigned methods (signed ones use a diverging blue–red scale)."""
+
+    _view = traitlets.Unicode("attribution").tag(sync=True)
+    _title = traitlets.Unicode("").tag(sync=True)
+    _tokens: traitlets.Dict[str, Any] = traitlets.Dict().tag(sync=True)
+    _entries: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
+    _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
+    _standalone = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, attributions: Attribution | Sequence[Attribution], **options: Any) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"AttributionView got unexpected keyword argument(s) {unknown}; valid options: {', '.join(_OPTIONS)}"
+            )
+        asset("widget.js")
+        asset("widget.css")
+        items = [attributions] if isinstance(attributions, Attribution) else list(attributions)
+        for a in items:
+            if not isinstance(a, Attribution):
+                raise TypeError(f"AttributionView needs Attribution objects, not {type(a).__name__}")
+        self.attributions = items
+        self.budget = int(options.get("budget", DEFAULT_BUDGET))
+        data = attribution_state(items)
+        need = _codec.payload_nbytes(data)
+        if need > self.budget:
+            raise BudgetError(
+                f"AttributionView: the state would hold {need / 1e6:.1f} MB, over the budget of "
+                f"{self.budget / 1e6:.1f} MB; show fewer attributions per view or raise budget="
+            )
+        entry = int(options.get("entry", 0))
+        if not 0 <= entry < len(items):
+            raise IndexError(f"entry {entry} is out of range: the view holds {len(items)} attribution(s)")
+        target = int(options.get("target", 0))
+        if not 0 <= target < items[entry].scores.shape[0]:
+            raise IndexError(f"target {target} is out of range: {items[entry].scores.shape[0]} row(s)")
+        super().__init__(
+            entry=entry,
+            target=target,
+            opacity=float(options.get("opacity", 0.6)),
+            cmap=options.get("cmap", "viridis"),
+            _title=str(options.get("title") or ""),
+            **data,
+        )
+
+    @traitlets.validate("entry")
+    def _valid_entry(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if self._entries and not 0 <= value < len(self._entries):
+            raise traitlets.TraitError(f"entry {value} is out of range: the view holds {len(self._entries)}")
+        return value
+
+    @traitlets.observe("entry")
+    def _on_entry(self, change: dict[str, Any]) -> None:
+        if self._entries and self.target >= len(self._entries[change["new"]]["targets"]):
+            self.target = 0
+
+    # -- export --------------------------------------------------------------------------------------
+    def export_state(self, budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
+        """The state an exported page embeds (all of it).
+
+        Raises:
+            BudgetError: the state exceeds ``budget``.
+        """
+        state: dict[str, Any] = {name: getattr(self, name) for name in _DURABLE}
+        state.update(
+            _view=self._view,
+            _title=self._title,
+            _tokens=self._tokens,
+            _entries=self._entries,
+            _notes=self._notes,
+            _standalone=True,
+        )
+        need = _codec.payload_nbytes(state)
+        if need > budget:
+            raise BudgetError(
+                f"AttributionView: the page would embed {need / 1e6:.1f} MB, over the export budget of "
+                f"{budget / 1e6:.1f} MB; export fewer attributions per view or raise budget="
+            )
+        return state
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        notes: str | None = None,
+        budget: int | None = None,
+    ) -> Path:
+        """Writes the view to one self-contained, offline HTML file (see :func:`mmviz.save_html`).
+
+        Raises:
+            ValueError: ``path`` does not end in ``.html`` or ``.htm``.
+        """
+        from mmviz.export import save_html
+
+        if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
+            raise ValueError(f"AttributionView.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
+        return save_html([self], path, title=title, notes=notes, budget=budget)

@@ -1,0 +1,82 @@
+"""AttributionView: state, export and errors (the page itself is tested in tests/browser)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmviz import _codec
+from mmviz.data import Attribution, TokenTable
+from mmviz.errors import BudgetError
+
+pytest.importorskip("anywidget")
+
+
+def _floats_in(value):
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_floats_in(v) for k, v in value.items() if k not in ("scale", "offset", "opacity"))
+    if isinstance(value, list):
+        return any(isinstance(v, float) for v in value) or any(_floats_in(v) for v in value)
+    return False
+
+
+def _attr(n=4, method="integrated_gradients", rows=2, pixels=True):
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    table = TokenTable.build(
+        ["<s>", "<img>", "<img>", "red"][:n],
+        kind=["special", "image", "image", "text"][:n],
+        image_index=[-1, 0, 0, -1][:n],
+        patch_row=[-1, 0, 0, -1][:n],
+        patch_col=[-1, 0, 1, -1][:n],
+        images=[image],
+        grids=[(1, 2)],
+    )
+    scores = np.arange(rows * n, dtype=np.float32).reshape(rows, n) - 3
+    maps = (np.linspace(-1, 1, rows * 64).reshape(rows, 8, 8),) if pixels else ()
+    return Attribution(scores, table, method, tuple(f"t{i}" for i in range(rows)), "answer", pixel_maps=maps)
+
+
+def test_state_is_binary_and_round_trips():
+    from mmviz.widgets import AttributionView
+
+    view = _attr().show(target=1, opacity=0.3)
+    assert isinstance(view, AttributionView) and view._view == "attribution"
+    assert view.target == 1 and view.opacity == 0.3
+    entry = view._entries[0]
+    assert entry["signed"] and entry["targets"] == ["t0", "t1"]
+    np.testing.assert_array_equal(_codec.decode_tensor(entry["scores"]), view.attributions[0].scores)
+    np.testing.assert_allclose(
+        _codec.decode_tensor(entry["pixels"][0]), view.attributions[0].pixel_maps[0], atol=2 / 255
+    )
+    assert not _floats_in(view._entries) and not _floats_in(view._tokens)
+    state = view.export_state()
+    assert state["_standalone"] and state["_entries"] is view._entries
+
+
+def test_several_attributions_and_entry_switch(tmp_path):
+    from mmviz.widgets import AttributionView
+
+    view = AttributionView([_attr(), _attr(method="saliency", rows=1, pixels=False)], target=1)
+    assert [e["signed"] for e in view._entries] == [True, False]
+    view.entry = 1
+    assert view.target == 0  # the saliency attribution has one row
+    out = view.save(tmp_path / "a.html", title="<b>t</b>")
+    text = out.read_text()
+    assert "&lt;b&gt;t&lt;/b&gt;" in text and "https://" not in text
+    with pytest.raises(ValueError, match=r"ending in \.html"):
+        view.save(tmp_path / "a.png")
+
+
+def test_errors():
+    from mmviz.widgets import AttributionView
+
+    with pytest.raises(ValueError, match="token tables differ"):
+        AttributionView([_attr(), _attr(n=3)])
+    with pytest.raises(BudgetError, match="budget"):
+        AttributionView(_attr(), budget=10)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        AttributionView(_attr(), layer=3)
+    with pytest.raises(IndexError):
+        AttributionView(_attr(), target=5)
