@@ -30,12 +30,13 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
         if any(t.group == group for t in run.dense):
             targets = sorted((t for t in run.dense if t.group == group), key=lambda t: t.layer)
             layers, per_layer = _applications(targets, run, packed)
-            stacked = _stack_dense(per_layer, group)
+            for name, run_layers, run_arrays in _shape_runs(group, layers, per_layer):
+                arrays[name] = (run_layers, _stack_dense(run_arrays, name))
         else:
             targets = sorted((t for t in run.qk if t.group == group), key=lambda t: t.layer)
             layers = [t.layer for t in targets]
             stacked = _stack_qk([_join_chunks_qk(run.qk[t], packed) for t in targets])
-        arrays[group] = (layers, stacked)
+            arrays[group] = (layers, stacked)
 
     shapes = {g: _shape(a) for g, (_, a) in arrays.items()}
     ctx = _context(run, model, processor, shapes)
@@ -159,6 +160,30 @@ def _join_chunks_qk(steps: list[dict[str, Any]], packed: int | None = None) -> l
         causal=False,
     )
     return [joined]
+
+
+def _shape_runs(
+    group: str, layers: list[int], per_layer: list[np.ndarray]
+) -> list[tuple[str, list[int], list[np.ndarray]]]:
+    """Splits a stack whose layers have different shapes into runs of equal shape.
+
+    Hierarchical encoders change heads, windows or sequence length from block to block (Hiera, SAM 2);
+    each run becomes a stack of its own, named after its layers: ``backbone.0-1``, ``backbone.2``, ...
+    """
+    runs: list[tuple[list[int], list[np.ndarray]]] = []
+    for layer, arr in zip(layers, per_layer):
+        if runs and runs[-1][1][0].shape == arr.shape:
+            runs[-1][0].append(layer)
+            runs[-1][1].append(arr)
+        else:
+            runs.append(([layer], [arr]))
+    if len(runs) == 1:
+        return [(group, layers, per_layer)]
+    named = []
+    for run_layers, arrays in runs:
+        span = f"{run_layers[0]}" if len(run_layers) == 1 else f"{run_layers[0]}-{run_layers[-1]}"
+        named.append((f"{group}.{span}", run_layers, arrays))
+    return named
 
 
 def _stack_dense(per_layer: list[np.ndarray], group: str) -> np.ndarray:

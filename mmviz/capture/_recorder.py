@@ -23,6 +23,7 @@ from mmviz.errors import CaptureError
 
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
+_SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
 _GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
@@ -44,7 +45,8 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``mask_decoder.transformer.layers.0.cross_attn_token_to_image`` →
     ``("mask_decoder.cross_attn_token_to_image", 0)`` (a layer with several kinds of cross-attention);
     ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
-    ``("mask_decoder.final_attn_token_to_image", 0)``.
+    ``("mask_decoder.final_attn_token_to_image", 0)``;
+    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``.
 
     Args:
         path: the module's name in ``model.named_modules()``.
@@ -64,9 +66,11 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     if inner and (inner[0] == 0 or rest[inner[0] - 1] != "layer"):  # "layer.N" is T5's sub-layer slot
         name, layer, rest = f"{name}.stage{layer}", int(rest[inner[0]]), rest[inner[0] + 1 :]
     suffix = ".".join(rest)
+    attribute = rest[0] if rest else ""
     if _CROSS.search(suffix):
-        attribute = rest[0]
         name += ".cross_attention" if _GENERIC_CROSS.fullmatch(attribute) else f".{attribute}"
+    elif attribute and attribute.lower() not in _SELF_ATTENTION:  # a second attention of the layer
+        name += f".{attribute}"
     return name, layer
 
 
