@@ -1,8 +1,8 @@
 /**
  * Attention matrix heatmap on canvas: rows are queries, columns keys. The matrix is rendered once into
  * an offscreen canvas at one pixel per cell; the visible canvas shows a zoomed window of it (wheel to
- * zoom, drag to pan, double-click to reset) and a separate overlay canvas carries the hover highlight,
- * so linking repaints only a few rectangles. Labels appear once cells are big enough to read.
+ * zoom, drag to pan, double-click to reset). The hover highlight is a pair of positioned boxes above it,
+ * so linking moves two elements and never redraws or re-uploads a canvas. Labels appear once cells are big enough to read.
  */
 import { lutIndex } from "../render/colormap";
 import type { Unit } from "../render/matrix";
@@ -26,9 +26,10 @@ export class Heatmap {
   readonly el: HTMLElement;
   private readonly wrap = h("div", "mmviz-heatmap-wrap");
   private readonly canvas = h("canvas", "mmviz-heatmap");
-  private readonly overlay = h("canvas", "mmviz-heatmap-overlay");
+  private readonly overlay = h("div", "mmviz-heatmap-overlay");
+  private readonly clip = h("div", "mmviz-heatmap-clip");
+  private readonly boxes: HTMLElement[] = [];
   private readonly ctx: CanvasRenderingContext2D;
-  private readonly octx: CanvasRenderingContext2D;
   private readonly offscreen = document.createElement("canvas");
   private rows = 0;
   private cols = 0;
@@ -38,7 +39,6 @@ export class Heatmap {
   private highlight: Highlight = { rows: [], cols: [] };
   private drag: { x: number; y: number; vx: number; vy: number; moved: boolean } | null = null;
   private readonly size: number;
-  private colors: ReturnType<typeof themeColors> | null = null;
 
   constructor(
     title: string,
@@ -50,12 +50,20 @@ export class Heatmap {
     const head = h("div", "mmviz-pane-title", title);
     const hint = h("span", "mmviz-hint", " wheel: zoom · drag: pan · double-click: reset");
     head.append(hint);
+    this.overlay.append(this.clip);
     this.wrap.append(this.canvas, this.overlay);
     this.el.append(head, this.wrap);
     const w = LEFT + size + 8;
     const hgt = TOP + size + 8;
     this.ctx = sizeCanvas(this.canvas, w, hgt);
-    this.octx = sizeCanvas(this.overlay, w, hgt);
+    this.overlay.style.width = `${w}px`;
+    this.overlay.style.height = `${hgt}px`;
+    Object.assign(this.clip.style, {
+      left: `${LEFT}px`,
+      top: `${TOP}px`,
+      width: `${size}px`,
+      height: `${size}px`,
+    });
     this.wrap.style.width = `${w}px`;
     this.wrap.style.height = `${hgt}px`;
     this.overlay.addEventListener("mousemove", (e) => this.onMove(e));
@@ -179,8 +187,7 @@ export class Heatmap {
   /** Redraws with the current theme colours (also after the theme changes). */
   draw(): void {
     const ctx = this.ctx;
-    this.colors = themeColors(this.el);
-    const { fg, muted } = this.colors;
+    const { fg, muted } = themeColors(this.el);
     ctx.clearRect(0, 0, LEFT + this.size + 8, TOP + this.size + 8);
     if (this.rows > 0 && this.cols > 0) {
       // Averaging when several cells share a pixel keeps 1000+ token matrices readable.
@@ -239,27 +246,29 @@ export class Heatmap {
   }
 
   private drawOverlay(): void {
-    const ctx = this.octx;
-    ctx.clearRect(0, 0, LEFT + this.size + 8, TOP + this.size + 8);
-    if (this.rows === 0) return;
-    const { accent } = this.colors ?? themeColors(this.el);
     const cw = this.size / this.view.w;
     const ch = this.size / this.view.h;
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(LEFT, TOP, this.size, this.size);
-    ctx.clip();
-    ctx.strokeStyle = accent;
-    ctx.lineWidth = 2;
-    for (const r of this.highlight.rows) {
-      const y = TOP + (r - this.view.y) * ch;
-      ctx.strokeRect(LEFT + 1, y, this.size - 2, Math.max(ch, 2));
+    const rects: [number, number, number, number][] = [];
+    if (this.rows > 0) {
+      for (const r of this.highlight.rows)
+        rects.push([0, (r - this.view.y) * ch, this.size, Math.max(ch, 3)]);
+      for (const c of this.highlight.cols)
+        rects.push([(c - this.view.x) * cw, 0, Math.max(cw, 3), this.size]);
     }
-    for (const c of this.highlight.cols) {
-      const x = LEFT + (c - this.view.x) * cw;
-      ctx.strokeRect(x, TOP + 1, Math.max(cw, 2), this.size - 2);
+    while (this.boxes.length < rects.length) {
+      const box = h("div", "mmviz-heatmap-hl");
+      this.boxes.push(box);
+      this.clip.append(box);
     }
-    ctx.restore();
+    this.boxes.forEach((box, i) => {
+      const rect = rects[i];
+      box.hidden = !rect;
+      if (!rect) return;
+      const [x, y, w, hgt] = rect;
+      box.style.width = `${w}px`;
+      box.style.height = `${hgt}px`;
+      box.style.transform = `translate(${x}px, ${y}px)`;
+    });
     this.overlay.dataset.rows = this.highlight.rows.join(",");
     this.overlay.dataset.cols = this.highlight.cols.join(",");
   }
