@@ -18,10 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmviz.errors import BudgetError
+
 __all__ = ["QKAttention"]
 
 _CHUNK_ELEMENTS = 1 << 22
 """Logits computed at once (``rows × keys``, float32: 16 MiB)."""
+
+DENSE_BUDGET = 2 << 30
+"""Largest array (bytes) :meth:`QKAttention.dense` materialises; past it, it raises :class:`BudgetError`."""
 
 
 @dataclass(eq=False)
@@ -222,8 +227,19 @@ class QKAttention:
         return out
 
     def dense(self, batch: int, layers: Sequence[int], heads: Sequence[int]) -> np.ndarray:
-        """Materialises ``[layers, heads, query, key]`` (only for the sizes a caller asked for)."""
+        """Materialises ``[layers, heads, query, key]`` float32 (only the layers and heads asked for).
+
+        Raises:
+            BudgetError: the array would exceed :data:`DENSE_BUDGET` bytes.
+        """
         _, _, _, nq, nk = self.shape
+        size = len(layers) * len(heads) * nq * nk * 4
+        if size > DENSE_BUDGET:
+            raise BudgetError(
+                f"the probabilities of {len(layers)} layer(s) × {len(heads)} head(s) over {nq} × {nk} positions "
+                f"take {size / 2**30:.1f} GiB (budget {DENSE_BUDGET / 2**30:.1f} GiB): ask for fewer layers=/heads=, "
+                "use rows(), columns() or thumbnails(), or raise mmviz.data.qk.DENSE_BUDGET"
+            )
         out = np.empty((len(layers), len(heads), nq, nk), dtype=np.float32)
         for li, layer in enumerate(layers):
             for hi, head in enumerate(heads):

@@ -8,6 +8,7 @@ import pytest
 from mmviz.data import AttentionTrace, ModuleAttention, TokenTable
 from mmviz.data import qk as qk_module
 from mmviz.data.qk import QKAttention
+from mmviz.errors import BudgetError
 
 RNG = np.random.default_rng(0)
 
@@ -161,6 +162,14 @@ def test_thumbnail_subsets():
     full = a.thumbnails(1, 4)
     np.testing.assert_allclose(a.thumbnails(1, 4, layers=[1], heads=[2, 0]), full[[1]][:, [2, 0]], atol=1e-6)
     np.testing.assert_array_equal(a.thumbnails(1, 4, workers=2), full)
+
+
+def test_dense_has_a_budget(monkeypatch):
+    a = make()
+    monkeypatch.setattr(qk_module, "DENSE_BUDGET", 11 * 11 * 4 * 2)
+    assert a.dense(0, [0], [0, 1]).shape == (1, 2, 11, 11)
+    with pytest.raises(BudgetError, match="heads="):
+        a.dense(0, [0, 1], [0, 1])
 
 
 def test_bad_mask_shape_is_refused():
