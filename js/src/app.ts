@@ -58,6 +58,7 @@ export class AttentionApp {
   private display: Display | null = null;
   private displayKey = "";
   private rowToUnit = new Int32Array(0);
+  private lastPaint: ReturnType<AttentionApp["painted"]> = null;
   private builtModule = "";
   private thumbKey = "";
   private readonly cleanups: (() => void)[] = [];
@@ -426,7 +427,7 @@ export class AttentionApp {
     const u = units[unit];
     if (!u) return;
     const lines = [`${JSON.stringify(u.label)}  #${u.positions.join(",")}`];
-    const paint = this.painted();
+    const paint = this.lastPaint; // computed by paint() while the store applied the hover
     if (paint && paint.source.unit !== unit) {
       const value = paint.values[unit] ?? 0;
       lines.push(`attention ${paint.arrow} this: ${formatValue(value)}`);
@@ -491,6 +492,7 @@ export class AttentionApp {
     const module = this.moduleState(state.module);
     const table = lut(state.cmap);
     const p = this.painted();
+    this.lastPaint = p;
     const pinned = state.token >= 0 ? (d.qUnitOfPos[state.token] ?? -1) : -1;
     const hover = state.hover;
     for (const side of ["query", "key"] as const) {

@@ -101,11 +101,6 @@ def block_mean(values: np.ndarray, q_step: int, k_step: int) -> np.ndarray:
     return (sums / area).astype(np.float32)
 
 
-def thumb_steps(nq: int, nk: int, size: int) -> tuple[int, int]:
-    """Block steps for thumbnails of at most ``size`` cells per side."""
-    return steps(nq, nk, size)
-
-
 def map_nbytes(n_query: int, n_key: int, q_step: int, k_step: int) -> int:
     """Bytes one attention map costs on the wire (uint8 cells plus a float32 scale and offset per row)."""
     rows, cols = math.ceil(n_query / q_step), math.ceil(n_key / k_step)
@@ -178,7 +173,7 @@ class SliceSource:
             each quantised per thumbnail.
         """
         _, _, _, nq, nk = self.trace.module(module).shape
-        qs, ks = thumb_steps(nq, nk, size)
+        qs, ks = steps(nq, nk, size)
         per_head, means, maxes = [], [], []
         for layer in layers:
             p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
@@ -195,6 +190,6 @@ class SliceSource:
 
 def thumbs_nbytes(n_layers: int, n_heads: int, nq: int, nk: int, size: int) -> int:
     """Bytes of one module's thumbnails on the wire."""
-    qs, ks = thumb_steps(nq, nk, size)
+    qs, ks = steps(nq, nk, size)
     cells = math.ceil(nq / qs) * math.ceil(nk / ks)
     return n_layers * (n_heads + 2) * (cells + 8)

@@ -119,12 +119,12 @@ def test_batch_index_switch_reloads():
 
 
 def test_thumbnails_match_block_means_of_the_data(trace):
-    from mmviz.widgets._state import block_mean, thumb_steps
+    from mmviz.widgets._state import block_mean, steps
 
     view = AttentionView(trace, modules=["language_model"])
     thumbs = view._thumbs["language_model"]
     n = view._modules[0]["n_query"]
-    qs, ks = thumb_steps(n, n, view.thumb_size)
+    qs, ks = steps(n, n, view.thumb_size)
     mean = block_mean(trace.head_mean(), qs, ks)
     mx = block_mean(trace.head_max(), qs, ks)
     heads = block_mean(trace.probs(), qs, ks)
