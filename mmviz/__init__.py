@@ -37,6 +37,7 @@ __all__ = [
     "BudgetError",
     "CaptureError",
     "CrossAttentionTrace",
+    "Dashboard",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
@@ -60,3 +61,11 @@ def save_html(views: Any, path: Any, **options: Any) -> Path:
     from mmviz.export import save_html as _save_html
 
     return _save_html(views, path, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Dashboard":  # a widget: imported on first use, so `import mmviz` needs no anywidget
+        from mmviz.widgets.dashboard import Dashboard
+
+        return Dashboard
+    raise AttributeError(f"module 'mmviz' has no attribute {name!r}")

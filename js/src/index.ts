@@ -8,6 +8,7 @@ import { AttentionApp } from "./app";
 import type { AttentionViewState } from "./model";
 import { AttributionApp, type AttributionState } from "./views/attribution";
 import { CrossAttentionApp, type CrossAttentionState } from "./views/cross-attention";
+import { DashboardApp, type DashboardState } from "./views/dashboard";
 
 export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, "model" | "el">): () => void {
   const view = (model as unknown as AnyModel<{ _view?: string }>).get("_view");
@@ -16,7 +17,9 @@ export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, 
       ? new CrossAttentionApp(model as unknown as AnyModel<CrossAttentionState>)
       : view === "attribution"
         ? new AttributionApp(model as unknown as AnyModel<AttributionState>)
-        : new AttentionApp(model);
+        : view === "dashboard"
+          ? new DashboardApp(model as unknown as AnyModel<DashboardState>)
+          : new AttentionApp(model);
   el.classList.add("mmviz-host");
   el.append(app.root);
   const stopWatching = "themeChanged" in app ? watchTheme(() => app.themeChanged()) : () => undefined;

@@ -10,5 +10,6 @@ from mmviz.widgets._static import MissingBundleError
 from mmviz.widgets.attention_view import COLORMAPS, AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
+from mmviz.widgets.dashboard import Dashboard
 
-__all__ = ["COLORMAPS", "AttentionView", "AttributionView", "CrossAttentionView", "MissingBundleError"]
+__all__ = ["COLORMAPS", "AttentionView", "AttributionView", "CrossAttentionView", "Dashboard", "MissingBundleError"]

@@ -80,3 +80,37 @@ def test_errors():
         AttributionView(_attr(), layer=3)
     with pytest.raises(IndexError):
         AttributionView(_attr(), target=5)
+
+
+def test_dashboard_panes_and_routed_slice_requests():
+    import mmviz
+    from mmviz.data import AttentionTrace, ModuleAttention
+    from mmviz.widgets import AttentionView, AttributionView
+
+    attr = _attr()
+    n = len(attr.tokens)
+    probs = np.tril(np.ones((n, n), dtype=np.float16))
+    probs /= probs.sum(-1, keepdims=True)
+    module = ModuleAttention(
+        "language_model", (0, 1), (0,), "text", "text", dense=np.stack([probs, probs])[None, :, None]
+    )
+    trace = AttentionTrace({"language_model": module}, {"text": [attr.tokens]})
+    board = mmviz.Dashboard(trace, attr, _attr(method="saliency"), title="t")
+    assert [p["kind"] for p in board._panes] == ["attention", "attribution"]
+    assert isinstance(board.panes[0], AttentionView) and isinstance(board.panes[1], AttributionView)
+    assert len(board._panes[1]["state"]["_entries"]) == 2  # consecutive attributions share a pane
+    assert board._panes[0]["state"]["_standalone"] is False
+    assert board.export_state()["_panes"][0]["state"]["_standalone"] is True
+    sent = []
+    board.send = lambda content, buffers=None: sent.append((content, buffers))
+    board._on_msg(
+        board,
+        {
+            "pane": 0,
+            "content": {"type": "slice", "module": "language_model", "layer": 0, "aggregate": "head", "head": 0},
+        },
+        [],
+    )
+    assert sent and sent[0][0]["pane"] == 0 and sent[0][0]["content"]["type"] == "slice"
+    with pytest.raises(TypeError, match="Dashboard shows"):
+        mmviz.Dashboard(3)

@@ -159,6 +159,29 @@ export class AttributionApp {
     if (notify) this.onHover?.(pos);
   }
 
+  /** The position under fractions `(fx, fy)` of image `image` (-1: none). */
+  positionAt(image: number, fx: number, fy: number): number {
+    const im = this.images[image];
+    if (!im) return -1;
+    const [rows, cols] = im.grid;
+    const r = Math.floor(fy * rows);
+    const c = Math.floor(fx * cols);
+    return r >= 0 && c >= 0 && r < rows && c < cols ? (im.positions[r * cols + c] ?? -1) : -1;
+  }
+
+  /** `[image, fx, fy, 0]`: the centre of a patch position as fractions of its image, or null. */
+  imageCell(pos: number): [number, number, number, number] | null {
+    for (let i = 0; i < this.images.length; i++) {
+      const im = this.images[i];
+      const cell = im ? im.positions.indexOf(pos) : -1;
+      if (im && pos >= 0 && cell >= 0) {
+        const [rows, cols] = im.grid;
+        return [i, ((cell % cols) + 0.5) / cols, (Math.floor(cell / cols) + 0.5) / rows, 0];
+      }
+    }
+    return null;
+  }
+
   // -- building --------------------------------------------------------------------------------------
   private buildControls(): HTMLElement {
     const controls = h("div", "mmviz-controls");
