@@ -83,8 +83,8 @@ def capture(
             recomputes probabilities on demand (for long sequences); ``"auto"`` picks ``"qk"`` from
             ``qk_threshold`` keys on.
         qk_threshold: sequence length from which ``store="auto"`` keeps queries and keys.
-        **diffusion_options: for diffusers pipelines only: ``tokens``, ``branch``, ``cfg``, ``max_bytes``
-            (see below).
+        **diffusion_options: for diffusers pipelines only: ``tokens``, ``branch``, ``cfg``, ``max_bytes``,
+            ``previews`` (see below).
 
     Returns:
         A :class:`Capture`; after the block, ``cap.attention`` is the trace of the last forward or
@@ -101,7 +101,8 @@ def capture(
     ``["up_blocks"]``), ``heads`` (``True`` keeps every head; default: mean over heads), and keywords
     ``tokens="prompt"`` (drop padding; ``"all"`` keeps it), ``branch="cond"`` (or ``"uncond"``: the
     classifier-free-guidance branch recorded), ``cfg=None`` (auto-detect a doubled CFG batch),
-    ``max_bytes`` (budget of recorded maps; :class:`~mmviz.errors.BudgetError` before the run otherwise).
+    ``max_bytes`` (budget of recorded maps; :class:`~mmviz.errors.BudgetError` before the run otherwise),
+    ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE).
 
     Raises:
         CaptureError: the model does not route attention through transformers' AttentionInterface.

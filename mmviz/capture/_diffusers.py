@@ -68,6 +68,7 @@ class _Run:
     counts: dict[int, dict[int, int]] = field(default_factory=dict)
     images: np.ndarray | None = None
     step_bytes: int = 0
+    previews: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class DiffusionCapture:
@@ -85,6 +86,7 @@ class DiffusionCapture:
         branch: str = "cond",
         cfg: bool | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        previews: bool = False,
     ) -> None:
         if tokens not in ("prompt", "all"):
             raise ValueError(f"tokens must be 'prompt' (padding dropped) or 'all', not {tokens!r}")
@@ -108,6 +110,9 @@ class DiffusionCapture:
         self._layer_filter = layers
         self._options = {"tokens": tokens, "branch": branch, "cfg": cfg, "heads": heads}
         self.max_bytes = int(max_bytes)
+        self.previews = bool(previews)
+        if self.previews and self.pipe is None:
+            raise CaptureError("previews=True needs the pipeline (its scheduler and VAE), not a bare denoiser")
         self._layers: list[_Layer] = []
         self._restore: list[Callable[[], None]] = []
         self._runs: list[_Run] = []
@@ -133,6 +138,8 @@ class DiffusionCapture:
                         hook = functools.partial(self._on_encoder, attr)
                         self._restore.append(encoder.register_forward_pre_hook(hook, with_kwargs=True).remove)
                 self._wrap_postprocess()
+                if self.previews:
+                    self._wrap_scheduler()
         except BaseException:
             self._undo()
             self._entered = False
@@ -200,6 +207,69 @@ class DiffusionCapture:
             self._restore.append(functools.partial(setattr, processor, "postprocess", original))
         else:
             self._restore.append(lambda: vars(processor).pop("postprocess", None))
+
+    def _wrap_scheduler(self) -> None:
+        scheduler = getattr(self.pipe, "scheduler", None)
+        if scheduler is None:
+            raise CaptureError("previews=True needs a pipeline with a scheduler")
+        original = scheduler.step
+        had_own = "step" in vars(scheduler)
+
+        @functools.wraps(original)
+        def step(model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+            sigma = None
+            if not hasattr(scheduler, "alphas_cumprod") and hasattr(scheduler, "sigmas"):
+                if getattr(scheduler, "step_index", None) is None and hasattr(scheduler, "_init_step_index"):
+                    scheduler._init_step_index(timestep)  # what step() does first; done here to read sigma
+                index = getattr(scheduler, "step_index", None)
+                sigma = scheduler.sigmas[index] if index is not None else None
+            out = original(model_output, timestep, sample, *args, **kwargs)
+            self._on_step(model_output, sample, out, sigma)
+            return out
+
+        scheduler.step = step
+        if had_own:
+            self._restore.append(functools.partial(setattr, scheduler, "step", original))
+        else:
+            self._restore.append(lambda: vars(scheduler).pop("step", None))
+
+    def _on_step(self, model_output: Any, sample: Any, out: Any, sigma: Any) -> None:
+        run = self._runs[-1] if self._runs else None
+        if run is None or run.done or not run.timesteps:
+            return
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is None and isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], torch.Tensor):
+            x0 = out[1]
+        if x0 is None and sigma is not None and isinstance(sample, torch.Tensor):
+            x0 = sample - sigma.to(sample.device, sample.dtype) * model_output  # flow matching: x0 = x_t - σ v
+        if isinstance(x0, torch.Tensor):
+            run.previews.setdefault(len(run.timesteps) - 1, x0.detach().to("cpu", torch.float32))
+
+    def _decode_previews(self, run: _Run, n_items: int) -> np.ndarray | None:
+        """``uint8 [batch, steps, h, w, 3]`` x0 predictions decoded with the pipeline's VAE (≤ 128 px)."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None or not run.previews or len(run.previews) != len(run.timesteps):
+            return None
+        config = vae.config
+        scale = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+        shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+        size = run.info.get("image_size")
+        frames = []
+        with torch.no_grad():
+            for step in range(len(run.timesteps)):
+                latents = run.previews[step][:n_items]
+                pipe: Any = self.pipe
+                if latents.ndim == 3 and size and hasattr(pipe, "_unpack_latents"):
+                    latents = pipe._unpack_latents(latents, size[0], size[1], pipe.vae_scale_factor)
+                param = next(vae.parameters())
+                image = vae.decode(latents.to(param.device, param.dtype) / scale + shift).sample
+                image = (image.float() / 2 + 0.5).clamp(0, 1)
+                side = max(image.shape[-2:])
+                if side > 128:
+                    image = torch.nn.functional.interpolate(image, scale_factor=128 / side, mode="area")
+                frames.append((image * 255).round().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy())
+        run.previews.clear()
+        return np.ascontiguousarray(np.stack(frames, axis=1))
 
     # -- hooks -----------------------------------------------------------------------------------------
     def _current_run(self, new_if: Callable[[_Run], bool]) -> _Run:
@@ -397,7 +467,8 @@ class DiffusionCapture:
             maps.append(out)
             layers.append(CrossAttentionLayer(layer.name, run.resolution[slot], layer.heads))
         images = run.images if run.images is not None and run.images.shape[0] == len(run.tables) else None
-        return CrossAttentionTrace(maps, layers, run.tables, run.timesteps, images, run.info)
+        previews = self._decode_previews(run, len(run.tables)) if self.previews else None
+        return CrossAttentionTrace(maps, layers, run.tables, run.timesteps, images, run.info, previews)
 
     @property
     def traces(self) -> list[CrossAttentionTrace]:

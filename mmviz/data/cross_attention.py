@@ -114,6 +114,8 @@ class CrossAttentionTrace:
         timesteps: ``[steps]`` the denoiser's timestep value at each step.
         images: ``uint8 [batch, H, W, 3]`` generated images, or ``None`` when none was decoded.
         info: JSON-able facts (pipeline class, options).
+        previews: ``uint8 [batch, steps, h, w, 3]`` the denoiser's prediction of the final image at each
+            step (``capture(..., previews=True)``), or ``None``.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class CrossAttentionTrace:
         timesteps: np.ndarray | Sequence[float],
         images: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
+        previews: np.ndarray | None = None,
     ) -> None:
         self._maps = [np.asarray(m) for m in maps]
         self.layers = tuple(layers)
@@ -131,6 +134,7 @@ class CrossAttentionTrace:
         self.timesteps = np.asarray(timesteps, dtype=np.float64).reshape(-1)
         self.images = None if images is None else np.asarray(images)
         self.info = dict(info or {})
+        self.previews = None if previews is None else np.asarray(previews)
         if not self.layers or len(self._maps) != len(self.layers):
             raise ValueError(f"a CrossAttentionTrace needs one map array per layer ({len(self.layers)} layers)")
         ndim = self._maps[0].ndim
@@ -157,6 +161,12 @@ class CrossAttentionTrace:
         ):
             raise ValueError(
                 f"images must be uint8 [batch={batch}, H, W, 3], got {self.images.dtype} {self.images.shape}"
+            )
+        if self.previews is not None and (
+            self.previews.dtype != np.uint8 or self.previews.ndim != 5 or self.previews.shape[:2] != (batch, steps)
+        ):
+            raise ValueError(
+                f"previews must be uint8 [batch={batch}, steps={steps}, h, w, 3], got {self.previews.shape}"
             )
 
     # -- shape and lookup ----------------------------------------------------------------------------
@@ -501,6 +511,8 @@ class CrossAttentionTrace:
         arrays["timesteps"] = self.timesteps
         if self.images is not None:
             arrays["images"] = self.images
+        if self.previews is not None:
+            arrays["previews"] = self.previews
         tables = []
         for b, table in enumerate(self.tables):
             meta, arr = table.to_payload(f"table{b}")
@@ -523,6 +535,7 @@ class CrossAttentionTrace:
             timesteps=arrays["timesteps"],
             images=arrays.get("images"),
             info=meta.get("info"),
+            previews=arrays.get("previews"),
         )
 
 

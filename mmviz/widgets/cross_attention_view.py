@@ -57,7 +57,8 @@ def cross_attention_state(
 
     Returns:
         ``_words`` (text per word), ``_timesteps``, ``_groups`` (one per resolution: key, ``[h, w]``, layer
-        names, and ``maps``: uint8 ``[steps, words, h, w]`` quantised per (step, word)), ``_image``.
+        names, and ``maps``: uint8 ``[steps, words, h, w]`` quantised per (step, word)), ``_image``,
+        ``_previews`` (uint8 ``[steps, h, w, 3]`` x0 predictions, when captured).
     """
     words = trace.words(batch_index, special=special)
     if not words:
@@ -87,6 +88,7 @@ def cross_attention_state(
         "_groups": groups,
         "_image": None if image is None else _codec.encode_tensor(image, "uint8"),
         "_image_size": [int(height), int(width)],
+        "_previews": None if trace.previews is None else _codec.encode_tensor(trace.previews[batch_index], "uint8"),
     }
 
 
@@ -95,7 +97,8 @@ class CrossAttentionView(anywidget.AnyWidget):
 
     The generated image with the selected word's map over it; the prompt's words (hover to preview,
     click to select); a timestep scrubber with play, whose last position sums every step (DAAM); one
-    toggle per resolution; and small multiples of every word at the current step.
+    toggle per resolution; small multiples of every word at the current step; and, when the capture had
+    ``previews=True``, the denoiser's prediction of the image at the current step.
 
     Args:
         trace: the trace to show.
@@ -133,6 +136,7 @@ class CrossAttentionView(anywidget.AnyWidget):
     _groups: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     _image = traitlets.Any(None).tag(sync=True)
     _image_size: traitlets.List[int] = traitlets.List().tag(sync=True)
+    _previews = traitlets.Any(None).tag(sync=True)
     _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
     _standalone = traitlets.Bool(False).tag(sync=True)
 
@@ -229,6 +233,7 @@ class CrossAttentionView(anywidget.AnyWidget):
             _groups=self._groups,
             _image=self._image,
             _image_size=self._image_size,
+            _previews=self._previews,
             _notes=self._notes,
             _standalone=True,
         )

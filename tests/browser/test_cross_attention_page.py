@@ -60,6 +60,8 @@ def test_hover_click_scrub_and_toggle(tmp_path: Any, page: Any, shots: Any) -> N
     slider.fill("5")
     assert "6/6" in (p.locator(".mmviz-xattn-step-label").text_content() or "")
     assert canvas.evaluate(CANVAS_STATS)["checksum"] != early
+    preview = p.locator(".mmviz-xattn-preview-canvas")
+    assert preview.is_visible() and preview.get_attribute("data-step") == "5"
     p.screenshot(path=str(shots / "xattn-blue-last-step.png"), full_page=True)
     p.locator(".mmviz-xattn-res-toggle[data-key='16x16']").uncheck()
     assert "8×8" in (p.locator(".mmviz-xattn-caption").text_content() or "")

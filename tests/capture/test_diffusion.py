@@ -321,6 +321,17 @@ def test_image_unchanged_and_trace(family_pipe: tuple[str, Any]) -> None:
         assert float(m.min()) >= 0 and float(m.sum(axis=1).max()) <= 1.0 + 1e-2
 
 
+def test_previews(family_pipe: tuple[str, Any]) -> None:
+    family, pipe = family_pipe
+    with mmviz.capture(pipe, previews=True) as cap:
+        images = pipe(PROMPT, **call_args(family)).images
+    previews = cap.cross_attention.previews
+    assert previews is not None and previews.shape == (1, 3, 32, 32, 3)
+    # the last step's prediction of x0 is the final image
+    assert np.abs(previews[0, -1].astype(float) - np.round(images[0] * 255)).max() <= 1
+    assert "step" not in vars(pipe.scheduler)
+
+
 def test_layers_per_family(family_pipe: tuple[str, Any]) -> None:
     family, pipe = family_pipe
     with mmviz.capture(pipe) as cap:

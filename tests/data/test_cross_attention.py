@@ -35,7 +35,9 @@ def make_trace(heads: bool = False, steps: int = 3) -> CrossAttentionTrace:
         m = rng.random(shape, dtype=np.float32)
         maps.append((m / m.sum(axis=-3, keepdims=True)).astype(np.float16))
     images = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-    return CrossAttentionTrace(maps, layers, [_table(), _table()], [900.0, 500.0, 100.0][:steps], images, {"x": 1})
+    previews = rng.integers(0, 255, (2, steps, 16, 16, 3), dtype=np.uint8)
+    timesteps = [900.0, 500.0, 100.0][:steps]
+    return CrossAttentionTrace(maps, layers, [_table(), _table()], timesteps, images, {"x": 1}, previews)
 
 
 def test_words_skip_special_and_padding_by_default() -> None:
@@ -108,6 +110,14 @@ def test_validation() -> None:
         CrossAttentionTrace(
             [np.zeros((2, 3, 8, *lay.resolution)) for lay in layers], layers, trace.tables[:1], trace.timesteps
         )
+    with pytest.raises(ValueError, match="previews"):
+        CrossAttentionTrace(
+            [np.zeros((2, 3, 8, *lay.resolution)) for lay in layers],
+            layers,
+            trace.tables,
+            trace.timesteps,
+            previews=np.zeros((2, 2, 4, 4, 3), np.uint8),
+        )
     with pytest.raises(ValueError, match="timesteps"):
         CrossAttentionTrace([np.zeros((2, 3, 8, *lay.resolution)) for lay in layers], layers, trace.tables, [1.0])
 
@@ -120,6 +130,7 @@ def test_save_load_roundtrip(tmp_path: Any) -> None:
     assert isinstance(loaded, CrossAttentionTrace)
     assert loaded.layers == trace.layers and loaded.info == {"x": 1} and loaded.has_heads
     np.testing.assert_array_equal(loaded.images, trace.images)
+    np.testing.assert_array_equal(loaded.previews, trace.previews)
     np.testing.assert_array_equal(loaded.heatmap("zebra"), trace.heatmap("zebra"))
     assert loaded.tokens(1).tokens == trace.tokens(1).tokens
     assert "steps=3" in repr(loaded) and "a zebra on grass" in repr(loaded)

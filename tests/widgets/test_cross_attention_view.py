@@ -47,6 +47,9 @@ def synthetic_cross_trace(batch: int = 2, steps: int = 6, evil: bool = False) ->
                 m[:, s, token] += np.exp(-((cy - y) ** 2 + (cx - x) ** 2) / (2 * width**2))
         m /= m.sum(axis=2, keepdims=True)
         maps.append(m.astype(np.float16))
+    noise = np.random.default_rng(0).integers(0, 255, (steps, size, size, 3))
+    weight = np.linspace(1, 0, steps)[:, None, None, None]
+    frames = (weight * noise + (1 - weight) * image[None]).astype(np.uint8)  # [steps, H, W, 3], noise → image
     return CrossAttentionTrace(
         maps,
         layers,
@@ -54,6 +57,7 @@ def synthetic_cross_trace(batch: int = 2, steps: int = 6, evil: bool = False) ->
         np.linspace(999, 0, steps).round(),
         np.stack([image] * batch),
         {"pipeline": "synthetic"},
+        np.stack([frames] * batch),
     )
 
 
@@ -75,6 +79,7 @@ def test_state(xtrace: CrossAttentionTrace) -> None:
     expected = xtrace.maps(0)[:, 3] + xtrace.maps(1)[:, 3]  # word "circle" is token 3
     np.testing.assert_allclose(maps[:, 2], expected, atol=float(expected.max()) / 200)
     assert _codec.decode_tensor(view._image).shape == (64, 64, 3)
+    assert _codec.decode_tensor(view._previews).shape == (6, 64, 64, 3)
     assert view._image_size == [64, 64]
 
 

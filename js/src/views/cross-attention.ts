@@ -29,6 +29,8 @@ export interface CrossAttentionState {
   _groups: GroupPayload[];
   _image: TensorPayload | null;
   _image_size: [number, number];
+  /** uint8 `[steps, h, w, 3]`: the denoiser's prediction of the image at each step, when captured. */
+  _previews: TensorPayload | null;
   _notes: string[];
   _standalone: boolean;
 }
@@ -69,6 +71,9 @@ export class CrossAttentionApp {
   private readonly cmapSelect = h("select", "mmviz-xattn-cmap");
   private readonly mainCanvas = h("canvas", "mmviz-xattn-canvas");
   private readonly caption = h("figcaption", "mmviz-xattn-caption");
+  private readonly previewFigure = h("figure", "mmviz-xattn-main mmviz-xattn-preview");
+  private readonly previewCanvas = h("canvas", "mmviz-xattn-preview-canvas");
+  private previews: HTMLCanvasElement[] = [];
   private readonly wordStrip = h("div", "mmviz-xattn-words");
   private readonly grid = h("div", "mmviz-xattn-grid");
   private thumbs: HTMLCanvasElement[] = [];
@@ -97,8 +102,12 @@ export class CrossAttentionApp {
       h("div", "mmviz-pane-title", "all words"),
       this.grid,
     );
+    this.previewFigure.append(
+      this.previewCanvas,
+      h("figcaption", "mmviz-xattn-preview-caption", "predicted image"),
+    );
     const body = h("div", "mmviz-xattn-body");
-    body.append(figure, side);
+    body.append(figure, this.previewFigure, side);
     this.root.append(body);
     this.load();
     for (const key of SYNCED) {
@@ -106,7 +115,7 @@ export class CrossAttentionApp {
       model.on(`change:${key}`, handler);
       this.cleanups.push(() => model.off(`change:${key}`, handler));
     }
-    for (const key of ["_groups", "_image", "_words", "_timesteps"] as const) {
+    for (const key of ["_groups", "_image", "_words", "_timesteps", "_previews"] as const) {
       const handler = () => this.load();
       model.on(`change:${key}`, handler);
       this.cleanups.push(() => model.off(`change:${key}`, handler));
@@ -165,6 +174,9 @@ export class CrossAttentionApp {
     this.imageSize = m.get("_image_size");
     const payload = m.get("_image");
     this.image = payload ? imageCanvas(payload) : null;
+    const previews = m.get("_previews");
+    this.previews = previews ? frameCanvases(previews) : [];
+    this.previewFigure.hidden = this.previews.length === 0;
     this.notes.replaceChildren(...m.get("_notes").map((n) => h("li", undefined, n)));
     this.slider.max = String(this.timesteps.length);
     this.resBox.replaceChildren(h("span", undefined, "resolution"));
@@ -285,6 +297,21 @@ export class CrossAttentionApp {
       this.drawMap(canvas, THUMB_SIDE, i, table, 48);
       canvas.classList.toggle("is-selected", i === s.word);
     });
+    this.paintPreview();
+  }
+
+  /** The predicted image of the current step (the last one when all steps are summed). */
+  private paintPreview(): void {
+    const frame = this.previews[this.state.step < 0 ? this.previews.length - 1 : this.state.step];
+    if (!frame) return;
+    const [ih, iw] = this.imageSize;
+    const f = (MAIN_SIDE * 0.6) / Math.max(ih, iw, 1);
+    const width = Math.max(16, Math.round(iw * f));
+    const height = Math.max(16, Math.round(ih * f));
+    const ctx = sizeCanvas(this.previewCanvas, width, height);
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(frame, 0, 0, width, height);
+    this.previewCanvas.dataset.step = String(this.state.step);
   }
 
   /** Draws the image with word `word`'s map (at most `res` cells per side) over it. */
@@ -333,10 +360,25 @@ function formatTimestep(t: number): string {
   return Number.isInteger(t) ? String(t) : t.toPrecision(3);
 }
 
+/** One canvas per frame of a uint8 `[frames, H, W, 3]` payload. */
+function frameCanvases(payload: TensorPayload): HTMLCanvasElement[] {
+  const t = decodeTensor(payload);
+  const [frames = 0, ih = 1, iw = 1] = t.shape;
+  const per = ih * iw * 3;
+  const out = [];
+  for (let f = 0; f < frames; f++) out.push(rgbCanvas(t.data.subarray(f * per, (f + 1) * per), ih, iw));
+  return out;
+}
+
 /** A canvas holding a uint8 `[H, W, 3]` image at its own size. */
 function imageCanvas(payload: TensorPayload): HTMLCanvasElement {
   const t = decodeTensor(payload);
   const [ih = 1, iw = 1] = t.shape;
+  return rgbCanvas(t.data, ih, iw);
+}
+
+function rgbCanvas(data: Float32Array, ih: number, iw: number): HTMLCanvasElement {
+  const t = { data };
   const canvas = document.createElement("canvas");
   canvas.width = iw;
   canvas.height = ih;
