@@ -1,5 +1,5 @@
-"""A real JupyterLab 4 on localhost: run a cell that shows an AttentionView, then check that it renders,
-links on hover, fetches attention maps from the kernel, and syncs selections both ways."""
+"""A real JupyterLab 4 and Notebook 7 on localhost: run a cell that shows an AttentionView, then check that
+it renders, links on hover, fetches attention maps from the kernel, and syncs selections both ways."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    pytest.importorskip("jupyterlab")
+@pytest.fixture(scope="module", params=["jupyterlab", "notebook"])
+def lab(request, tmp_path_factory):
+    app = request.param
+    pytest.importorskip(app)
     pytest.importorskip("ipykernel")
     root = tmp_path_factory.mktemp("lab")
     notebook = {
@@ -59,7 +60,7 @@ def lab(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "jupyterlab",
+            app,
             "--no-browser",
             "--allow-root",
             "--ip=127.0.0.1",
@@ -70,6 +71,7 @@ def lab(tmp_path_factory):
             f"--ServerApp.root_dir={root}",
             f"--LabApp.workspaces_dir={root / 'workspaces'}",
             f"--LabApp.user_settings_dir={root / 'settings'}",
+            f"--JupyterNotebookApp.user_settings_dir={root / 'settings'}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -85,7 +87,7 @@ def lab(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail("JupyterLab did not start")
-        yield url
+        yield app, url
     finally:
         proc.terminate()
         try:
@@ -95,15 +97,20 @@ def lab(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_view_in_jupyterlab(lab, browser, shots):
+def test_view_in_jupyter(lab, browser, shots):
+    app, url = lab
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab}/lab/workspaces/{uuid.uuid4().hex}/tree/view.ipynb")
+    if app == "jupyterlab":
+        page.goto(f"{url}/lab/workspaces/{uuid.uuid4().hex}/tree/view.ipynb")
+    else:
+        page.goto(f"{url}/notebooks/view.ipynb")
     page.wait_for_selector(".jp-Notebook", timeout=60000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60000)
-    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
+    if app == "jupyterlab":
+        page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
     root = page.locator(".mmviz-root")
     try:
         for _ in range(3):  # a keystroke sent while the editor is still attaching can be lost
@@ -116,14 +123,14 @@ def test_view_in_jupyterlab(lab, browser, shots):
                 continue
         page.wait_for_selector(".mmviz-root[data-state='ready']", timeout=30000)
     except Exception:
-        page.screenshot(path=str(shots / "jupyterlab-failed.png"))
+        page.screenshot(path=str(shots / f"{app}-failed.png"))
         raise
 
     token = root.locator(".mmviz-tok", has_text="red")
     token.hover()
     assert root.get_attribute("data-source") == token.get_attribute("data-pos")
     assert root.locator(".mmviz-heatmap-overlay").get_attribute("data-rows") == token.get_attribute("data-pos")
-    page.screenshot(path=str(shots / "jupyterlab-hover.png"))
+    page.screenshot(path=str(shots / f"{app}-hover.png"))
 
     # a map that is not in the initial state comes from the kernel over a custom message
     thumbs = root.locator(".mmviz-thumbs")
@@ -143,7 +150,7 @@ def test_view_in_jupyterlab(lab, browser, shots):
     page.keyboard.press("Shift+Enter")
     page.wait_for_function("() => document.querySelector('.mmviz-c-layer select')?.value === '0'", timeout=30000)
     page.wait_for_selector(".mmviz-root[data-state='ready']", timeout=30000)
-    page.screenshot(path=str(shots / "jupyterlab-final.png"))
+    page.screenshot(path=str(shots / f"{app}-final.png"))
     # dark theme: the view's text colour comes from JupyterLab's variables (light text on dark)
     colour = root.evaluate("el => getComputedStyle(el).color")
     assert sum(int(c) for c in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]) > 3 * 150, colour
