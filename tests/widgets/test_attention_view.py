@@ -156,3 +156,20 @@ def test_save_writes_html_only(trace, tmp_path):
     view.save(path)
     text = path.read_text(encoding="utf-8")
     assert "<photograph" not in text and "http://" not in text and "https://" not in text
+
+
+def test_a_captured_tiny_llava_shows_and_exports(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.fixtures.tiny_models import tiny_llava_trace
+
+    trace = tiny_llava_trace()
+    view = trace.show(layer=1, head=2)
+    assert [m["name"] for m in view._modules] == ["language_model", "vision_tower"]
+    table = view._tables[view._modules[0]["query_table"]]
+    assert table["images"][0]["shape"] == [32, 32, 3] and table["grids"] == [[4, 4]]
+    assert view._slices["language_model|1|2"]["shape"] == [22, 22]
+    view.module = "vision_tower"
+    assert view.layer in (0, 1)
+    page = view.save(tmp_path / "llava.html").read_text(encoding="utf-8")
+    assert "vision_tower" in page
