@@ -151,6 +151,8 @@ def shrink(config: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
         if isinstance(value, int) and not isinstance(value, bool) and value > target:
             out[key] = target
     values = config.to_dict()
+    if "kv_lora_rank" in values and "num_key_value_heads" in out:  # latent attention: one key per head
+        out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
     if "head_dim" in values and values["head_dim"] is None and "hidden_size" in out:
         out["head_dim"] = HEAD_DIM  # some default configs leave it to the checkpoint
     head_dim = out.get("head_dim") or values.get("head_dim")

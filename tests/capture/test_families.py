@@ -432,3 +432,32 @@ def test_hierarchical_stages_are_separate_stacks():
     )
     assert trace.modules["encoder.stage0"].layers == (0, 1)
     assert trace.modules["encoder.stage0"].shape[0] == 16  # windows of 2×2 patches over the 8×8 grid
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("model.language_model.layers.3.self_attn", ("language_model", 3)),
+        ("decoder.block.1.layer.0.SelfAttention", ("decoder", 1)),
+        ("decoder.block.1.layer.1.EncDecAttention", ("decoder.cross_attention", 1)),
+        ("model.decoder.layers.0.encoder_attn", ("decoder.cross_attention", 0)),
+        ("qformer.encoder.layer.1.crossattention.attention", ("qformer.cross_attention", 1)),
+        ("model.vision_tower.vision_model.encoder.layers.0.self_attn", ("vision_tower", 0)),
+        ("model.visual.blocks.5.attn", ("visual", 5)),
+        ("encoder.layers.2.blocks.1.attention", ("encoder.stage2", 1)),
+        ("mask_decoder.transformer.layers.0.cross_attn_token_to_image", ("mask_decoder.cross_attn_token_to_image", 0)),
+        ("mask_decoder.transformer.final_attn_token_to_image", ("mask_decoder.final_attn_token_to_image", 0)),
+        ("layers.1.mlp_input", ("language_model.mlp_input", 1)),
+    ],
+)
+def test_module_group_names(path, expected):
+    assert module_group(path) == expected
+
+
+def test_layers_of_different_shapes_split_into_runs():
+    from mmviz.capture._build import _shape_runs
+
+    a, b = np.zeros((1, 2, 4, 4)), np.zeros((1, 4, 2, 2))
+    runs = _shape_runs("backbone", [0, 1, 2], [a, a, b])
+    assert [(name, layers) for name, layers, _ in runs] == [("backbone.0-1", [0, 1]), ("backbone.2", [2])]
+    assert _shape_runs("encoder", [0, 1], [a, a])[0][0] == "encoder"
