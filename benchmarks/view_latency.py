@@ -6,8 +6,8 @@ Prints, in one run:
   2. first paint: navigation → first frame after the view mounted, for a page holding exactly the
      widget's initial state and for the default export (16 MB of attention maps);
   3. hover → repaint: median of the hover handler's time plus the rendering of the frame that shows it
-     (style, layout, paint), over many tokens; and the wall time to the end of that frame, which adds
-     the wait for the frame to start.
+     (style, layout, paint), over many tokens in three rounds (the median round is reported); and the
+     wall time to the end of that frame, which adds the wait for the frame to start.
 
 Goals from issue 5: state ≤ 16 MB, first paint ≤ 1 s, hover → repaint median ≤ 16 ms.
 
@@ -114,7 +114,11 @@ def measure_page(browser, path: Path, hovers: int) -> dict[str, float]:
     mount = float(page.get_attribute(".mmviz-export", "data-mmviz-rendered") or "nan")
     result = {"first_paint_ms": first_paint, "mount_ms": mount, "blocked_requests": len(blocked)}
     if hovers:
-        result.update(page.evaluate(HOVER_JS, [hovers, 37]))
+        # rounds of hovers: on a shared machine one round can land on a burst of someone else's work
+        rounds = [page.evaluate(HOVER_JS, [hovers, 37 + 2 * i]) for i in range(3)]
+        rounds.sort(key=lambda r: r["work"])
+        result.update(rounds[1])  # the median round
+        result["rounds"] = [r["work"] for r in rounds]
     context.close()
     return result
 
@@ -122,7 +126,7 @@ def measure_page(browser, path: Path, hovers: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--hovers", type=int, default=200)
+    parser.add_argument("--hovers", type=int, default=100)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--bertviz-path", default="/tmp/bertviz-venv/lib/python3.11/site-packages")
     parser.add_argument("--bertviz-full", action="store_true")
@@ -188,9 +192,10 @@ def main() -> None:
             f"{r2['first_paint_ms']:.0f} ms (view mount {r2['mount_ms']:.0f} ms)"
         )
         print(
-            f"  hover → repaint over {args.hovers} hovers on {r1['n']} tokens: median {r1['work']:.1f} ms "
-            f"(p90 {r1['workP90']:.1f}) of handler + frame rendering   [goal ≤ 16 ms]; "
-            f"wall time to the end of the next frame {r1['wall']:.1f} ms (an idle frame costs {r1['idle']:.1f} ms)"
+            f"  hover → repaint, 3 rounds of {args.hovers} hovers on {r1['n']} tokens: median {r1['work']:.1f} ms "
+            f"(p90 {r1['workP90']:.1f}; round medians {', '.join(f'{w:.1f}' for w in r1['rounds'])}) of handler + "
+            f"frame rendering   [goal ≤ 16 ms]; wall time to the end of the next frame {r1['wall']:.1f} ms "
+            f"(an idle frame costs {r1['idle']:.1f} ms)"
         )
         print(f"  network requests attempted (all blocked): {r1['blocked_requests'] + r2['blocked_requests']}")
 
