@@ -26,6 +26,10 @@ def ranges(values: list[int]) -> str:
     return ", ".join(out)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
 def _candidates(view: AttentionView) -> list[MapKey]:
     """Every map of the view, most wanted first."""
     order: list[MapKey] = [MapKey(view.module, view.layer, view.aggregate, view.head)]
@@ -75,7 +79,7 @@ def choose_maps(view: AttentionView, budget: int) -> tuple[list[MapKey], list[st
         return chosen, []
     notes = [
         f"This page embeds {len(chosen)} of {len(chosen) + len(left)} attention maps "
-        f"({used / 1e6:.1f} MB; export budget {budget / 1e6:.0f} MB, raise it with save(..., budget=...)). "
+        f"({_size(used)}; export budget {_size(budget)}, raise it with save(..., budget=...)). "
         "Thumbnails of every head are included; a map that was left out says so when selected."
     ]
     for name in info:
