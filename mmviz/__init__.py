@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz import capture
 from mmviz.attribution import attribute
+from mmviz.capture import capture
 from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
 

@@ -32,13 +32,14 @@ def _models(trained: bool) -> tuple[Any, Any, Any, Any]:
 
     from mmviz.teaching._common import clip_config_dict, image_processor
     from mmviz.teaching._tokenizer import build_tokenizer
-    from mmviz.teaching._vlm import vlm_config_dict, vlm_processor
+    from mmviz.teaching._vlm import vlm_config_dict
+    from mmviz.teaching._vlm import vlm_processor as build_vlm_processor
 
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(**clip_config_dict())).eval()
     clip_processor = CLIPProcessor(image_processor=image_processor(), tokenizer=build_tokenizer("clip"))
     vlm = LlavaForConditionalGeneration(LlavaConfig(**vlm_config_dict())).eval()
-    return clip, clip_processor, vlm, vlm_processor(build_tokenizer("vlm"))
+    return clip, clip_processor, vlm, build_vlm_processor(build_tokenizer("vlm"))
 
 
 def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress: bool = True) -> Path:

@@ -104,14 +104,19 @@ class Problem:
         self.device = _device(model)
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in dict(inputs).items()}
         inputs.pop("labels", None)
-        for key in ("input_ids", "pixel_values"):
-            value = inputs.get(key)
-            if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] != 1 and key == "input_ids":
-                if "pixel_values" not in inputs or not hasattr(model, "logit_scale"):
-                    raise ValueError(
-                        f"mmviz.attribute explains one example at a time: input_ids has batch size {value.shape[0]}; "
-                        "pass one example (inputs sliced to [0:1])"
-                    )
+        ids = inputs.get("input_ids")
+        two_tower = hasattr(model, "logit_scale") and "pixel_values" in inputs  # CLIP: captions pick a row
+        if isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape[0] != 1 and not two_tower:
+            raise ValueError(
+                f"mmviz.attribute explains one example at a time: input_ids has batch size {ids.shape[0]}; "
+                "pass one example (inputs sliced to [0:1])"
+            )
+        pixels = inputs.get("pixel_values")
+        if isinstance(pixels, torch.Tensor) and pixels.ndim == 4 and pixels.shape[0] != 1 and ids is None:
+            raise ValueError(
+                f"mmviz.attribute explains one example at a time: pixel_values holds {pixels.shape[0]} images; "
+                "pass one (pixel_values[0:1])"
+            )
         self.plan: Plan = plan_target(model, inputs, self.tokenizer, target, per_token)
         wanted = set(SOURCES if sources is None else sources)
         unknown = wanted - set(SOURCES)
@@ -151,10 +156,10 @@ class Problem:
         inputs = self.plan.variants[0].inputs
         tables: dict[str, list[TokenTable]] = {}
         try:
-            import mmviz
+            from mmviz.capture import capture
 
             variant = self.plan.variants[0]
-            with torch.no_grad(), mmviz.capture.capture(self.model, self.processor, layers=[0], store="dense") as cap:
+            with torch.no_grad(), capture(self.model, self.processor, layers=[0], store="dense") as cap:
                 self._reference = variant.objective(self.model(**inputs, **variant.kwargs))
             trace = cap.attention
             tables = {k: list(v) for k, v in trace.tables.items()}

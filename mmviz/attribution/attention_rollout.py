@@ -43,12 +43,12 @@ def attention_rollout(problem: Problem, residual: bool = True, **options: Any) -
     Returns:
         ``scores`` ``[targets, positions]``.
     """
-    import mmviz
+    from mmviz.capture import capture
 
     n_targets = len(problem.plan.labels)
     scores = np.zeros((n_targets, len(problem.table)), dtype=np.float64)
     for variant in problem.plan.variants[:1]:
-        with torch.no_grad(), mmviz.capture.capture(problem.model, problem.processor, store="dense") as cap:
+        with torch.no_grad(), capture(problem.model, problem.processor, store="dense") as cap:
             problem.model(**variant.inputs)
         trace = cap.attention
         for stack, table, offset in stacks_on_table(problem):

@@ -11,8 +11,6 @@ cross-attention maps of every denoising step: ``cap.cross_attention`` is a
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -126,12 +124,3 @@ def _is_diffusers(obj: Any) -> bool:
     """A diffusers pipeline or model, recognised without importing diffusers."""
     return any(cls.__module__.split(".")[0] == "diffusers" for cls in type(obj).__mro__)
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``mmviz.capture(model)`` call :func:`capture` although ``mmviz.capture`` is this package."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return capture(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
