@@ -173,3 +173,9 @@ def test_a_captured_tiny_llava_shows_and_exports(tmp_path):
     assert view.layer in (0, 1)
     page = view.save(tmp_path / "llava.html").read_text(encoding="utf-8")
     assert "vision_tower" in page
+
+
+def test_browser_switching_module_with_its_layer_is_accepted(trace):
+    view = AttentionView(trace, layer=2, head=3)
+    view.set_state({"module": "vision_tower", "layer": 0, "head": 1, "aggregate": "head"})  # as a comm update
+    assert (view.module, view.layer, view.head) == ("vision_tower", 0, 1)
