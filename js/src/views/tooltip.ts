@@ -39,8 +39,11 @@ export class Tooltip {
     }
     const x = event.clientX - this.origin.x;
     const y = event.clientY - this.origin.y;
-    const left = x + 374 > this.origin.width ? Math.max(0, x - 374) : x + 14;
-    this.el.style.transform = `translate(${Math.round(left)}px, ${Math.round(y + 14)}px)`;
+    // Near the right edge the tooltip ends at the pointer: translateX(-100%) moves it by its own width,
+    // which CSS knows without a layout read here.
+    const flip = x + 300 > this.origin.width;
+    const at = `translate(${Math.round(flip ? x - 14 : x + 14)}px, ${Math.round(y + 14)}px)`;
+    this.el.style.transform = flip ? `${at} translateX(-100%)` : at;
   }
 
   hide(): void {
