@@ -179,3 +179,16 @@ def test_browser_switching_module_with_its_layer_is_accepted(trace):
     view = AttentionView(trace, layer=2, head=3)
     view.set_state({"module": "vision_tower", "layer": 0, "head": 1, "aggregate": "head"})  # as a comm update
     assert (view.module, view.layer, view.head) == ("vision_tower", 0, 1)
+
+
+def test_block_mean_matches_a_direct_computation():
+    from mmviz.widgets._state import block_mean
+
+    rng = np.random.default_rng(3)
+    for shape, qs, ks in (((2, 10, 7), 3, 2), ((9, 9), 4, 4), ((1, 8, 8), 2, 4), ((5, 3), 1, 2)):
+        v = rng.random(shape).astype(np.float32)
+        out = block_mean(v, qs, ks)
+        for i in range(out.shape[-2]):
+            for j in range(out.shape[-1]):
+                want = v[..., i * qs : (i + 1) * qs, j * ks : (j + 1) * ks].mean(axis=(-2, -1))
+                np.testing.assert_allclose(out[..., i, j], want, rtol=1e-6)
