@@ -17,7 +17,8 @@ sorts the result:
 * ``skipped``: the tiny model could not be built or run without mmviz (not counted).
 
 Run: ``python benchmarks/generality_sweep.py [--only bert,t5] [--timeout 30] [--json sweep.json]``.
-One CPU thread; the whole sweep takes about 10 minutes.
+One CPU thread; the whole sweep takes 11–14 minutes on a shared 2-core machine (``--budget`` stops it
+at 14; ``--resume`` finishes a cut-off run).
 """
 
 from __future__ import annotations
