@@ -14,9 +14,10 @@ tokens / channels. Variants, interleaved and repeated:
   layer and step (``[batch·heads, h·w, 77]`` probabilities, as ``attn.get_attention_scores`` returns them).
 
 Prints CPU and wall time (medians of the repeats; on a shared machine CPU time is the robust one), their
-ratio to uncaptured, the peak resident memory of one call above the built model (each variant in a fresh
-process), the bytes of maps kept and the largest pixel difference to the uncaptured image; then the kept
-bytes for UNets with 4, 8 and 16 heads (2 steps), which do not change with heads for mmviz.
+ratio to uncaptured, the peak resident memory of one call above the level before it (each variant in a
+fresh process, after a one-step warm-up), the bytes of maps kept and the largest pixel difference to the
+uncaptured image; then the kept bytes for UNets with 4, 8 and 16 heads (2 steps), which do not change with
+heads for mmviz.
 
 Run: ``python benchmarks/diffusion_overhead.py [--repeats 3] [--steps 20] [--threads 1]``.
 """
@@ -24,6 +25,7 @@ Run: ``python benchmarks/diffusion_overhead.py [--repeats 3] [--steps 20] [--thr
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -198,9 +200,41 @@ def run(pipe: Any, variant: str, steps: int, memory: bool = False) -> dict[str, 
 VARIANTS = ["uncaptured", "mmviz.capture", 'mmviz.capture(tokens="all")', "store everything"]
 
 
+def denoiser_alone(pipe: Any, repeats: int, calls: int = 10) -> tuple[list[float], list[float]]:
+    """CPU seconds of ``calls`` UNet calls, uncaptured and captured, interleaved ``repeats`` times."""
+    unet = pipe.unet
+    sample = torch.randn(
+        2, 4, unet.config.sample_size, unet.config.sample_size, generator=torch.Generator().manual_seed(0)
+    )
+    sample[1] = sample[0]  # [uncond; cond] share the latents, as in the pipeline
+    ids = pipe.tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = pipe.text_encoder(ids).last_hidden_state
+
+    def loop() -> None:
+        for i in range(calls):
+            unet(sample, 999 - i, encoder_hidden_states=context)
+
+    plain: list[float] = []
+    captured: list[float] = []
+    with torch.no_grad():
+        loop()
+        for _ in range(repeats):
+            start = time.process_time()
+            loop()
+            plain.append(time.process_time() - start)
+            start = time.process_time()
+            with mmviz.capture(unet):
+                loop()
+            captured.append(time.process_time() - start)
+    return plain, captured
+
+
 def memory_child(variant: str, steps: int, channels: tuple[int, ...], latent: int) -> None:
-    """In a fresh process: build, then one sampled run; prints peak memory above the built model."""
+    """In a fresh process: build, warm up, then one sampled run; prints peak memory above the level before it."""
     pipe = build(channels=channels, latent=latent)
+    run(pipe, variant, 1)  # warm-up: one-time imports and initialisation are not the call's memory
+    gc.collect()
     result = run(pipe, variant, steps, memory=True)
     print(json.dumps({"peak": result["peak"], "kept": result["kept"]}))
 
@@ -263,7 +297,18 @@ def main() -> None:
             f"{variant:<28} {cpu:>7.2f} {cpu / base_cpu:>9.3f} {wall:>7.2f} {wall / base_wall:>9.3f} "
             f"{peaks[variant] / 2**20:>9.1f} {kept:>9.2f} {diff:>12.1e}"
         )
-    print("(CPU s and wall s: medians; peak MiB: resident memory above the built model, one run in a fresh process)")
+    print(
+        "(CPU s, wall s: medians; peak MiB: resident memory above the level before the call, "
+        "in a fresh warmed-up process)"
+    )
+
+    print("\nthe denoiser alone (UNet calls with a doubled CFG batch, no VAE or text encoder), CPU s of 10 calls:")
+    plain, captured = denoiser_alone(pipe, opts.repeats + 2)
+    print(
+        f"  uncaptured min {min(plain):.3f} median {statistics.median(plain):.3f}; mmviz.capture min "
+        f"{min(captured):.3f} median {statistics.median(captured):.3f}; ratio of minima "
+        f"{min(captured) / min(plain):.3f}, of medians {statistics.median(captured) / statistics.median(plain):.3f}"
+    )
 
     print("\nbytes of maps kept, 2 steps, by number of heads (UNet channels 32/64/128/128, same latent):")
     print(f"{'heads':>5} {'mmviz.capture':>14} {'store everything':>17}")
