@@ -1,38 +1,14 @@
 /**
  * Colormaps as 256-entry RGB lookup tables, plus the scaling helpers the panes share.
  * The default, viridis, is perceptually uniform and readable with the common colour-vision deficiencies;
- * cividis is optimised for them.
+ * cividis is optimised for them. The stops live in `mmviz/colormaps.json`, shared with the matplotlib
+ * export (`mmviz/export/figures.py`), which interpolates them the same way.
  */
 
-const STOPS: Record<string, string[]> = {
-  viridis: [
-    "440154",
-    "482878",
-    "3e4989",
-    "31688e",
-    "26828e",
-    "1f9e89",
-    "35b779",
-    "6ece58",
-    "b5de2b",
-    "fde725",
-  ],
-  cividis: [
-    "00224e",
-    "123570",
-    "3b496c",
-    "575d6d",
-    "707173",
-    "8a8678",
-    "a59c74",
-    "c3b369",
-    "e1cc55",
-    "fee838",
-  ],
-  magma: ["000004", "180f3d", "440f76", "721f81", "9e2f7f", "cd4071", "f1605d", "fd9668", "feca8d", "fcfdbf"],
-  blues: ["f7fbff", "deebf7", "c6dbef", "9ecae1", "6baed6", "4292c6", "2171b5", "08519c", "08306b"],
-  greys: ["ffffff", "000000"],
-};
+import SHARED_STOPS from "../../../mmviz/colormaps.json";
+
+/** Hex stops per colormap, evenly spaced; `mmviz/colormaps.json` is the one definition (matplotlib reads it too). */
+const STOPS: Record<string, string[]> = SHARED_STOPS;
 
 /** Names of the available colormaps, the default first. */
 export const COLORMAPS = Object.keys(STOPS);
