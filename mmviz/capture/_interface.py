@@ -54,7 +54,12 @@ def register() -> None:
 
 
 def _record_mask(*args: Any, **kwargs: Any) -> Any:
-    """Builds the 4D mask: float additive (as for eager) when dense, boolean (as for sdpa) for ``qk``."""
+    """Builds the 4D mask: float additive (as for eager) when dense, boolean (as for sdpa) for ``qk``.
+
+    Dense captures take eager's mask, which is never left out for causal attention, so recorded layers
+    see exactly what ``attn_implementation="eager"`` sees (an sdpa mask may be ``None`` and leave
+    causality to a flag that eager does not read). Unrecorded sdpa layers accept the float mask.
+    """
     from transformers.masking_utils import eager_mask, sdpa_mask
 
     recorder = active_recorder()
@@ -103,13 +108,24 @@ def generic_eager_attention(
 
 
 def additive_mask(
-    mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, module: torch.nn.Module, kwargs: dict[str, Any]
+    mask: torch.Tensor | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    module: torch.nn.Module,
+    kwargs: dict[str, Any],
+    eager_model: bool = False,
 ) -> torch.Tensor | None:
-    """Turns a boolean (sdpa-style) or absent mask into the additive float mask eager functions expect."""
+    """Turns a boolean (sdpa-style) or absent mask into the additive float mask eager functions expect.
+
+    An absent mask means causal where sdpa would apply its causal rule; for a model that ran eager before
+    the capture (``eager_model``), only where the module says it is causal, since eager adds no mask
+    of its own.
+    """
     if mask is not None and mask.dtype != torch.bool:
         return mask
     if mask is None:
-        if not causal_without_mask(module, query, kwargs):
+        causal = getattr(module, "is_causal", False) and query.shape[2] > 1 if eager_model else None
+        if not (causal if causal is not None else causal_without_mask(module, query, kwargs)):
             return None
         mask = causal_bool(query.shape[2], key.shape[2], query.device)[None, None]
     zero = torch.zeros((), dtype=query.dtype, device=query.device)
@@ -140,7 +156,7 @@ def call_original(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Runs the implementation the model had before the capture (sdpa for kernels that need other masks)."""
     if implementation == "eager":
-        mask = additive_mask(attention_mask, query, key, module, kwargs)
+        mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=True)
         return model_eager_function(module)(module, query, key, value, mask, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -178,7 +194,7 @@ def record_attention(
         for r, t in wanted:
             r.add_qk(t, module, query, key, attention_mask, kwargs)
         return out
-    mask = additive_mask(attention_mask, query, key, module, kwargs)
+    mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=implementation == "eager")
     out, probs = model_eager_function(module)(module, query, key, value, mask, **kwargs)
     for r, t in wanted:
         if r.wants_qk(key.shape[2]):
