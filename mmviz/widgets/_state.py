@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmviz import _codec
-from mmviz.data.attention import AttentionTrace
+from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.tokens import TokenTable
 
 __all__ = ["AGGREGATES", "MapKey", "SliceSource", "block_mean", "map_nbytes", "module_state", "table_state"]
@@ -105,6 +105,27 @@ def block_mean(values: np.ndarray, q_step: int, k_step: int) -> np.ndarray:
     return (sums / (q_count[:, None] * k_count[None, :])).astype(np.float32)
 
 
+def streamed_blocks(
+    module: ModuleAttention, batch: int, layer: int, heads: list[int], q_step: int, k_step: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Block means of some heads' maps and of their maximum, from query rows recomputed in chunks.
+
+    For ``store="qk"`` modules: only a few hundred rows of probabilities exist at a time.
+
+    Returns:
+        ``([heads, rows, cols], [rows, cols])`` float32 block means of each head and of the head max.
+    """
+    n_query = module.shape[3]
+    chunk = q_step * max(1, 512 // q_step)  # whole blocks per chunk, so block edges line up
+    per_head, maxed = [], []
+    for start in range(0, n_query, chunk):
+        rows = np.arange(start, min(start + chunk, n_query))
+        p = np.stack([module.rows(rows, batch, layer, head) for head in heads])
+        per_head.append(block_mean(p, q_step, k_step))
+        maxed.append(block_mean(p.max(axis=0), q_step, k_step))
+    return np.concatenate(per_head, axis=-2), np.concatenate(maxed, axis=-2)
+
+
 def map_nbytes(n_query: int, n_key: int, q_step: int, k_step: int) -> int:
     """Bytes one attention map costs on the wire (uint8 cells plus a float32 scale and offset per row)."""
     rows, cols = math.ceil(n_query / q_step), math.ceil(n_key / k_step)
@@ -146,6 +167,13 @@ class SliceSource:
             self._cache.move_to_end(key.key)
             return hit
         t, b = self.trace, self.batch_index
+        module = t.module(key.module)
+        if module.store == "qk" and key.aggregate != "rollout":
+            heads = [key.head] if key.aggregate == "head" else list(module.heads)
+            per_head, maxed = streamed_blocks(module, b, key.layer, heads, *self.steps(key.module))
+            out = maxed if key.aggregate == "max" else per_head.mean(axis=0)
+            self._remember(key.key, out)
+            return out
         if key.aggregate == "head":
             full = t.probs(key.module, b, layers=[key.layer], heads=[key.head])[0, 0]
         elif key.aggregate == "mean":
@@ -160,10 +188,13 @@ class SliceSource:
         else:
             raise ValueError(f"unknown aggregate {key.aggregate!r}; use one of {AGGREGATES}")
         out = block_mean(full, *self.steps(key.module))
-        self._cache[key.key] = out
+        self._remember(key.key, out)
+        return out
+
+    def _remember(self, key: str, value: np.ndarray) -> None:
+        self._cache[key] = value
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return out
 
     def payload(self, key: MapKey) -> dict[str, Any]:
         """The map as a uint8 payload quantised per query row."""
@@ -179,12 +210,16 @@ class SliceSource:
         _, _, _, nq, nk = self.trace.module(module).shape
         qs, ks = steps(nq, nk, size)
         per_head, means, maxes = [], [], []
+        stack = self.trace.module(module)
         for layer in layers:
-            p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
-            thumbs = block_mean(p, qs, ks)
+            if stack.store == "qk":  # recomputed a chunk of rows at a time: N × N never exists
+                thumbs, maxed = streamed_blocks(stack, self.batch_index, layer, heads, qs, ks)
+            else:
+                p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
+                thumbs, maxed = block_mean(p, qs, ks), block_mean(p.max(axis=0), qs, ks)
             per_head.append(thumbs)
             means.append(thumbs.mean(axis=0))  # block means are linear: the mean of thumbnails is exact
-            maxes.append(block_mean(p.max(axis=0), qs, ks))
+            maxes.append(maxed)
         return {
             "heads": _codec.encode_uint8(np.stack(per_head), axes=2),
             "mean": _codec.encode_uint8(np.stack(means), axes=1),
