@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
-import diffusers
 from diffusers import ImagePipelineOutput
 
 _PipelineBase: Any = diffusers.DiffusionPipeline

@@ -20,6 +20,24 @@ the mask's area fraction (the chance that a uniformly random pixel hits it).
 
 Run ``python -m mmviz.teaching.evaluate`` for the full figures (a few minutes on
 one CPU thread); the tests run the same functions on fewer scenes.
+
+Measured for the shipped weights (`MEASURED`), pointing game vs random baseline:
+
+| model | map | hit | baseline |
+|---|---|---|---|
+| CLIP | object-word relevance (`clip_relevance`) | 77.3% | 7.1% |
+| CLIP | last-layer CLS attention, either object | 71.0% | 14.2% |
+| VLM | answer relevance (`vlm_relevance`) | 73.4% | 7.3% |
+| VLM | answer attention, layer mean (layers 1/2/3: 45/29/34%) | 45.3% | 7.3% |
+| diffusion | shape-word cross-attention, two-object captions | 44.5% | 8.4% |
+| diffusion | same, one-object captions | 51.6% | 13.0% |
+
+CLIP's colour-swap accuracy is 100%, relation-swap 57.5% (relations not learned); the
+VLM answers 50.1% of two-object questions (it picks an attribute present in the
+scene but does not bind it to the named object). All fall short of the 80% target.
+CLIP's misses are all within 1-3 px of the object (its relevance peaks on object
+edges and corners; the peak patch always overlaps the object). The VLM and the
+diffusion model are under-trained (see their training scripts for how to continue).
 """
 
 from __future__ import annotations
@@ -43,11 +61,30 @@ MEASURED: dict[str, dict[str, Any]] = {
         "relation_swap": 0.575,
         "test_floor": 0.7,
     },
-    "vlm": {"map": "relevance_hit", "test_floor": 0.0},
-    "diffusion": {"map": "hit", "test_floor": 0.0},
+    "vlm": {
+        "map": "relevance_hit",
+        "relevance_hit": 0.7338,
+        "attention_hit": 0.4525,
+        "attention_hit_per_layer": [0.4525, 0.285, 0.3438],
+        "baseline": 0.0728,
+        "accuracy": 0.5013,
+        "test_floor": 0.6,
+        "accuracy_floor": 0.45,
+    },
+    "diffusion": {
+        "map": "hit",
+        "hit": 0.4453,
+        "baseline": 0.0837,
+        "drawn": 0.8906,
+        "hit_one_object": 0.5156,
+        "baseline_one_object": 0.1302,
+        "test_floor": 0.3,
+    },
 }
 """Figures of ``python -m mmviz.teaching.evaluate`` for the shipped weights (one CPU
-thread), and the floors the fast tests assert on their smaller samples."""
+thread; 200 held-out scenes for CLIP and the VLM, 64 captions for diffusion), and
+the floors the fast tests assert on their smaller samples. All three are below the
+80% target of the teaching-kit issue: see the module docstring."""
 
 CLIP_SEED = 40_000
 VLM_SEED = 50_000
@@ -190,16 +227,18 @@ def diffusion_pointing(
     steps: int = 25,
     guidance_scale: float = 3.0,
     batch: int = 32,
+    n_objects: int = 2,
 ) -> dict[str, Any]:
     """Pointing game of shape-word cross-attention in generated images.
 
     Args:
         pipe: the teaching pipeline (from `mmviz.teaching.load_diffusion`).
-        n: held-out two-object captions (each scored for both shape words).
+        n: held-out captions (each scored for all its shape words).
         seed: caption and noise seed.
         steps: denoising steps.
         guidance_scale: classifier-free guidance.
         batch: prompts per pipeline call.
+        n_objects: objects per caption (2: "a red circle left of a blue square"; 1: "a red circle").
 
     Returns:
         ``hit`` (peak inside the colour-segmented object), ``baseline`` (that mask's
@@ -212,7 +251,7 @@ def diffusion_pointing(
     from mmviz.teaching._pipeline import to_uint8
     from mmviz.teaching.train_diffusion import shape_positions
 
-    scenes = make_scenes(n, seed=seed, n_objects=2)
+    scenes = make_scenes(n, seed=seed, n_objects=n_objects)
     size = pipe.unet.config.sample_size
     saved = pipe.unet.attn_processors
     recorder = install_recorder(pipe.unet, (size, size))
@@ -286,12 +325,13 @@ def main() -> None:
         print(json.dumps({"vlm": results["vlm"]}), flush=True)
     if "diffusion" in args.models:
         pipe = teaching.load_diffusion()
-        res = diffusion_pointing(pipe, n=args.n_diffusion)
-        images = res.pop("images")
-        if args.save_images:
-            np.save(args.save_images, images)
-        results["diffusion"] = res
-        print(json.dumps({"diffusion": res}), flush=True)
+        for k in (2, 1):
+            res = diffusion_pointing(pipe, n=args.n_diffusion, n_objects=k)
+            images = res.pop("images")
+            if args.save_images:
+                np.save(args.save_images.replace(".npy", f"_{k}.npy"), images)
+            results[f"diffusion_{k}"] = res
+            print(json.dumps({f"diffusion ({k} object{'s' if k > 1 else ''})": res}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,17 @@ layer -2, CLS dropped, so 64 image tokens), a GELU projector and a Llama LM (hid
 64, lr 1e-3 with warm-up and cosine decay, seed 0, one CPU thread. One random
 question per scene; scenes mix one object (1/3) and two objects (2/3).
 
-Measured: RESULTS_PLACEHOLDER
+Measured for the shipped weights (``--steps 2500 --batch 32``, 1120 s on two CPU cores
+shared with about eight other busy processes): loss 2.3 -> 0.21; first-answer-token
+accuracy on 256 held-out two-object scenes 0.42 (step 500-1000) -> 0.48 (1500) ->
+0.50 (2000-2500). One-object questions are answered right; on two-object scenes the
+model names an attribute present in the scene but has not learned to bind it to the
+named object (it plateaus at chance between the two objects). It needs more
+training; continue with::
+
+    nohup python -m mmviz.teaching.train_vlm --resume --steps 3000 > /tmp/train_vlm.log 2>&1 &
+
+Pointing game: see `mmviz.teaching.evaluate`.
 
 Writes ``mmviz/teaching/weights/vlm/`` (config.json, model.safetensors in float16,
 tokenizer.json, train_log.json).
@@ -21,6 +31,7 @@ tokenizer.json, train_log.json).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -71,6 +82,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clip", default=str(WEIGHTS_DIR / "clip"), help="vision tower init ('' for none)")
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "vlm"))
+    parser.add_argument("--resume", action="store_true", help="continue from the model in --out (fresh optimizer)")
     args = parser.parse_args()
 
     import torch
@@ -80,8 +92,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     tok = build_tokenizer("vlm")
-    model = LlavaForConditionalGeneration(LlavaConfig(**vlm_config_dict()))
-    if args.clip:
+    history: list[dict[str, float]] = []
+    first_step = 0
+    if args.resume:
+        model = LlavaForConditionalGeneration.from_pretrained(args.out, dtype=torch.float32)
+        history = json.loads((Path(args.out) / "train_log.json").read_text())["history"]
+        first_step = int(history[-1]["step"]) if history else 0
+        rng = np.random.default_rng(args.seed + first_step)
+        print(f"resuming from step {first_step}", flush=True)
+    else:
+        model = LlavaForConditionalGeneration(LlavaConfig(**vlm_config_dict()))
+    if args.clip and not args.resume:
         clip = CLIPModel.from_pretrained(args.clip, dtype=torch.float32)
         missing = model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
         print(f"vision tower from {args.clip}: {missing}", flush=True)
@@ -94,11 +115,10 @@ def main() -> None:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_at(i))
     clock = Clock()
-    history: list[dict[str, float]] = []
     model.train()
-    for step in range(1, args.steps + 1):
+    for step in range(first_step + 1, first_step + args.steps + 1):
         scenes = [random_scene(rng) for _ in range(args.batch)]
         choices = [int(rng.integers(len(s.qa))) for s in scenes]
         out = model(**make_batch(scenes, choices, tok))
@@ -109,7 +129,7 @@ def main() -> None:
         sched.step()
         if step % 50 == 0:
             print(f"{clock} step {step} loss {out.loss.item():.4f}", flush=True)
-        if step % 500 == 0 or step == args.steps:
+        if step % 500 == 0 or step == first_step + args.steps:
             model.eval()
             metrics = evaluate(model, tok)
             model.train()
