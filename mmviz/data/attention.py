@@ -350,6 +350,21 @@ class AttentionTrace:
 
         return AttentionView(self, **options)
 
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib ``Figure`` of one attention selection, for composition or ``savefig``.
+
+        Args:
+            **options: ``module=``, ``layer=``, ``head=``, ``aggregate=``, ``token=``, ``batch_index=``,
+                ``direction=``, ``hide_special=``, ``merge_words=``, ``cmap=``, ``title=``, ... (see
+                :func:`mmviz.export.figures.attention_figure`).
+
+        Returns:
+            A :class:`matplotlib.figure.Figure` (not attached to pyplot).
+        """
+        from mmviz.export.figures import attention_figure
+
+        return attention_figure(self, **options)
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """Shows the trace as an AttentionView when it is the last expression of a notebook cell."""
         from mmviz.errors import MMVizError

@@ -1,7 +1,12 @@
-"""Exports of mmviz views: one self-contained, offline HTML file (:func:`save_html`)."""
+"""Exports of mmviz views: offline HTML pages and matplotlib figures.
+
+:func:`save_html` writes one self-contained, offline HTML file; :func:`attention_figure` and
+:func:`save_figure` draw a view's current selection as PNG, SVG or PDF.
+"""
 
 from __future__ import annotations
 
+from mmviz.export.figures import attention_figure, save_figure
 from mmviz.export.html import render_html, save_html
 
-__all__ = ["render_html", "save_html"]
+__all__ = ["attention_figure", "render_html", "save_figure", "save_html"]

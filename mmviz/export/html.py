@@ -2,8 +2,8 @@
 
 The page holds the front-end bundle (``mmviz/static/standalone.js``, base64), each view's state as
 JSON (``<`` escaped) whose binary leaves are ``{"__b64__": ...}``, and a few lines that import the bundle from a
-Blob URL and mount each view into its own shadow root. Titles, notes and token text are data: they are
-HTML-escaped here and rendered with ``textContent`` by the front end, so nothing in them runs.
+Blob URL and mount each view into its own shadow root. Titles, notes, headings, captions and token text are data:
+they are HTML-escaped here and rendered with ``textContent`` by the front end, so nothing in them runs.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ _PAGE = """<!doctype html>
   h1 {{ font-size: 20px; margin: 0 0 6px; }}
   .mmviz-page-notes {{ white-space: pre-wrap; margin: 0 0 16px; max-width: 70em; opacity: 0.85; }}
   .mmviz-export {{ display: block; margin: 0 0 28px; }}
+  h2.mmviz-heading {{ font-size: 16px; margin: 20px 0 4px; }}
+  .mmviz-caption {{ white-space: pre-wrap; margin: -20px 0 28px; max-width: 70em; font-size: 14px; opacity: 0.85; }}
   noscript {{ display: block; padding: 12px; border: 1px solid #d1d9e0; }}
 </style>
 </head>
@@ -88,18 +90,30 @@ requestAnimationFrame(() => {{ document.body.dataset.mmvizPaintedMs = performanc
 """
 
 
+def _per_view(values: Sequence[str | None] | None, n: int, what: str) -> list[str | None]:
+    if values is None:
+        return [None] * n
+    if isinstance(values, str) or len(values) != n:
+        raise ValueError(f"save_html: give {what} as a list with one entry (or None) per view ({n})")
+    return [None if v is None else str(v) for v in values]
+
+
 def render_html(
     views: Sequence[Exportable],
     *,
     title: str | None = None,
     notes: str | None = None,
     budget: int | None = None,
+    headings: Sequence[str | None] | None = None,
+    captions: Sequence[str | None] | None = None,
 ) -> str:
     """The page's HTML text (see :func:`save_html`)."""
     from mmviz import __version__
 
     if not views:
         raise ValueError("save_html needs at least one view")
+    heads = _per_view(headings, len(views), "headings")
+    caps = _per_view(captions, len(views), "captions")
     page_title = title or "mmviz"
     header = [f"<h1>{html.escape(page_title)}</h1>"] if title else []
     if notes:
@@ -109,7 +123,11 @@ def render_html(
         if not hasattr(view, "export_state"):
             raise TypeError(f"save_html: item {i} ({type(view).__name__}) is not an mmviz view")
         state = _script_json(view.export_state() if budget is None else view.export_state(budget=budget))
+        if heads[i]:
+            hosts.append(f'<h2 class="mmviz-heading">{html.escape(str(heads[i]))}</h2>')
         hosts.append(f'<div class="mmviz-export" id="mmviz-view-{i}" data-mmviz-state="mmviz-state-{i}"></div>')
+        if caps[i]:
+            hosts.append(f'<p class="mmviz-caption">{html.escape(str(caps[i]))}</p>')
         states.append(f'<script type="application/json" id="mmviz-state-{i}">{state}</script>')
     bundle = base64.b64encode(read_asset("standalone.js").encode("utf-8")).decode("ascii")
     return _PAGE.format(
@@ -129,6 +147,8 @@ def save_html(
     title: str | None = None,
     notes: str | None = None,
     budget: int | None = None,
+    headings: Sequence[str | None] | None = None,
+    captions: Sequence[str | None] | None = None,
 ) -> Path:
     """Writes views to one self-contained HTML file that works offline (``file://``, no network).
 
@@ -137,6 +157,8 @@ def save_html(
         path: file to write.
         title: page heading.
         notes: text shown under the heading (plain text, not markup).
+        headings: one heading per view (``None`` for none), shown above it; plain text.
+        captions: one caption per view (``None`` for none), shown under it; plain text, line breaks kept.
         budget: bytes of attention maps embedded per view (default 16 MB); a trace over it embeds the most useful
             maps (current selection, head means, the current layer's heads, ...) and the page lists
             what it left out.
@@ -146,5 +168,6 @@ def save_html(
     """
     items = [views] if hasattr(views, "export_state") else list(views)
     out = Path(path)
-    out.write_text(render_html(items, title=title, notes=notes, budget=budget), encoding="utf-8")
+    page = render_html(items, title=title, notes=notes, budget=budget, headings=headings, captions=captions)
+    out.write_text(page, encoding="utf-8")
     return out

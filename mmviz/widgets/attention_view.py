@@ -335,6 +335,17 @@ class AttentionView(anywidget.AnyWidget):
         )
         return state
 
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib ``Figure`` of the current selection (see :func:`mmviz.export.figures.attention_figure`).
+
+        Args:
+            **options: overrides of the selection (``layer=``, ``head=``, ``token=``, ...) and figure
+                options (``max_labels=``, ``images=``, ``figsize=``).
+        """
+        from mmviz.export.figures import view_figure
+
+        return view_figure(self, **options)
+
     def save(
         self,
         path: str | os.PathLike[str],
@@ -342,21 +353,38 @@ class AttentionView(anywidget.AnyWidget):
         title: str | None = None,
         notes: str | None = None,
         budget: int | None = None,
+        dpi: float | None = None,
     ) -> Path:
-        """Writes the view to one self-contained HTML file (see :func:`mmviz.save_html`).
+        """Writes the view to a file; the extension picks what is written.
+
+        ``.html``/``.htm``: one self-contained, interactive page (see :func:`mmviz.save_html`).
+        ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the current selection (module, layer, head or
+        reduction, pinned token, direction, hiding, word merge, colormap); SVG and PDF keep token text as text.
+
+        Args:
+            path: file to write.
+            title: page heading (HTML) or figure title (default: model, module, layer, head).
+            notes: text under the page heading (HTML only).
+            budget: bytes of attention maps the page embeds (HTML only).
+            dpi: resolution of a PNG (default 200).
 
         Returns:
             The path written.
 
         Raises:
-            ValueError: ``path`` does not end in ``.html`` or ``.htm``.
+            ValueError: another extension (the message lists the ones it writes).
         """
-        from mmviz.export import save_html
+        from mmviz.export.figures import check_format
 
-        if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
-            raise ValueError(f"AttentionView.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
+        kind = check_format(path, ("html", "png", "svg", "pdf"))
+        if kind == "html":
+            from mmviz.export import save_html
 
-        return save_html([self], path, title=title, notes=notes, budget=budget)
+            return save_html([self], path, title=title, notes=notes, budget=budget)
+        from mmviz.export.figures import save_figure
+
+        options = {"title": title} if title else {}
+        return save_figure(self.figure(**options), path, dpi=dpi)
 
 
 def _labels(value: Any) -> set[int] | None:

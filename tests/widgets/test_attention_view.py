@@ -148,10 +148,10 @@ def test_state_has_no_float_lists(trace):
     walk({name: getattr(view, name) for name in ("_tables", "_thumbs", "_slices", "_modules")})
 
 
-def test_save_writes_html_only(trace, tmp_path):
+def test_save_writes_html_and_refuses_other_extensions(trace, tmp_path):
     view = AttentionView(trace)
-    with pytest.raises(ValueError, match=r"\.html"):
-        view.save(tmp_path / "figure.png")
+    with pytest.raises(ValueError, match=r"\.html, \.png, \.svg, \.pdf"):
+        view.save(tmp_path / "figure.jpg")
     path = tmp_path / "figure.html"
     view.save(path)
     text = path.read_text(encoding="utf-8")
