@@ -453,7 +453,7 @@ def attention_figure(
 
         who = clean_label(src.label, 24)
         for ax_img, image in zip(img_axes, image_ids):
-            _draw_overlay(fig, ax_img, paint_tab, image, vector, cm, who, to)
+            _draw_overlay(fig, ax_img, paint_tab, image, vector, cm, who, to, src)
 
         model = str(trace.info.get("model") or "")
         heading = title or " — ".join(x for x in (model, _what(name, layer, aggregate, head, len(m.heads))) if x)
@@ -484,6 +484,7 @@ def _draw_overlay(
     cm: ListedColormap,
     who: str,
     to: bool,
+    source: _Unit,
 ) -> None:
     """One image with the selected token's attention over its patches, translucent on top."""
     picture = table.images[image]
@@ -504,7 +505,14 @@ def _draw_overlay(
     ax.set_xticks([])
     ax.set_yticks([])
     rows, cols = grid.shape
-    caption = f"{'to' if to else 'from'} '{who}' {'from' if to else 'over'} image {image} ({rows}×{cols} patches)"
+    if source.image == image and len(source.positions) == 1:  # the selected token is a patch of this image
+        from matplotlib.patches import Rectangle
+
+        p = source.positions[0]
+        r, c = int(table.patch_row[p]), int(table.patch_col[p])
+        ph, pw = height / rows, width / cols
+        ax.add_patch(Rectangle((c * pw, r * ph), pw, ph, fill=False, edgecolor="#ff3b30", linewidth=1.5))
+    caption = f"{'to' if to else 'from'} '{who}'\n{'from' if to else 'over'} image {image} ({rows}×{cols} patches)"
     ax.set_title(caption, fontsize=8, parse_math=False)
     bar = fig.colorbar(over, ax=ax, orientation="horizontal", shrink=0.9, pad=0.03, aspect=30)
     bar.set_label("attention probability", fontsize=7)

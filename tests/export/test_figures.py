@@ -32,7 +32,9 @@ def test_view_saves_png_svg_pdf_of_its_selection(trace, tmp_path):
     assert "<img src=x oner…" in texts  # markup is text (escaped in the file, cut at 16 characters)
     assert "<img" not in svg.read_text(encoding="utf-8")
     assert "attention probability" in texts  # colorbar units
-    assert "from ' costs' over image 0 (4×4 patches)" in texts  # the pinned token's attention over the image
+    assert (
+        "from ' costs'" in texts and "over image 0 (4×4 patches)" in texts
+    )  # the pinned token's attention over the image
     pdf = view.save(tmp_path / "fig.pdf")
     assert pdf.read_bytes().startswith(b"%PDF")
 
