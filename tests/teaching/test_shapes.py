@@ -85,3 +85,21 @@ def test_shapes_are_centred(shape: str) -> None:
     rows, cols = np.nonzero(mask)
     assert 60 < mask.sum() < 150
     assert abs(cols.mean() + 0.5 - 16.0) < 1.0 and abs(rows.mean() + 0.5 - 16.0) < 2.0
+
+
+def test_world_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'diffusers', 'tokenizers'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mmviz.teaching as t\n"
+        "import mmviz.teaching.evaluate\n"
+        "assert len(t.make_scenes(2, seed=0)) == 2\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
