@@ -22,7 +22,7 @@ _SELECTION = ("module", "layer", "head", "aggregate", "token", "direction", "hid
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mmviz.data import AttentionTrace, load
+    from mmviz.data import AttentionTrace, Attribution, load
     from mmviz.export.figures import check_format, save_figure
 
     kind = check_format(args.out, ("html", "png", "svg", "pdf"))  # before loading: a typo fails fast
@@ -40,8 +40,18 @@ def _export(args: argparse.Namespace) -> int:
         if selection:
             names = ", ".join(f"--{n.replace('_', '-')}" for n in selection)
             raise ValueError(f"{names} apply to attention traces; {args.path!r} holds a {type(trace).__name__}")
-        view = trace.show()
-        out = view.save(args.out, **({"title": args.title} if args.title else {}))
+        titled = {"title": args.title} if args.title else {}
+        if kind == "html":
+            out = trace.show().save(args.out, **titled)
+        elif isinstance(trace, Attribution):
+            from mmviz.export.attribution_figures import attribution_figure
+
+            out = save_figure(attribution_figure(trace, **titled), args.out, dpi=args.dpi)
+        else:  # cross-attention: its own figure (image, then each word's heat map)
+            fig = trace.figure()
+            if args.title:
+                fig.suptitle(args.title)
+            out = save_figure(fig, args.out, dpi=args.dpi)
     print(f"wrote {out}")
     return 0
 

@@ -1,12 +1,13 @@
 """Exports of mmviz views: offline HTML pages and matplotlib figures.
 
-:func:`save_html` writes one self-contained, offline HTML file; :func:`attention_figure` and
-:func:`save_figure` draw a view's current selection as PNG, SVG or PDF.
+:func:`save_html` writes one self-contained, offline HTML file; :func:`attention_figure`,
+:func:`attribution_figure` and :func:`save_figure` draw a view's current selection as PNG, SVG or PDF.
 """
 
 from __future__ import annotations
 
+from mmviz.export.attribution_figures import attribution_figure
 from mmviz.export.figures import attention_figure, save_figure
 from mmviz.export.html import render_html, save_html
 
-__all__ = ["attention_figure", "render_html", "save_figure", "save_html"]
+__all__ = ["attention_figure", "attribution_figure", "render_html", "save_figure", "save_html"]

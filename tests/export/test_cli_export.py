@@ -34,3 +34,24 @@ def test_export_errors_are_clear(trace, tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.mmviz"), "--out", str(tmp_path / "fig.png")]) == 1
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "fig.png").exists()
+
+
+def test_export_of_a_saved_attribution(tmp_path, capsys):
+    from tests.export.test_attribution_figures import make_attribution
+
+    run = tmp_path / "attr.mmviz"
+    make_attribution().save(run)
+    assert main(["export", str(run), "--out", str(tmp_path / "a.svg"), "--title", "IG of $x$"]) == 0
+    assert "IG of $x$" in (tmp_path / "a.svg").read_text(encoding="utf-8")
+    assert main(["export", str(run), "--out", str(tmp_path / "a.html")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "b.png"), "--layer", "1"]) == 1
+    assert "--layer apply to attention traces" in capsys.readouterr().err
+
+
+def test_export_of_a_saved_cross_attention_trace(tmp_path):
+    from tests.data.test_cross_attention import make_trace as make_cross
+
+    run = tmp_path / "cross.mmviz"
+    make_cross().save(run)
+    assert main(["export", str(run), "--out", str(tmp_path / "c.pdf")]) == 0
+    assert (tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")
