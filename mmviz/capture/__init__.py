@@ -123,4 +123,3 @@ def capture(
 def _is_diffusers(obj: Any) -> bool:
     """A diffusers pipeline or model, recognised without importing diffusers."""
     return any(cls.__module__.split(".")[0] == "diffusers" for cls in type(obj).__mro__)
-
