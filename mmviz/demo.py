@@ -54,6 +54,7 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
     Returns:
         The path of the report.
     """
+    import numpy as np
     import torch
 
     import mmviz
@@ -76,16 +77,18 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
     clip, clip_processor, vlm, vlm_processor = _models(trained)
     scenes = make_scenes(_SCENES, seed=_SEED, n_objects=2)
     views: list[Any] = []
-    notes: list[str] = []
+    headings: list[str] = []
+    captions: list[str] = []
     for i, scene in enumerate(scenes):
         say(f"scene {i + 1}/{len(scenes)}: CLIP on “{scene.caption}”")
         inputs = clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)
         with torch.no_grad(), mmviz.capture(clip, processor=clip_processor) as cap:
             clip(**inputs)
-        views.append(cap.attention.show(module="vision_model"))
-        notes.append(
-            f"CLIP vision tower on a scene captioned “{scene.caption}”. Hover a patch to see where it looks; "
-            "the [CLS] row shows what the image embedding gathers."
+        views.append(cap.attention.show(module="vision_model", token=0))
+        headings.append(f"Scene {i + 1} · CLIP vision tower · “{scene.caption}”")
+        captions.append(
+            "The [CLS] token is pinned: its row is what the image embedding gathers, painted over the patches. "
+            "Hover a patch to see where it looks; pick another layer or head in the grid on the right."
         )
         question, answer, _ = scene.qa[0]
         say(f"scene {i + 1}/{len(scenes)}: VLM answers “{question}”")
@@ -93,13 +96,28 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
         with torch.no_grad(), mmviz.capture(vlm, processor=vlm_processor) as cap:
             generated = vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
         reply = vlm_processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        views.append(cap.attention.show())
-        notes.append(
-            f"The VLM is asked “{question}” (expected: {answer}; it said: {reply.strip() or '—'}). Hover the "
-            "question's words or the generated answer to see which image patches they attend to."
+        trace = cap.attention
+        answer_at = np.flatnonzero(trace.tokens().generated)
+        views.append(trace.show(token=int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1))
+        headings.append(f"Scene {i + 1} · VLM · “{question}” → {reply.strip() or '—'} (expected: {answer})")
+        captions.append(
+            "The answer token is pinned: its attention over the image patches is painted on the image. Hover the "
+            "question's words to compare; the vision tower is in the module menu."
         )
     say(f"writing {out}")
     path = Path(out)
-    mmviz.save_html(views, path, title="mmviz demo: attention in a tiny CLIP and a tiny VLM", notes="\n".join(notes))
+    mmviz.save_html(
+        views,
+        path,
+        title="mmviz demo: attention in a tiny CLIP and a tiny VLM",
+        notes=(
+            "Tiny models trained on a procedural shapes world (mmviz.teaching), captured with mmviz.capture. "
+            "Every pane is linked: hover a token or a patch and the others follow. Works offline."
+            if trained
+            else "Random weights (mmviz demo --models random): the panes work, the patterns mean nothing."
+        ),
+        headings=headings,
+        captions=captions,
+    )
     say("done")
     return path
