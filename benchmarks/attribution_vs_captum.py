@@ -21,10 +21,12 @@ A watchdog kills a run whose RSS passes ``--limit-gib`` (default 14 GiB: the mac
 with others) and reports it as not measurable here. Scores are compared per position (text) or per pixel
 (image) against Captum's: max |difference| / max |Captum score|.
 
-mmviz and Captum run alternately ``--repeats`` times (default 2) and each one's fastest run is kept:
-other jobs on a shared machine only ever slow a run down.
+One torch thread per run by default: where other jobs share the cores, two OpenMP threads spin-wait
+on each other (measured on the 2-core machine: mmviz GPT-2 64 tokens 9.5 s with 1 thread, 32.8 s
+with 2; Captum 22 s with 2). mmviz and Captum run alternately ``--repeats`` times (default 2) and
+each one's fastest run is kept: other jobs on a shared machine only ever slow a run down.
 
-Run: ``python benchmarks/attribution_vs_captum.py`` (``--cases gpt2-64 clip``, ``--threads 2``,
+Run: ``python benchmarks/attribution_vs_captum.py`` (``--cases gpt2-64 clip``, ``--threads 1``,
 ``--repeats 3``).
 Needs ``captum`` (benchmark only: ``pip install --no-deps captum``).
 """
@@ -247,7 +249,7 @@ def _best(case: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: no oversubscription)")
     parser.add_argument("--batch-size", type=int, default=8, help="mmviz's steps per pass")
     parser.add_argument("--limit-gib", type=float, default=14.0)
     parser.add_argument("--repeats", type=int, default=2, help="alternate runs per tool; the fastest is kept")

@@ -168,7 +168,9 @@ def _logit_variant(model: Any, inputs: dict[str, Any], token_ids: list[int], wei
     return Variant(dict(inputs), 1.0, objective, _lm_kwargs(model, 1), _fast_logits(model, token_ids, weights))
 
 
-def _fast_logits(model: Any, token_ids: list[int], weights: list[float]) -> Callable[[dict[str, Any]], torch.Tensor] | None:
+def _fast_logits(
+    model: Any, token_ids: list[int], weights: list[float]
+) -> Callable[[dict[str, Any]], torch.Tensor] | None:
     """Logits of a few ids at the last position from the base model's last hidden state.
 
     A causal LM computes all vocabulary logits (50k+ rows) for every copy of the input, forward and
