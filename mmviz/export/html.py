@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mmviz.widgets._static import read_asset
+from mmviz._static import read_asset
 
 __all__ = ["Exportable", "render_html", "save_html"]
 

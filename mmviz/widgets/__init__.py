@@ -6,7 +6,7 @@ request, and links its panes in the browser. ``view.save("x.html")`` writes an o
 
 from __future__ import annotations
 
-from mmviz.widgets._static import MissingBundleError
+from mmviz._static import MissingBundleError
 from mmviz.widgets.attention_view import COLORMAPS, AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView

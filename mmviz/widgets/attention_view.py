@@ -16,10 +16,10 @@ from typing import Any
 import anywidget
 import traitlets
 
+from mmviz._static import STATIC_DIR, asset
 from mmviz.data.attention import AttentionTrace
 from mmviz.errors import BudgetError
 from mmviz.widgets import _state
-from mmviz.widgets._static import STATIC_DIR, asset
 
 __all__ = ["COLORMAPS", "AttentionView"]
 

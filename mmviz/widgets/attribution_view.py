@@ -18,10 +18,10 @@ import numpy as np
 import traitlets
 
 from mmviz import _codec
+from mmviz._static import STATIC_DIR, asset
 from mmviz.data.attribution import Attribution
 from mmviz.data.tokens import TokenTable
 from mmviz.errors import BudgetError
-from mmviz.widgets._static import STATIC_DIR, asset
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["AttributionView", "attribution_state"]

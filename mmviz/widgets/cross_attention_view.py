@@ -18,9 +18,9 @@ import numpy as np
 import traitlets
 
 from mmviz import _codec
+from mmviz._static import STATIC_DIR, asset
 from mmviz.data.cross_attention import CrossAttentionTrace
 from mmviz.errors import BudgetError
-from mmviz.widgets._static import STATIC_DIR, asset
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["CrossAttentionView", "cross_attention_state"]

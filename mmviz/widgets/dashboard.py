@@ -17,9 +17,9 @@ from typing import Any
 import anywidget
 import traitlets
 
+from mmviz._static import STATIC_DIR, asset
 from mmviz.data.attention import AttentionTrace
 from mmviz.data.attribution import Attribution
-from mmviz.widgets._static import STATIC_DIR, asset
 from mmviz.widgets.attention_view import DEFAULT_EXPORT_BUDGET, AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 

@@ -542,7 +542,7 @@ def test_not_a_denoiser() -> None:
 
 def test_show_and_export_from_a_capture(tmp_path: Any) -> None:
     pytest.importorskip("anywidget")
-    from mmviz.widgets._static import STATIC_DIR
+    from mmviz._static import STATIC_DIR
 
     if not (STATIC_DIR / "standalone.js").is_file():
         pytest.skip("front-end bundle not built")

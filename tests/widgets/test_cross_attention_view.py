@@ -118,7 +118,7 @@ def test_export_state_and_files(xtrace: CrossAttentionTrace, tmp_path: Any) -> N
 
 def test_html_export_escapes_words(tmp_path: Any) -> None:
     pytest.importorskip("anywidget")
-    from mmviz.widgets._static import STATIC_DIR
+    from mmviz._static import STATIC_DIR
 
     if not (STATIC_DIR / "standalone.js").is_file():
         pytest.skip("front-end bundle not built")

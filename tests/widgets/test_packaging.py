@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmviz.widgets import _static
+from mmviz import _static
 
 ROOT = Path(__file__).resolve().parents[2]
 

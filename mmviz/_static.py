@@ -8,7 +8,7 @@ from mmviz.errors import MMVizError
 
 __all__ = ["STATIC_DIR", "MissingBundleError", "asset", "read_asset"]
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The one place the bundle is looked for; ``hatch_build.py`` writes it there."""
 
 BUILD_COMMAND = "npm --prefix js ci && npm --prefix js run build"
