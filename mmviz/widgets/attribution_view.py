@@ -216,14 +216,34 @@ class AttributionView(anywidget.AnyWidget):
         title: str | None = None,
         notes: str | None = None,
         budget: int | None = None,
+        dpi: float | None = None,
     ) -> Path:
-        """Writes the view to one self-contained, offline HTML file (see :func:`mmviz.save_html`).
+        """Writes the view to a file; the extension picks what is written.
+
+        ``.html``/``.htm``: one self-contained, interactive page (see :func:`mmviz.save_html`).
+        ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the shown attribution and target, with the
+        view's opacity and colormap.
+
+        Args:
+            path: file to write.
+            title: page heading (HTML) or figure title.
+            notes: text under the page heading (HTML only).
+            budget: bytes the page may embed (HTML only).
+            dpi: resolution of a PNG (default 200).
 
         Raises:
-            ValueError: ``path`` does not end in ``.html`` or ``.htm``.
+            ValueError: another extension (the message lists the ones it writes).
         """
-        from mmviz.export import save_html
+        from mmviz.export.figures import check_format
 
-        if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
-            raise ValueError(f"AttributionView.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
-        return save_html([self], path, title=title, notes=notes, budget=budget)
+        if check_format(path, ("html", "png", "svg", "pdf")) == "html":
+            from mmviz.export import save_html
+
+            return save_html([self], path, title=title, notes=notes, budget=budget)
+        from mmviz.export.attribution_figures import attribution_figure
+        from mmviz.export.figures import save_figure
+
+        figure = attribution_figure(
+            self.attributions[self.entry], target=self.target, cmap=self.cmap, opacity=self.opacity, title=title
+        )
+        return save_figure(figure, path, dpi=dpi)

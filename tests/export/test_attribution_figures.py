@@ -36,3 +36,13 @@ def test_unsigned_patch_scores(tmp_path):
     assert any("image 0 (patches)" in a.get_title() for a in fig.axes)
     with pytest.raises(IndexError, match="target 5"):
         attribution_figure(make_attribution(), target=5)
+
+
+def test_attribution_view_saves_its_selection_as_a_figure(tmp_path):
+    view = make_attribution().show(target=1, opacity=0.3)
+    assert imread(view.save(tmp_path / "view.png", dpi=50))[..., :3].std() > 0.05
+    assert "integrated_gradients · log p(' circle')" in svg_texts(view.save(tmp_path / "view.svg"))
+    assert view.save(tmp_path / "view.pdf").read_bytes().startswith(b"%PDF")
+    assert view.save(tmp_path / "view.html").read_text(encoding="utf-8").lower().startswith("<!doctype html>")
+    with pytest.raises(ValueError, match=r"\.html, \.png, \.svg, \.pdf"):
+        view.save(tmp_path / "view.gif")
