@@ -65,8 +65,9 @@ def test_several_attributions_and_entry_switch(tmp_path):
     out = view.save(tmp_path / "a.html", title="<b>t</b>")
     text = out.read_text()
     assert "&lt;b&gt;t&lt;/b&gt;" in text and "https://" not in text
-    with pytest.raises(ValueError, match=r"ending in \.html"):
-        view.save(tmp_path / "a.png")
+    assert view.save(tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match=r"ending in \.html, \.png, \.svg, \.pdf"):
+        view.save(tmp_path / "a.gif")
 
 
 def test_errors():
