@@ -29,6 +29,11 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
     for group in groups:
         if any(t.group == group for t in run.dense):
             targets = sorted((t for t in run.dense if t.group == group), key=lambda t: t.layer)
+            buffer = run.buffers.get(group)
+            if buffer is not None and run.slots[group] == targets and buffer.shape[1] == len(targets):
+                if all(len(run.dense[t]) == 1 for t in targets):  # written in place, one call per layer
+                    arrays[group] = ([t.layer for t in targets], buffer)
+                    continue
             layers, per_layer = _applications(targets, run, packed)
             for name, run_layers, run_arrays in _shape_runs(group, layers, per_layer):
                 arrays[name] = (run_layers, _stack_dense(run_arrays, name))

@@ -83,6 +83,10 @@ class Run:
     qk: dict[Target, list[dict[str, Any]]] = field(default_factory=dict)
     generate: bool = False
     sequences: torch.Tensor | None = None
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per stack, ``[batch, layers, heads, query, key]`` float16 written in place as layers run."""
+    slots: dict[str, list[Target]] = field(default_factory=dict)
+    """Per stack, the layer written into each slot of its buffer, in call order."""
 
 
 class Recorder:
@@ -125,6 +129,7 @@ class Recorder:
         self.qk_threshold = qk_threshold
         self._qk: bool | None = {"dense": False, "qk": True}.get(store)
         self.runs: list[Run] = []
+        self._expected: dict[str, int] = {}
         self.calls_seen = 0
         self.groups_seen: set[str] = set()
 
@@ -191,7 +196,43 @@ class Recorder:
                 f"the eager attention of {target.group!r} layer {target.layer} returned no probabilities"
             )
         kept = self._heads(probs.detach())
-        self.current.dense.setdefault(target, []).append(kept.to("cpu", torch.float16))
+        run = self.current
+        calls = run.dense.setdefault(target, [])
+        in_place = None if run.generate or calls else self._into_buffer(run, target, kept)
+        calls.append(in_place if in_place is not None else kept.to("cpu", torch.float16))
+
+    def _into_buffer(self, run: Run, target: Target, kept: torch.Tensor) -> torch.Tensor | None:
+        """Writes one layer straight into its stack's ``[batch, layers, heads, query, key]`` array.
+
+        The stack's array is allocated at its first layer, sized by the layers the model has in that stack,
+        so the trace needs no second copy of the probabilities. Returns the slot (a view), or ``None`` where
+        the call does not fit (another shape, more calls than layers): it is then stored on its own.
+        """
+        group = target.group
+        buffer = run.buffers.get(group)
+        if buffer is None:
+            capacity = self._expected_layers(group)
+            if capacity < 1:
+                return None
+            buffer = np.empty((kept.shape[0], capacity, *kept.shape[1:]), dtype=np.float16)
+            run.buffers[group] = buffer
+        slots = run.slots.setdefault(group, [])
+        if len(slots) >= buffer.shape[1] or (buffer.shape[0], *buffer.shape[2:]) != tuple(kept.shape):
+            return None
+        view = torch.from_numpy(buffer[:, len(slots)])
+        view.copy_(kept)  # to CPU and to float16 in one pass
+        slots.append(target)
+        return view
+
+    def _expected_layers(self, group: str) -> int:
+        """How many layers of a stack this capture records (from the model's module names and filters)."""
+        if group not in self._expected:
+            layers = {t.layer for _, t in self.names.values() if t.group == group}
+            wanted = self.layers.get(group) if isinstance(self.layers, dict) else self.layers
+            if wanted is not None:
+                layers &= {int(x) for x in wanted}
+            self._expected[group] = len(layers)
+        return self._expected[group]
 
     def add_qk(
         self,
