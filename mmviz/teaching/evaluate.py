@@ -29,8 +29,8 @@ Measured for the shipped weights (`MEASURED`), pointing game vs random baseline:
 | CLIP | last-layer CLS attention, either object | 71.0% | 14.2% |
 | VLM | answer relevance (`vlm_relevance`) | 53.5% | 7.3% |
 | VLM | answer attention, layer mean (layers 1/2/3: 49/30/40%) | 45.6% | 7.3% |
-| diffusion | shape-word cross-attention, two-object captions | 50.8% | 8.0% |
-| diffusion | same, one-object captions | 67.2% | 12.3% |
+| diffusion | shape-word cross-attention, two-object captions | 58.6% | 8.5% |
+| diffusion | same, one-object captions | 67.2% | 11.9% |
 
 CLIP's colour-swap accuracy is 100%, relation-swap 57.5% (relations not learned); the
 VLM answers 99.9% of two-object questions (it first learned to name an attribute
@@ -77,11 +77,11 @@ MEASURED: dict[str, dict[str, Any]] = {
     },
     "diffusion": {
         "map": "hit",
-        "hit": 0.5078,
-        "baseline": 0.0803,
-        "drawn": 0.9219,
+        "hit": 0.5859,
+        "baseline": 0.0847,
+        "drawn": 0.8828,
         "hit_one_object": 0.6719,
-        "baseline_one_object": 0.1233,
+        "baseline_one_object": 0.1185,
         "test_floor": 0.5,
     },
 }

@@ -20,14 +20,14 @@ scenes noised to t=400.
 
 Measured for the shipped weights (two CPU cores shared with about eight other busy
 processes). Run 1: ``--minutes 60`` stopped after 45 minutes at step 2559 (about
-1 step/s; batch 32), loss 1.0 -> 0.045. Run 2: ``--resume`` for 10 minutes (about
-3.7 steps/s once the machine was quieter) to step 4803, loss 0.034. The t=400 probe
+1 step/s; batch 32), loss 1.0 -> 0.045. Run 2: ``--resume`` for 20 minutes (about
+3.7 steps/s once the machine was quieter) to step 7061, loss 0.026. The t=400 probe
 (shape-word peak inside its object on noised real held-out scenes, baseline 0.07)
 rose 0.06 (step 222) -> 0.45 (604) -> 0.60 (1221) -> 0.69 (2113) -> 0.70 (2559) ->
-0.72 (4803). Samples show the right colours and rough shapes, with some pixel noise
+0.72 (4803-7061). Samples show the right colours and rough shapes, with some pixel noise
 and sometimes extra objects. The pointing game on *generated* images (see
-`mmviz.teaching.evaluate`) rose from 44.5% (step 2559) to 50.8% (step 4803) for
-two-object captions: still below the 80% target, and still improving. Continue with::
+`mmviz.teaching.evaluate`) rose from 44.5% (step 2559) to 50.8% (step 4803) and
+58.6% (step 7061) for two-object captions: still below the 80% target, and still improving. Continue with::
 
     nohup python -m mmviz.teaching.train_diffusion --resume --minutes 60 > /tmp/train_diffusion.log 2>&1 &
 """
