@@ -16,10 +16,11 @@ from typing import Any
 import anywidget
 import traitlets
 
-from mmviz._static import STATIC_DIR, asset
+from mmviz._static import STATIC_DIR
 from mmviz.data.attention import AttentionTrace
 from mmviz.errors import BudgetError
 from mmviz.widgets import _state
+from mmviz.widgets._view import check_options, save_view
 
 __all__ = ["COLORMAPS", "AttentionView"]
 
@@ -125,13 +126,7 @@ class AttentionView(anywidget.AnyWidget):
     _standalone = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, trace: AttentionTrace, **options: Any) -> None:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"AttentionView got unexpected keyword argument(s) {unknown}; valid options: {', '.join(_OPTIONS)}"
-            )
-        asset("widget.js")
-        asset("widget.css")
+        check_options("AttentionView", options, _OPTIONS)
         if not isinstance(trace, AttentionTrace):
             raise TypeError(f"AttentionView needs an AttentionTrace, not {type(trace).__name__}")
         self.trace = trace
@@ -374,17 +369,8 @@ class AttentionView(anywidget.AnyWidget):
         Raises:
             ValueError: another extension (the message lists the ones it writes).
         """
-        from mmviz.export.figures import check_format
-
-        kind = check_format(path, ("html", "png", "svg", "pdf"))
-        if kind == "html":
-            from mmviz.export import save_html
-
-            return save_html([self], path, title=title, notes=notes, budget=budget)
-        from mmviz.export.figures import save_figure
-
         options = {"title": title} if title else {}
-        return save_figure(self.figure(**options), path, dpi=dpi)
+        return save_view(self, path, lambda: self.figure(**options), title=title, notes=notes, budget=budget, dpi=dpi)
 
 
 def _labels(value: Any) -> set[int] | None:

@@ -18,10 +18,11 @@ import numpy as np
 import traitlets
 
 from mmviz import _codec
-from mmviz._static import STATIC_DIR, asset
+from mmviz._static import STATIC_DIR
 from mmviz.data.attribution import Attribution
 from mmviz.data.tokens import TokenTable
 from mmviz.errors import BudgetError
+from mmviz.widgets._view import check_options, save_view
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["AttributionView", "attribution_state"]
@@ -138,13 +139,7 @@ class AttributionView(anywidget.AnyWidget):
     _standalone = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, attributions: Attribution | Sequence[Attribution], **options: Any) -> None:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"AttributionView got unexpected keyword argument(s) {unknown}; valid options: {', '.join(_OPTIONS)}"
-            )
-        asset("widget.js")
-        asset("widget.css")
+        check_options("AttributionView", options, _OPTIONS)
         items = [attributions] if isinstance(attributions, Attribution) else list(attributions)
         for a in items:
             if not isinstance(a, Attribution):
@@ -234,16 +229,11 @@ class AttributionView(anywidget.AnyWidget):
         Raises:
             ValueError: another extension (the message lists the ones it writes).
         """
-        from mmviz.export.figures import check_format
-
-        if check_format(path, ("html", "png", "svg", "pdf")) == "html":
-            from mmviz.export import save_html
-
-            return save_html([self], path, title=title, notes=notes, budget=budget)
         from mmviz.export.attribution_figures import attribution_figure
-        from mmviz.export.figures import save_figure
 
-        figure = attribution_figure(
-            self.attributions[self.entry], target=self.target, cmap=self.cmap, opacity=self.opacity, title=title
-        )
-        return save_figure(figure, path, dpi=dpi)
+        def figure() -> Any:
+            return attribution_figure(
+                self.attributions[self.entry], target=self.target, cmap=self.cmap, opacity=self.opacity, title=title
+            )
+
+        return save_view(self, path, figure, title=title, notes=notes, budget=budget, dpi=dpi)

@@ -18,9 +18,10 @@ import numpy as np
 import traitlets
 
 from mmviz import _codec
-from mmviz._static import STATIC_DIR, asset
+from mmviz._static import STATIC_DIR
 from mmviz.data.cross_attention import CrossAttentionTrace
 from mmviz.errors import BudgetError
+from mmviz.widgets._view import check_options, save_view
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["CrossAttentionView", "cross_attention_state"]
@@ -141,13 +142,7 @@ class CrossAttentionView(anywidget.AnyWidget):
     _standalone = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, trace: CrossAttentionTrace, **options: Any) -> None:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"CrossAttentionView got unexpected keyword argument(s) {unknown}; valid options: {', '.join(_OPTIONS)}"
-            )
-        asset("widget.js")
-        asset("widget.css")
+        check_options("CrossAttentionView", options, _OPTIONS)
         if not isinstance(trace, CrossAttentionTrace):
             raise TypeError(f"CrossAttentionView needs a CrossAttentionTrace, not {type(trace).__name__}")
         self.trace = trace
@@ -252,31 +247,22 @@ class CrossAttentionView(anywidget.AnyWidget):
         title: str | None = None,
         notes: str | None = None,
         budget: int | None = None,
-        dpi: int = 150,
+        dpi: float | None = None,
     ) -> Path:
         """Writes the view: ``.html`` (one offline page), or ``.png``/``.svg``/``.pdf`` (matplotlib).
 
         The figure shows the current step (or all steps) and the layers of the switched-on resolutions.
         """
-        out = Path(path)
-        suffix = out.suffix.lower()
-        if suffix in (".html", ".htm"):
-            from mmviz.export import save_html
 
-            return save_html([self], out, title=title, notes=notes, budget=budget)
-        if suffix not in (".png", ".svg", ".pdf"):
-            raise ValueError(f"save: unknown file type {suffix!r}; use .html, .png, .svg or .pdf")
-        on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
-        slots = [
-            s for s in self.trace.layer_index(self._layer_filter) if (self.trace.layers[s].resolution in on) or not on
-        ]
-        fig = self.trace.figure(
-            words=None,
-            timesteps=None if self.step < 0 else [self.step],
-            layers=slots,
-            batch_index=self.batch_index,
-        )
-        if title:
-            fig.suptitle(title)
-        fig.savefig(out, dpi=dpi, bbox_inches="tight")
-        return out
+        def figure() -> Any:
+            on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
+            layers = self.trace.layer_index(self._layer_filter)
+            slots = [s for s in layers if (self.trace.layers[s].resolution in on) or not on]
+            fig = self.trace.figure(
+                words=None, timesteps=None if self.step < 0 else [self.step], layers=slots, batch_index=self.batch_index
+            )
+            if title:
+                fig.suptitle(title)
+            return fig
+
+        return save_view(self, path, figure, title=title, notes=notes, budget=budget, dpi=dpi)

@@ -112,7 +112,7 @@ def test_export_state_and_files(xtrace: CrossAttentionTrace, tmp_path: Any) -> N
     for suffix in ("png", "svg"):
         out = view.save(tmp_path / f"fig.{suffix}")
         assert out.stat().st_size > 1000
-    with pytest.raises(ValueError, match="unknown file type"):
+    with pytest.raises(ValueError, match=r"ending in \.html, \.png, \.svg, \.pdf"):
         view.save(tmp_path / "fig.gif")
 
 
