@@ -7,55 +7,15 @@
 import type { AnyModel } from "@anywidget/types";
 import { reviveBinary } from "./codecs";
 import { renderView } from "./index";
+import { MemoryModel } from "./memory-model";
 import type { AttentionViewState } from "./model";
 import css from "./styles.css";
 
-type Handler = (...args: unknown[]) => void;
-
-/** An in-memory widget model: enough of the AFM host contract for the views. */
-export class StandaloneModel<T extends Record<string, unknown>> {
-  private readonly handlers = new Map<string, Set<Handler>>();
-  readonly sent: unknown[] = [];
+/** The model of an exported page: in memory, `send` dropped (kept in `sent`), no widget manager. */
+export class StandaloneModel<T extends Record<string, unknown>> extends MemoryModel<T> {
   readonly widget_manager = {
     get_model: () => Promise.reject(new Error("mmviz: no widget manager in an exported page")),
   };
-
-  constructor(private readonly state: T) {}
-
-  get<K extends keyof T>(key: K): T[K] {
-    return this.state[key];
-  }
-
-  set<K extends keyof T>(key: K, value: T[K]): void {
-    if (this.state[key] === value) return;
-    this.state[key] = value;
-    this.emit(`change:${String(key)}`);
-  }
-
-  on(event: string, handler: Handler): void {
-    let set = this.handlers.get(event);
-    if (!set) {
-      set = new Set();
-      this.handlers.set(event, set);
-    }
-    set.add(handler);
-  }
-
-  off(event?: string | null, handler?: Handler | null): void {
-    if (!event) this.handlers.clear();
-    else if (!handler) this.handlers.delete(event);
-    else this.handlers.get(event)?.delete(handler);
-  }
-
-  emit(event: string, ...args: unknown[]): void {
-    for (const handler of [...(this.handlers.get(event) ?? [])]) handler(...args);
-  }
-
-  save_changes(): void {}
-
-  send(content: unknown): void {
-    this.sent.push(content);
-  }
 }
 
 /** Parses the embedded JSON state; its `{"__b64__"}` leaves become DataViews. */

@@ -9,6 +9,7 @@
  */
 import type { AnyModel } from "@anywidget/types";
 import { AttentionApp } from "../app";
+import { MemoryModel } from "../memory-model";
 import type { AttentionViewState } from "../model";
 import { AttributionApp, type AttributionState } from "./attribution";
 import { h } from "./dom";
@@ -27,50 +28,17 @@ export interface DashboardState {
 
 type Model = AnyModel<DashboardState>;
 
-type Handler = (...args: unknown[]) => void;
-
 /** A pane's model: its own state in memory; `send` goes to Python through the dashboard's model. */
-class PaneModel {
-  private readonly handlers = new Map<string, Set<Handler>>();
-
+class PaneModel extends MemoryModel<Record<string, unknown>> {
   constructor(
-    private readonly state: Record<string, unknown>,
+    state: Record<string, unknown>,
     private readonly parent: Model,
     readonly index: number,
-  ) {}
-
-  get(key: string): unknown {
-    return this.state[key];
+  ) {
+    super(state);
   }
 
-  set(key: string, value: unknown): void {
-    if (this.state[key] === value) return;
-    this.state[key] = value;
-    this.emit(`change:${key}`);
-  }
-
-  on(event: string, handler: Handler): void {
-    let set = this.handlers.get(event);
-    if (!set) {
-      set = new Set();
-      this.handlers.set(event, set);
-    }
-    set.add(handler);
-  }
-
-  off(event?: string | null, handler?: Handler | null): void {
-    if (!event) this.handlers.clear();
-    else if (!handler) this.handlers.delete(event);
-    else this.handlers.get(event)?.delete(handler);
-  }
-
-  emit(event: string, ...args: unknown[]): void {
-    for (const handler of [...(this.handlers.get(event) ?? [])]) handler(...args);
-  }
-
-  save_changes(): void {}
-
-  send(content: unknown): void {
+  override send(content: unknown): void {
     this.parent.send({ pane: this.index, content });
   }
 }
