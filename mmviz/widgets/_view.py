@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmviz import _codec
 from mmviz._static import asset
+from mmviz.errors import BudgetError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,3 +56,27 @@ def save_view(
     from mmviz.export.figures import save_figure
 
     return save_figure(figure(), path, dpi=dpi)
+
+
+def embedded_state(view: Any, view_name: str, names: Iterable[str], budget: int, trim: str) -> dict[str, Any]:
+    """The traits ``names`` of a view as an exported page embeds them, checked against a size budget.
+
+    Args:
+        view: the view.
+        view_name: its class name, for the message.
+        names: the traits to embed.
+        budget: bytes the page may hold.
+        trim: what the user can do instead, ending the message (e.g. ``"show fewer layers ..."``).
+
+    Raises:
+        BudgetError: the state exceeds ``budget``.
+    """
+    state: dict[str, Any] = {name: getattr(view, name) for name in names}
+    state["_standalone"] = True
+    need = _codec.payload_nbytes(state)
+    if need > budget:
+        raise BudgetError(
+            f"{view_name}: the page would embed {need / 1e6:.1f} MB, over the export budget of "
+            f"{budget / 1e6:.1f} MB; {trim}"
+        )
+    return state

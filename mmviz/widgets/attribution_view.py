@@ -22,7 +22,7 @@ from mmviz._static import STATIC_DIR
 from mmviz.data.attribution import Attribution
 from mmviz.data.tokens import TokenTable
 from mmviz.errors import BudgetError
-from mmviz.widgets._view import check_options, save_view
+from mmviz.widgets._view import check_options, embedded_state, save_view
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["AttributionView", "attribution_state"]
@@ -187,22 +187,10 @@ class AttributionView(anywidget.AnyWidget):
         Raises:
             BudgetError: the state exceeds ``budget``.
         """
-        state: dict[str, Any] = {name: getattr(self, name) for name in _DURABLE}
-        state.update(
-            _view=self._view,
-            _title=self._title,
-            _tokens=self._tokens,
-            _entries=self._entries,
-            _notes=self._notes,
-            _standalone=True,
+        names = [*_DURABLE, "_view", "_title", "_tokens", "_entries", "_notes"]
+        return embedded_state(
+            self, "AttributionView", names, budget, "export fewer attributions per view or raise budget="
         )
-        need = _codec.payload_nbytes(state)
-        if need > budget:
-            raise BudgetError(
-                f"AttributionView: the page would embed {need / 1e6:.1f} MB, over the export budget of "
-                f"{budget / 1e6:.1f} MB; export fewer attributions per view or raise budget="
-            )
-        return state
 
     def save(
         self,

@@ -21,7 +21,7 @@ from mmviz import _codec
 from mmviz._static import STATIC_DIR
 from mmviz.data.cross_attention import CrossAttentionTrace
 from mmviz.errors import BudgetError
-from mmviz.widgets._view import check_options, save_view
+from mmviz.widgets._view import check_options, embedded_state, save_view
 from mmviz.widgets.attention_view import COLORMAPS
 
 __all__ = ["CrossAttentionView", "cross_attention_state"]
@@ -219,26 +219,10 @@ class CrossAttentionView(anywidget.AnyWidget):
         Raises:
             BudgetError: the maps exceed ``budget``.
         """
-        state: dict[str, Any] = {name: getattr(self, name) for name in _DURABLE}
-        state.update(
-            _view=self._view,
-            _title=self._title,
-            _words=self._words,
-            _timesteps=self._timesteps,
-            _groups=self._groups,
-            _image=self._image,
-            _image_size=self._image_size,
-            _previews=self._previews,
-            _notes=self._notes,
-            _standalone=True,
-        )
-        need = _codec.payload_nbytes(state)
-        if need > budget:
-            raise BudgetError(
-                f"CrossAttentionView: the page would embed {need / 1e6:.1f} MB of maps, over the export budget "
-                f"of {budget / 1e6:.1f} MB; show fewer layers with trace.show(layers=[...]) or raise budget="
-            )
-        return state
+        names = [*_DURABLE, "_view", "_title", "_words", "_timesteps", "_groups", "_image", "_image_size"]
+        names += ["_previews", "_notes"]
+        trim = "show fewer layers with trace.show(layers=[...]) or raise budget="
+        return embedded_state(self, "CrossAttentionView", names, budget, trim)
 
     def save(
         self,
