@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
+
+from tests.fixtures import tiny_configs
+from tests.fixtures.tiny_configs import text_cfg, vision_cfg
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -47,35 +49,8 @@ def word_tokenizer(extra: tuple[str, ...] = (), bos: bool = True, eos: bool = Fa
 
 
 def random_image(size: int = 16, seed: int = 0) -> Any:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-def text_cfg(**kw: Any) -> dict[str, Any]:
-    base = {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
-    base.update(kw)
-    return base
-
-
-def vision_cfg(**kw: Any) -> dict[str, Any]:
-    base = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 16,
-        "patch_size": 4,
-    }
-    base.update(kw)
-    return base
+    """A random RGB PIL image (16 px unless told)."""
+    return tiny_configs.random_image(size, seed)
 
 
 @pytest.fixture(scope="session")

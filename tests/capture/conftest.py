@@ -9,8 +9,10 @@ from __future__ import annotations
 import types
 from typing import Any
 
-import numpy as np
 import pytest
+
+from tests.fixtures import tiny_configs
+from tests.fixtures.tiny_configs import text_cfg, vision_cfg
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -90,36 +92,8 @@ def wordpiece_tokenizer() -> Any:
 
 
 def random_image(size: int = 32, seed: int = 0) -> Any:
-    """A random RGB PIL image."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-def text_cfg(**kw: Any) -> dict[str, Any]:
-    base = {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    }
-    base.update(kw)
-    return base
-
-
-def vision_cfg(**kw: Any) -> dict[str, Any]:
-    base = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 16,
-        "patch_size": 4,
-    }
-    base.update(kw)
-    return base
+    """A random RGB PIL image (32 px unless told)."""
+    return tiny_configs.random_image(size, seed)
 
 
 # -- model factories ---------------------------------------------------------------------------------
