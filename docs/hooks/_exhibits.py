@@ -1,0 +1,207 @@
+"""The views the docs show: built from the shipped teaching models, exported to offline HTML pages.
+
+Everything runs on one CPU thread in a few seconds: the teaching CLIP, VLM and diffusion model are tiny
+(``mmviz.teaching``), and one shapes scene feeds all of them. Each :class:`Exhibit` is one exported page
+of the gallery plus the screenshots the guides use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEED = 11
+"""Seed of the shapes scene: "a green circle above a blue star"."""
+
+
+@dataclass
+class Shot:
+    """One screenshot of an exhibit's page.
+
+    Attributes:
+        name: file name of the PNG (under ``screenshots/`` in the site).
+        view: index of the view to capture (its host element), or ``None`` for the whole page.
+        action: what to do on the page first (hover, click, scrub), or ``None``.
+    """
+
+    name: str
+    view: int | None = 0
+    action: Callable[[Any], None] | None = None
+
+
+@dataclass
+class Exhibit:
+    """One exported page of the gallery.
+
+    Attributes:
+        name: file name of the page (under ``exports/`` in the site).
+        title: what the gallery calls it.
+        shots: screenshots taken of it.
+    """
+
+    name: str
+    title: str
+    shots: list[Shot] = field(default_factory=list)
+
+
+def _hover(selector: str, text: str | None = None, index: int = 0) -> Callable[[Any], None]:
+    def act(page: Any) -> None:
+        locator = page.locator(selector, has_text=text) if text else page.locator(selector)
+        locator.nth(index).hover()
+
+    return act
+
+
+def _unpin_and_hover(pinned: str, word: str) -> Callable[[Any], None]:
+    def act(page: Any) -> None:
+        page.locator(".mmviz-tok", has_text=pinned).first.click()
+        page.locator(".mmviz-tok", has_text=word).first.hover()
+
+    return act
+
+
+def _hover_canvas(selector: str, fx: float, fy: float) -> Callable[[Any], None]:
+    """Moves the mouse to the fraction (fx, fy) of a canvas."""
+
+    def act(page: Any) -> None:
+        box = page.locator(selector).first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+
+    return act
+
+
+def _scrub(step: int) -> Callable[[Any], None]:
+    def act(page: Any) -> None:
+        page.locator(".mmviz-xattn-step").fill(str(step))
+
+    return act
+
+
+def build(out: Path) -> list[Exhibit]:
+    """Captures the teaching models on one scene and writes the gallery's pages into ``out``.
+
+    Returns:
+        The exhibits, in gallery order; their pages are ``out / exhibit.name``.
+    """
+    import numpy as np
+    import torch
+
+    import mmviz
+    from mmviz import teaching
+    from mmviz.teaching._vlm import prompt
+
+    torch.set_num_threads(1)
+    scene = teaching.make_scenes(1, seed=SEED, n_objects=2)[0]  # a green circle above a blue star
+    question, answer, _ = scene.qa[0]  # what colour is the circle ? -> green
+    exhibits: list[Exhibit] = []
+
+    # -- a VLM answering a question: attention, attributions, dashboard ---------------------------------
+    vlm, vlm_processor = teaching.load_vlm()
+    inputs = vlm_processor(text=prompt(question), images=scene.image, return_tensors="pt")
+    with torch.no_grad(), mmviz.capture(vlm, processor=vlm_processor) as cap:
+        vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
+    trace = cap.attention
+    answer_at = int(np.flatnonzero(trace.tokens().generated)[0])
+    vlm_view = trace.show(token=answer_at, title=f"Teaching VLM: “{question}” → {answer}")
+    vlm_view.save(out / "attention-vlm.html", title="AttentionView: a tiny VLM answers a question")
+    exhibits.append(
+        Exhibit(
+            "attention-vlm.html",
+            "AttentionView of a VLM",
+            [
+                Shot("attention-view.png"),
+                # unpin the answer (a click on a pinned token), then hover a word of the question
+                Shot("attention-view-hover.png", action=_unpin_and_hover(answer, "circle")),
+            ],
+        )
+    )
+
+    target = " " + answer
+    ig = mmviz.attribute(
+        vlm, inputs, processor=vlm_processor, method="integrated_gradients", target=target, baseline="pad",
+        steps=100, progress=False,
+    )  # fmt: skip
+    saliency = mmviz.attribute(vlm, inputs, processor=vlm_processor, method="saliency", target=target)
+    occlusion = mmviz.attribute(
+        vlm, inputs, processor=vlm_processor, method="occlusion", target=target, progress=False
+    )
+    attr_view = mmviz.widgets.AttributionView([ig, saliency, occlusion], title=f"Why “{answer}”?")
+    attr_view.save(out / "attribution-vlm.html", title="AttributionView: three methods, one answer")
+    exhibits.append(
+        Exhibit(
+            "attribution-vlm.html",
+            "AttributionView of the same answer",
+            [
+                Shot("attribution-view.png"),
+                Shot("attribution-view-hover.png", action=_hover(".mmviz-attr-tok", "circle")),
+            ],
+        )
+    )
+
+    board = mmviz.Dashboard(trace, ig, saliency, title=f"“{question}” → {answer}")
+    board.save(out / "dashboard.html", title="Dashboard: attention and attributions, linked")
+    exhibits.append(
+        Exhibit(
+            "dashboard.html",
+            "Dashboard: attention and attributions linked",
+            [Shot("dashboard.png", action=_hover(".mmviz-attr-tok", "circle"))],
+        )
+    )
+
+    # -- CLIP's vision tower ------------------------------------------------------------------------------
+    clip, clip_processor = teaching.load_clip()
+    clip_inputs = clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)
+    with torch.no_grad(), mmviz.capture(clip, processor=clip_processor) as cap:
+        clip(**clip_inputs)
+    clip_view = cap.attention.show(module="vision_model", token=0, title="Teaching CLIP, vision tower, [CLS] pinned")
+    clip_view.save(out / "attention-clip.html", title="AttentionView: a CLIP vision tower")
+    exhibits.append(
+        Exhibit(
+            "attention-clip.html",
+            "AttentionView of a CLIP vision tower",
+            [Shot("attention-view-vision.png")],
+        )
+    )
+
+    # -- diffusion cross-attention --------------------------------------------------------------------------
+    pipe = teaching.load_diffusion()
+    generator = torch.Generator().manual_seed(6)  # a clean draw: one circle, the star below it
+    with mmviz.capture(pipe) as cap:
+        image = pipe(scene.caption, num_inference_steps=25, generator=generator).images[0]
+    xtrace = cap.cross_attention
+    if xtrace.images is None:
+        # The teaching pipeline returns its images without `pipe.image_processor.postprocess`, which is where
+        # the capture picks the generated image up; hand it over so that the maps are drawn over it.
+        xtrace.images = np.asarray(image.convert("RGB"))[None]
+    xview = xtrace.show(word="circle", title=f"Teaching diffusion model: “{scene.caption}”")
+    xview.save(out / "cross-attention.html", title="CrossAttentionView: a tiny text-to-image model")
+    exhibits.append(
+        Exhibit(
+            "cross-attention.html",
+            "CrossAttentionView of a text-to-image model",
+            [
+                Shot("cross-attention-view.png"),
+                Shot("cross-attention-view-step.png", action=_scrub(2)),
+                Shot("cross-attention-view-hover.png", action=_hover(".mmviz-xattn-word", "star")),
+            ],
+        )
+    )
+
+    # -- one report with several views ------------------------------------------------------------------
+    mmviz.save_html(
+        [vlm_view, clip_view, xview],
+        out / "report.html",
+        title="A report: three views in one offline page",
+        notes="Written with mmviz.save_html from the teaching models (mmviz.teaching). Every view is live.",
+        headings=["VLM: language model", "CLIP: vision tower", "Diffusion: cross-attention"],
+        captions=[
+            "The answer is pinned: its attention over the image patches is painted on the image. Click it to "
+            "unpin, then hover the question's words.",
+            "[CLS] is pinned: its attention over the patches is what the image embedding gathers.",
+            "Pick a word and scrub the denoising steps; the last position sums them all.",
+        ],
+    )
+    exhibits.append(Exhibit("report.html", "A report of three views (mmviz.save_html)", [Shot("report.png", view=None)]))
+    return exhibits
