@@ -1,8 +1,19 @@
-"""``mmviz demo``: capture the teaching models on a few shapes scenes and write one offline HTML report."""
+"""``mmviz demo``: the three teaching models on a few shapes scenes, in one offline HTML report.
+
+For each scene the report holds:
+
+- the teaching CLIP's vision-tower attention (``mmviz.capture``), CLS row pinned;
+- the teaching VLM answering a question (``mmviz.capture`` around ``generate``) linked, in one
+  `mmviz.Dashboard`, to two attributions of its answer (integrated gradients and gradient-weighted
+  attention relevance, ``mmviz.attribute``);
+- the teaching diffusion model drawing the scene's caption (``mmviz.capture`` around the pipeline),
+  with each word's cross-attention per denoising step.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,40 +21,73 @@ from mmviz.errors import MMVizError
 
 _SCENES = 2
 _SEED = 11
+_DIFFUSION_STEPS = 20
+
+
+@dataclass
+class _Models:
+    clip: Any
+    clip_processor: Any
+    vlm: Any
+    vlm_processor: Any
+    pipe: Any
 
 
 def teaching_weights_available() -> bool:
-    """Whether the trained teaching CLIP and VLM weights ship with this install."""
+    """Whether the trained teaching CLIP, VLM and diffusion weights ship with this install."""
     from mmviz.teaching import WEIGHTS_DIR
 
-    return all((WEIGHTS_DIR / name / "config.json").is_file() for name in ("clip", "vlm"))
+    return (
+        all((WEIGHTS_DIR / name / "config.json").is_file() for name in ("clip", "vlm"))
+        and (WEIGHTS_DIR / "diffusion" / "unet" / "config.json").is_file()
+    )
 
 
-def _models(trained: bool) -> tuple[Any, Any, Any, Any]:
-    """``(clip, clip_processor, vlm, vlm_processor)``: trained teaching models or the same shapes, random."""
+def _teaching_models() -> _Models:
     from mmviz import teaching
 
-    if trained:
-        clip, clip_processor = teaching.load_clip()
-        vlm, vlm_processor = teaching.load_vlm()
-        return clip, clip_processor, vlm, vlm_processor
+    clip, clip_processor = teaching.load_clip()
+    vlm, vlm_processor = teaching.load_vlm()
+    return _Models(clip, clip_processor, vlm, vlm_processor, teaching.load_diffusion())
+
+
+def _random_models() -> _Models:
+    """The teaching architectures with random weights (seeded)."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, LlavaConfig, LlavaForConditionalGeneration
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from mmviz.teaching._common import clip_config_dict, image_processor
+    from mmviz.teaching._pipeline import ShapesDiffusionPipeline
     from mmviz.teaching._tokenizer import build_tokenizer
-    from mmviz.teaching._vlm import vlm_config_dict
-    from mmviz.teaching._vlm import vlm_processor as build_vlm_processor
+    from mmviz.teaching._vlm import vlm_config_dict, vlm_processor
+    from mmviz.teaching.train_diffusion import scheduler_config, unet_config
 
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(**clip_config_dict())).eval()
     clip_processor = CLIPProcessor(image_processor=image_processor(), tokenizer=build_tokenizer("clip"))
     vlm = LlavaForConditionalGeneration(LlavaConfig(**vlm_config_dict())).eval()
-    return clip, clip_processor, vlm, build_vlm_processor(build_tokenizer("vlm"))
+    unet: Any = UNet2DConditionModel(**unet_config())
+    pipe: Any = ShapesDiffusionPipeline(
+        unet=unet.eval(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**clip_config_dict()["text_config"])).eval(),
+        tokenizer=build_tokenizer("clip"),
+        scheduler=DDIMScheduler(**scheduler_config()),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return _Models(clip, clip_processor, vlm, vlm_processor(build_tokenizer("vlm")), pipe)
 
 
 def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress: bool = True) -> Path:
-    """Captures attention of a CLIP and a LLaVA-style VLM on shapes scenes and writes an HTML report.
+    """Captures attention, attributions and cross-attention of the teaching models; writes an HTML report.
 
     Args:
         out: the report to write (one self-contained file that opens offline).
@@ -53,6 +97,10 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
 
     Returns:
         The path of the report.
+
+    Raises:
+        ValueError: ``models`` is not one of the three names.
+        MMVizError: ``models="teaching"`` but the weights are not installed.
     """
     import numpy as np
     import torch
@@ -74,45 +122,70 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     say(f"loading the {'teaching' if trained else 'random'} models")
-    clip, clip_processor, vlm, vlm_processor = _models(trained)
+    m = _teaching_models() if trained else _random_models()
     scenes = make_scenes(_SCENES, seed=_SEED, n_objects=2)
     views: list[Any] = []
     headings: list[str] = []
     captions: list[str] = []
     for i, scene in enumerate(scenes):
-        say(f"scene {i + 1}/{len(scenes)}: CLIP on “{scene.caption}”")
-        inputs = clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)
-        with torch.no_grad(), mmviz.capture(clip, processor=clip_processor) as cap:
-            clip(**inputs)
+        step = f"scene {i + 1}/{len(scenes)}"
+        say(f"{step}: CLIP on “{scene.caption}”")
+        inputs = m.clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)
+        with torch.no_grad(), mmviz.capture(m.clip, processor=m.clip_processor) as cap:
+            m.clip(**inputs)
         views.append(cap.attention.show(module="vision_model", token=0))
         headings.append(f"Scene {i + 1} · CLIP vision tower · “{scene.caption}”")
         captions.append(
-            "The [CLS] token is pinned: its row is what the image embedding gathers, painted over the patches. "
-            "Hover a patch to see where it looks; pick another layer or head in the grid on the right."
+            "Attention. The [CLS] token is pinned: its row is what the image embedding gathers, painted over the "
+            "patches. Hover a patch to see where it looks; pick another layer or head in the grid on the right."
         )
+
         question, answer, _ = scene.qa[0]
-        say(f"scene {i + 1}/{len(scenes)}: VLM answers “{question}”")
-        inputs = vlm_processor(text=prompt(question), images=scene.image, return_tensors="pt")
-        with torch.no_grad(), mmviz.capture(vlm, processor=vlm_processor) as cap:
-            generated = vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
-        reply = vlm_processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        say(f"{step}: VLM answers “{question}”")
+        inputs = m.vlm_processor(text=prompt(question), images=scene.image, return_tensors="pt")
+        with torch.no_grad(), mmviz.capture(m.vlm, processor=m.vlm_processor) as cap:
+            generated = m.vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
+        new = generated[0, inputs["input_ids"].shape[1] :]
+        reply = m.vlm_processor.tokenizer.decode(new, skip_special_tokens=True).strip()
         trace = cap.attention
         answer_at = np.flatnonzero(trace.tokens().generated)
-        views.append(trace.show(token=int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1))
-        headings.append(f"Scene {i + 1} · VLM · “{question}” → {reply.strip() or '—'} (expected: {answer})")
+        pinned = int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1
+        say(f"{step}: attributions of the answer “{reply or answer}”")
+        explained = reply or answer
+        attributions = [
+            mmviz.attribute(m.vlm, inputs, processor=m.vlm_processor, method=method, target=explained, progress=False)
+            for method in ("integrated_gradients", "relevance")
+        ]
+        views.append(mmviz.Dashboard(trace.show(token=pinned), attributions, title="attention ↔ attribution"))
+        headings.append(f"Scene {i + 1} · VLM · “{question}” → {reply or '—'} (expected: {answer})")
         captions.append(
-            "The answer token is pinned: its attention over the image patches is painted on the image. Hover the "
-            "question's words to compare; the vision tower is in the module menu."
+            "Attention (left) and attribution (right), linked: hover a token or a patch in either pane and the "
+            "other follows. The answer token is pinned: its attention over the image patches is painted on the "
+            "image. The attributions explain the answer's log-probability: integrated gradients (signed, "
+            "blue–red) and gradient-weighted attention relevance (Chefer et al.); switch them in the menu."
+        )
+
+        say(f"{step}: diffusion draws “{scene.caption}” ({_DIFFUSION_STEPS} steps)")
+        with mmviz.capture(m.pipe) as cap:
+            m.pipe(scene.caption, num_inference_steps=_DIFFUSION_STEPS, generator=torch.Generator().manual_seed(i))
+        shape = scene.objects[0].shape
+        views.append(cap.cross_attention.show(word=shape))
+        headings.append(f"Scene {i + 1} · diffusion · “{scene.caption}”")
+        captions.append(
+            f"Cross-attention. The word “{shape}” is selected: its map over the generated image, summed over "
+            "every denoising step (DAAM). Drag the step slider or press play to watch the map settle; click "
+            "another word to follow it."
         )
     say(f"writing {out}")
     path = Path(out)
     mmviz.save_html(
         views,
         path,
-        title="mmviz demo: attention in a tiny CLIP and a tiny VLM",
+        title="mmviz demo: attention, attributions and cross-attention of three tiny models",
         notes=(
-            "Tiny models trained on a procedural shapes world (mmviz.teaching), captured with mmviz.capture. "
-            "Every pane is linked: hover a token or a patch and the others follow. Works offline."
+            "Tiny models trained on a procedural shapes world (mmviz.teaching): a CLIP, a LLaVA-style VLM and a "
+            "text-to-image diffusion model, captured with mmviz.capture and explained with mmviz.attribute. "
+            "Panes are linked: hover a token or a patch and the others follow. Works offline."
             if trained
             else "Random weights (mmviz demo --models random): the panes work, the patterns mean nothing."
         ),

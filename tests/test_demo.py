@@ -30,6 +30,9 @@ def test_demo_on_the_teaching_models(tmp_path, capsys):
     assert f"wrote {out}" in printed
     html = _check_report(out)
     assert "Tiny models trained on a procedural shapes world" in html
+    for part in ("CLIP vision tower", "VLM", "diffusion"):  # one section per teaching model and scene
+        assert html.count(f"· {part} ·") == 2, part
+    assert "integrated gradients" in html and "cross-attention" in html.lower()
 
 
 def test_demo_on_random_models(tmp_path, capsys):

@@ -3,7 +3,8 @@
 `ShapesDiffusionPipeline` is a `diffusers.DiffusionPipeline` with the usual
 components (``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``) and no VAE.
 Its "latent" space is the image itself, folded by ``pixel_unshuffle``: a 32x32x3
-image in [-1, 1] becomes a 12x16x16 tensor, and decoding is ``pixel_shuffle``. The
+image in [-1, 1] becomes a 12x16x16 tensor, and decoding is ``pixel_shuffle``. Like
+every diffusers pipeline it converts its output with a `VaeImageProcessor`. The
 `UNet2DConditionModel` has cross-attention at 8x8 only (one latent cell = 4x4
 pixels), conditioned on the hidden states of the teaching CLIP text tower.
 """
@@ -16,6 +17,7 @@ import diffusers
 import numpy as np
 import torch
 from diffusers import ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
 
 _PipelineBase: Any = diffusers.DiffusionPipeline
 
@@ -63,6 +65,7 @@ class ShapesDiffusionPipeline(_PipelineBase):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         self.vae_scale_factor = FOLD
+        self.image_processor = VaeImageProcessor(vae_scale_factor=FOLD)
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +133,9 @@ class ShapesDiffusionPipeline(_PipelineBase):
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
-        images = (latents_to_image(latents).clamp(-1, 1) + 1) / 2
-        result: Any
-        if output_type == "pt":
-            result = images
-        else:
-            arr = images.permute(0, 2, 3, 1).float().cpu().numpy()
-            result = arr if output_type == "np" else self.numpy_to_pil(arr)
+        # the image processor maps [-1, 1] to [0, 1] and converts, like every diffusers pipeline (and lets
+        # mmviz.capture keep the generated images)
+        result = self.image_processor.postprocess(latents_to_image(latents).clamp(-1, 1), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)

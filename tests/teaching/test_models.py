@@ -90,3 +90,15 @@ def test_diffusion_draws(pipe: Any) -> None:
     assert segment_colour(images[0], "red").sum() >= 8
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert pipe("a green triangle", num_inference_steps=2).images[0].size == (32, 32)
+
+
+def test_capture_keeps_the_generated_image(pipe: Any) -> None:
+    import mmviz
+
+    with mmviz.capture(pipe) as cap:
+        out = pipe("a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    trace = cap.cross_attention
+    assert trace.images is not None, "the capture must see the pipeline's output image"
+    expected = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(trace.images, expected)
+    assert trace.num_steps == 3
