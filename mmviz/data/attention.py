@@ -71,6 +71,13 @@ class ModuleAttention:
         """``"dense"`` or ``"qk"``."""
         return "dense" if self.dense is not None else "qk"
 
+    def __repr__(self) -> str:  # the arrays are summarised, never printed
+        b, layers, heads, q, k = self.shape
+        return (
+            f"ModuleAttention({self.name!r}, batch={b}, layers={list(self.layers)}, heads={list(self.heads)}, "
+            f"{q}×{k}, store={self.store!r}, query_table={self.query_table!r}, key_table={self.key_table!r})"
+        )
+
     def _layer_slots(self, layers: int | Sequence[int] | None) -> list[int]:
         return _slots(self.layers, layers, "layer", self.name)
 

@@ -62,3 +62,12 @@ def test_default_module_is_the_only_one():
     trace = AttentionTrace({"encoder": m}, {"text": [t]})
     assert trace.default_module == "encoder"
     assert "encoder: 1 layers × 1 heads" in repr(trace)
+
+
+def test_module_repr_summarises_instead_of_printing_arrays():
+    m = ModuleAttention("encoder", (0, 3), (1,), "text", "text", dense=np.full((1, 2, 1, 300, 300), 0.5, np.float16))
+    text = repr(m)
+    assert text == (
+        "ModuleAttention('encoder', batch=1, layers=[0, 3], heads=[1], 300×300, store='dense', "
+        "query_table='text', key_table='text')"
+    )
