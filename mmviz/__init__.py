@@ -63,9 +63,17 @@ def save_html(views: Any, path: Any, **options: Any) -> Path:
     return _save_html(views, path, **options)
 
 
+_LAZY_MODULES = ("widgets", "export", "teaching")
+"""Subpackages reachable as ``mmviz.<name>`` without importing them up front (widgets need anywidget)."""
+
+
 def __getattr__(name: str) -> Any:
     if name == "Dashboard":  # a widget: imported on first use, so `import mmviz` needs no anywidget
         from mmviz.widgets.dashboard import Dashboard
 
         return Dashboard
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"mmviz.{name}")
     raise AttributeError(f"module 'mmviz' has no attribute {name!r}")

@@ -32,3 +32,14 @@ def test_import_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_subpackages_are_reachable_as_attributes():
+    code = (
+        "import mmviz; print(mmviz.widgets.AttributionView.__name__, mmviz.export.__name__, mmviz.teaching.SHAPES[0])"  # noqa: E501
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["AttributionView", "mmviz.export", "circle"]
+    missing = subprocess.run([sys.executable, "-c", "import mmviz; mmviz.nothing"], capture_output=True, text=True)
+    assert "module 'mmviz' has no attribute 'nothing'" in missing.stderr
