@@ -96,7 +96,8 @@ def chromium(width: int = 1300, height: int = 1100, scale: float = 1.5) -> Itera
                 page.wait_for_selector("body[data-mmviz-ready]", timeout=20_000)
                 page.wait_for_function(_PAINTED, timeout=20_000)
             except Exception as exc:  # playwright's TimeoutError
-                raise PageError(f"{path.name} did not paint its views in Chromium ({exc}); {problems}") from exc
+                seen = f"; {'; '.join(problems)}" if problems else ""
+                raise PageError(f"{path.name} did not paint its views in Chromium ({exc}){seen}") from exc
             check(path)
             return page
 

@@ -36,13 +36,11 @@ class Exhibit:
     """One exported page of the gallery.
 
     Attributes:
-        name: file name of the page (under ``exports/`` in the site).
-        title: what the gallery calls it.
+        name: file name of the page (under ``exports/`` in the site; ``docs/gallery.md`` links it).
         shots: screenshots taken of it.
     """
 
     name: str
-    title: str
     shots: list[Shot] = field(default_factory=list)
 
 
@@ -54,20 +52,10 @@ def _hover(selector: str, text: str | None = None, index: int = 0) -> Callable[[
     return act
 
 
-def _unpin_and_hover(pinned: str, word: str) -> Callable[[Any], None]:
+def _unpin_and_hover(pinned: int, word: str) -> Callable[[Any], None]:
     def act(page: Any) -> None:
-        page.locator(".mmviz-tok", has_text=pinned).first.click()
+        page.locator(f".mmviz-tok[data-pos='{pinned}']").first.click()
         page.locator(".mmviz-tok", has_text=word).first.hover()
-
-    return act
-
-
-def _hover_canvas(selector: str, fx: float, fy: float) -> Callable[[Any], None]:
-    """Moves the mouse to the fraction (fx, fy) of a canvas."""
-
-    def act(page: Any) -> None:
-        box = page.locator(selector).first.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
 
     return act
 
@@ -94,14 +82,16 @@ def build(out: Path) -> list[Exhibit]:
 
     torch.set_num_threads(1)
     scene = teaching.make_scenes(1, seed=SEED, n_objects=2)[0]  # a green circle above a blue star
-    question, answer, _ = scene.qa[0]  # what colour is the circle ? -> green
+    question, answer, _ = scene.qa[0]  # what colour is the circle ? -> green (the model's reply is used below)
     exhibits: list[Exhibit] = []
 
     # -- a VLM answering a question: attention, attributions, dashboard ---------------------------------
     vlm, vlm_processor = teaching.load_vlm()
     inputs = vlm_processor(text=prompt(question), images=scene.image, return_tensors="pt")
     with torch.no_grad(), mmviz.capture(vlm, processor=vlm_processor) as cap:
-        vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
+        generated = vlm.generate(**inputs, max_new_tokens=2, do_sample=False)
+    new_tokens = generated[0, inputs["input_ids"].shape[1] :]
+    answer = vlm_processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip() or answer
     trace = cap.attention
     answer_at = int(np.flatnonzero(trace.tokens().generated)[0])
     vlm_view = trace.show(token=answer_at, title=f"Teaching VLM: “{question}” → {answer}")
@@ -109,30 +99,32 @@ def build(out: Path) -> list[Exhibit]:
     exhibits.append(
         Exhibit(
             "attention-vlm.html",
-            "AttentionView of a VLM",
             [
                 Shot("attention-view.png"),
                 # unpin the answer (a click on a pinned token), then hover a word of the question
-                Shot("attention-view-hover.png", action=_unpin_and_hover(answer, "circle")),
+                Shot("attention-view-hover.png", action=_unpin_and_hover(answer_at, "circle")),
             ],
         )
     )
 
     target = " " + answer
     ig = mmviz.attribute(
-        vlm, inputs, processor=vlm_processor, method="integrated_gradients", target=target, baseline="pad",
-        steps=100, progress=False,
-    )  # fmt: skip
-    saliency = mmviz.attribute(vlm, inputs, processor=vlm_processor, method="saliency", target=target)
-    occlusion = mmviz.attribute(
-        vlm, inputs, processor=vlm_processor, method="occlusion", target=target, progress=False
+        vlm,
+        inputs,
+        processor=vlm_processor,
+        method="integrated_gradients",
+        target=target,
+        baseline="pad",
+        steps=100,
+        progress=False,
     )
+    saliency = mmviz.attribute(vlm, inputs, processor=vlm_processor, method="saliency", target=target)
+    occlusion = mmviz.attribute(vlm, inputs, processor=vlm_processor, method="occlusion", target=target, progress=False)
     attr_view = mmviz.widgets.AttributionView([ig, saliency, occlusion], title=f"Why “{answer}”?")
     attr_view.save(out / "attribution-vlm.html", title="AttributionView: three methods, one answer")
     exhibits.append(
         Exhibit(
             "attribution-vlm.html",
-            "AttributionView of the same answer",
             [
                 Shot("attribution-view.png"),
                 Shot("attribution-view-hover.png", action=_hover(".mmviz-attr-tok", "circle")),
@@ -145,7 +137,6 @@ def build(out: Path) -> list[Exhibit]:
     exhibits.append(
         Exhibit(
             "dashboard.html",
-            "Dashboard: attention and attributions linked",
             [Shot("dashboard.png", action=_hover(".mmviz-attr-tok", "circle"))],
         )
     )
@@ -160,7 +151,6 @@ def build(out: Path) -> list[Exhibit]:
     exhibits.append(
         Exhibit(
             "attention-clip.html",
-            "AttentionView of a CLIP vision tower",
             [Shot("attention-view-vision.png")],
         )
     )
@@ -169,14 +159,13 @@ def build(out: Path) -> list[Exhibit]:
     pipe = teaching.load_diffusion()
     generator = torch.Generator().manual_seed(6)  # a clean draw: one circle, the star below it
     with mmviz.capture(pipe) as cap:
-        pipe(scene.caption, num_inference_steps=25, generator=generator).images[0]
+        pipe(scene.caption, num_inference_steps=25, generator=generator)
     xtrace = cap.cross_attention
     xview = xtrace.show(word="circle", title=f"Teaching diffusion model: “{scene.caption}”")
     xview.save(out / "cross-attention.html", title="CrossAttentionView: a tiny text-to-image model")
     exhibits.append(
         Exhibit(
             "cross-attention.html",
-            "CrossAttentionView of a text-to-image model",
             [
                 Shot("cross-attention-view.png"),
                 Shot("cross-attention-view-step.png", action=_scrub(2)),
@@ -199,5 +188,5 @@ def build(out: Path) -> list[Exhibit]:
             "Pick a word and scrub the denoising steps; the last position sums them all.",
         ],
     )
-    exhibits.append(Exhibit("report.html", "A report of three views (mmviz.save_html)", [Shot("report.png", view=None)]))
+    exhibits.append(Exhibit("report.html", [Shot("report.png", view=None)]))
     return exhibits

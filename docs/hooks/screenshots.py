@@ -122,7 +122,7 @@ def _generate() -> dict[str, bytes]:
             shots = {name: _placeholder(name) for name in names}
         files.update({f"{SCREENSHOTS}/{name}": png for name, png in shots.items()})
     log.info(
-        f"mmviz: {len(exhibits)} exported pages and {len(shots)} screenshots in "
+        f"mmviz: {len(exhibits)} exported pages and {len(shots)} {'screenshots' if take else 'placeholders'} in "
         f"{time.perf_counter() - started:.1f} s"
     )
     return files
