@@ -425,7 +425,7 @@ class CrossAttentionTrace:
         timesteps: StepSelection = None,
         layers: LayerSelection = None,
         batch_index: int = 0,
-        cmap: str = "jet",
+        cmap: str = "viridis",
         alpha: float = 0.5,
         ncols: int | None = None,
         panel_size: float = 2.2,
@@ -437,7 +437,7 @@ class CrossAttentionTrace:
             timesteps: steps to sum over.
             layers: layers to sum over.
             batch_index: batch item.
-            cmap: matplotlib colormap of the heat maps.
+            cmap: matplotlib colormap of the heat maps (default ``"viridis"``, as in the views).
             alpha: opacity of the heat maps over the image.
             ncols: panels per row (default: up to 6).
             panel_size: inches per panel.
