@@ -15,6 +15,10 @@ from typing import Any
 SEED = 11
 """Seed of the shapes scene: "a green circle above a blue star"."""
 
+SITE_FILES: dict[str, bytes] = {}
+"""What the hook generated (site path → content), kept for the rebuilds of ``mkdocs serve``: mkdocs reloads
+the hook module with the config on every rebuild, while this module stays imported for the whole process."""
+
 
 @dataclass
 class Shot:

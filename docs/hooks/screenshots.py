@@ -37,8 +37,6 @@ EXPORTS = "exports"
 SCREENSHOTS = "screenshots"
 """Site folder of the screenshots."""
 
-_generated: dict[str, bytes] | None = None  # kept across the rebuilds of `mkdocs serve`
-
 
 def _screenshots_wanted() -> bool:
     value = os.environ.get("MMVIZ_DOCS_SCREENSHOTS", "1").strip().lower()
@@ -130,9 +128,8 @@ def _generate() -> dict[str, bytes]:
 
 def on_files(files: Files, config: Any) -> Files:
     """Adds the exported pages and the screenshots to the site."""
-    global _generated
-    if _generated is None:
-        _generated = _generate()
-    for uri, content in _generated.items():
+    if not _exhibits.SITE_FILES:  # once per process: `mkdocs serve` rebuilds reuse them
+        _exhibits.SITE_FILES.update(_generate())
+    for uri, content in _exhibits.SITE_FILES.items():
         files.append(File.generated(config, uri, content=content))
     return files
