@@ -17,7 +17,7 @@ The public API::
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
-saved trace work without them; :func:`capture` imports them when called.
+saved trace work without them; ``capture`` imports them when called.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 def save_html(views: Any, path: Any, **options: Any) -> Path:
     """Writes views to one self-contained, offline HTML file.
 
-    See :func:`mmviz.export.save_html` (``title=``, ``notes=``, ``budget=``).
+    See ``mmviz.export.save_html`` (``title=``, ``notes=``, ``budget=``).
     """
     from mmviz.export import save_html as _save_html
 

@@ -34,7 +34,7 @@ def encode_tensor(array: np.ndarray, dtype: str = "float16") -> dict[str, Any]:
     Args:
         array: any numeric array.
         dtype: wire type, one of ``"float16"``, ``"float32"``, ``"int32"`` or ``"uint8"`` (values are
-            cast, not scaled; use :func:`encode_uint8` to quantise floats).
+            cast, not scaled; use ``encode_uint8`` to quantise floats).
 
     Returns:
         The payload dict (``scale=1``, ``offset=0``, ``axes=0``).
@@ -97,7 +97,7 @@ def decode_tensor(payload: dict[str, Any]) -> np.ndarray:
     """Decodes a payload back to float32 (int32 stays int32); the inverse of the encoders.
 
     Args:
-        payload: a dict made by :func:`encode_tensor` or :func:`encode_uint8` (``bytes`` or
+        payload: a dict made by ``encode_tensor`` or ``encode_uint8`` (``bytes`` or
             ``memoryview`` leaves).
 
     Returns:

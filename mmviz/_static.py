@@ -37,5 +37,5 @@ def asset(name: str) -> Path:
 
 
 def read_asset(name: str) -> str:
-    """Text of a built front-end file (see :func:`asset`)."""
+    """Text of a built front-end file (see ``asset``)."""
     return asset(name).read_text(encoding="utf-8")

@@ -1,6 +1,6 @@
 """Exceptions raised by mmviz.
 
-Every error mmviz raises on purpose derives from :class:`MMVizError`, so a notebook can catch them all
+Every error mmviz raises on purpose derives from ``MMVizError``, so a notebook can catch them all
 with one ``except``. Each message says what was wrong and what to do about it.
 """
 

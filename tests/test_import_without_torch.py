@@ -36,7 +36,7 @@ def test_import_without_torch():
 
 def test_subpackages_are_reachable_as_attributes():
     code = (
-        "import mmviz; print(mmviz.widgets.AttributionView.__name__, mmviz.export.__name__, mmviz.teaching.SHAPES[0])"  # noqa: E501
+        "import mmviz; print(mmviz.widgets.AttributionView.__name__, mmviz.export.__name__, mmviz.teaching.SHAPES[0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

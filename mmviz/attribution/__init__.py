@@ -3,12 +3,12 @@
 ``mmviz.attribute(model, inputs, method=..., target=...)`` explains one example's target (a logit, an
 answer's log-probability, a CLIP/SigLIP similarity or a contrast of two) by scoring every input position:
 text tokens through their input embeddings, image tokens and pixels through ``pixel_values``. The result
-is an :class:`~mmviz.data.Attribution` (numpy only) whose token table is the one
-:func:`mmviz.capture` builds, so attributions link to attention traces by position and by
+is an ``Attribution`` (numpy only) whose token table is the one
+``mmviz.capture`` builds, so attributions link to attention traces by position and by
 ``(image, row, col)``.
 
-One method per file: :mod:`.saliency`, :mod:`.input_x_gradient`, :mod:`.integrated_gradients`,
-:mod:`.attention_rollout`, :mod:`.relevance`, :mod:`.occlusion`. Every method leaves the model as it
+One method per file: ``.saliency``, ``.input_x_gradient``, ``.integrated_gradients``,
+``.attention_rollout``, ``.relevance``, ``.occlusion``. Every method leaves the model as it
 found it (hooks removed, attention implementation, train/eval mode and ``requires_grad`` flags
 restored), also when it raises.
 """
@@ -21,7 +21,7 @@ from typing import Any
 __all__ = ["METHODS", "attribute"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
-"""The method names :func:`attribute` accepts."""
+"""The method names ``attribute`` accepts."""
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -85,7 +85,7 @@ def attribute(
         rule: integrated gradients' integration rule (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
 
     Returns:
-        An :class:`~mmviz.data.Attribution`.
+        An ``Attribution``.
 
     Raises:
         ValueError: an unknown method or target, a batch of several examples, or nothing to attribute.

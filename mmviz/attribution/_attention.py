@@ -1,7 +1,7 @@
 """Attention probabilities that stay on the autograd graph, for gradient-weighted relevance.
 
 ``mmviz_relevance`` is registered in transformers' AttentionInterface (with the eager mask). Inside
-:func:`attention_with_grad` every config of the model is switched to it; it runs the model's own eager
+``attention_with_grad`` every config of the model is switched to it; it runs the model's own eager
 attention and keeps each call's probabilities, which are the tensors multiplied with the values, so
 ``∂f/∂A`` is the gradient Chefer et al. weight attention with. Everything is switched back on exit.
 """
@@ -74,7 +74,7 @@ def attention_with_grad(model: torch.nn.Module) -> Iterator[Recorded]:
     """Switches ``model`` to the recording implementation for the block; restores it, also on errors.
 
     Yields:
-        A :class:`Recorded` that fills while the model runs.
+        A ``Recorded`` that fills while the model runs.
     """
     from mmviz.capture._recorder import module_group
     from mmviz.capture._session import _all_configs

@@ -2,7 +2,7 @@
 
 Processors hand pixels to models in different layouts: ``[images, C, H, W]`` (ViT, CLIP, SigLIP,
 LLaVA, PaliGemma), ``[batch, images, C, H, W]``, or Qwen2-VL's flattened patches
-``[patches, C·temporal·P·P]`` in merge-window order. :class:`PixelLayout` gives every element its
+``[patches, C·temporal·P·P]`` in merge-window order. ``PixelLayout`` gives every element its
 image and pixel, so per-element attributions reduce to ``[H, W]`` maps and to the cells of a patch grid
 without per-family code in the methods.
 """

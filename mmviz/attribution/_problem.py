@@ -1,15 +1,15 @@
 """The function every gradient and perturbation method explains, and the positions it is explained on.
 
-A :class:`Problem` holds one example's inputs, the resolved target and the two kinds of attributed
+A ``Problem`` holds one example's inputs, the resolved target and the two kinds of attributed
 input:
 
 * **text**: the output of the model's input-embedding module (``[1, tokens, dim]``), replaced through a
   forward hook so that scaled or occluded embeddings flow through the unchanged model (for VLMs the
   image placeholders' embeddings are overwritten by image features inside the model, so their
   contribution arrives through the pixels);
-* **image**: ``pixel_values``, in whatever layout the processor produced (see :class:`PixelLayout`).
+* **image**: ``pixel_values``, in whatever layout the processor produced (see ``PixelLayout``).
 
-Positions come from :func:`mmviz.capture`'s token tables (one short forward, first layer only), so
+Positions come from ``mmviz.capture``'s token tables (one short forward, first layer only), so
 image tokens carry the same ``(image, row, col)`` layout as attention traces.
 """
 
@@ -81,7 +81,7 @@ class Problem:
         model: a transformers model.
         inputs: the processor's output for one example (batch size 1).
         processor: processor or tokenizer (token texts, answers, captions, image means).
-        target: see :func:`mmviz.attribute`.
+        target: see ``mmviz.attribute``.
         per_token: one row per answer token.
         sources: ``"text"`` and/or ``"image"``: the inputs attributed (default: both when present).
     """

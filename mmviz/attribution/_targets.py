@@ -1,6 +1,6 @@
 """Targets: what scalar(s) of a model's output an attribution explains.
 
-A target becomes one or more :class:`Variant` s (model inputs plus an objective reading ``[k, targets]``
+A target becomes one or more ``Variant``s (model inputs plus an objective reading ``[k, targets]``
 values from the output of a batch of ``k`` perturbed copies) with a weight each; the explained
 function is ``Σ weight · objective``. Contrasts of two answers run two variants (+1, −1).
 """
@@ -29,7 +29,7 @@ class Variant:
         objective: model output of ``k`` copies → ``[k, targets]``.
         kwargs: extra forward arguments (``logits_to_keep``, ``use_cache``).
         fast: ``batch → [k, targets]`` computing the objective without the full vocabulary projection;
-            used once :class:`~mmviz.attribution._problem.Problem` has checked it against ``objective``.
+            used once ``Problem`` has checked it against ``objective``.
     """
 
     inputs: dict[str, Any]
@@ -109,7 +109,7 @@ def _extend(inputs: dict[str, Any], ids: list[int], model: Any) -> dict[str, Any
 
 
 def plan_target(model: Any, inputs: dict[str, Any], tokenizer: Any, target: Any, per_token: bool) -> Plan:
-    """Resolves a target spec into variants (see :func:`mmviz.attribute` for the specs)."""
+    """Resolves a target spec into variants (see ``mmviz.attribute`` for the specs)."""
     kind = model_kind(model)
     if kind == "dual":
         return _plan_dual(model, inputs, tokenizer, target)

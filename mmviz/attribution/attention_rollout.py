@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema, 2020) of a capture, read at the positions the target reads.
 
-The model runs once under :func:`mmviz.capture`; each self-attention stack whose positions are
-attributed is rolled out with :func:`mmviz.data.reductions.rollout` (head mean, residual identity,
+The model runs once under ``mmviz.capture``; each self-attention stack whose positions are
+attributed is rolled out with ``mmviz.data.reductions.rollout`` (head mean, residual identity,
 layers multiplied in order) and the rows of the target's positions (as for ``relevance``) are summed.
 Rollout does not depend on the target's value, only on where it is read.
 """

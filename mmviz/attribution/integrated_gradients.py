@@ -64,7 +64,7 @@ def integrated_gradients(
             embeddings or the pixels, or ``{"text": ..., "image": ...}``.
         steps: points on the path.
         batch_size: points per forward/backward pass (bounds memory).
-        rule: integration rule (see :func:`path_points`).
+        rule: integration rule (see ``path_points``).
         progress: show a ``tqdm.auto`` progress bar.
         **options: options of other methods, ignored.
 

@@ -2,11 +2,11 @@
 
 ``with mmviz.capture(model, processor=processor) as cap:`` switches the model to a recording attention
 implementation registered in transformers' AttentionInterface, and switches it back on exit, also when
-the block raises. ``cap.attention`` is an :class:`~mmviz.data.AttentionTrace` (numpy only).
+the block raises. ``cap.attention`` is an ``AttentionTrace`` (numpy only).
 
 ``with mmviz.capture(pipe) as cap:`` around a diffusers pipeline (or its UNet / transformer) records the
 cross-attention maps of every denoising step: ``cap.cross_attention`` is a
-:class:`~mmviz.data.CrossAttentionTrace`.
+``CrossAttentionTrace``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def capture(
             ``previews`` (see below).
 
     Returns:
-        A :class:`Capture`; after the block, ``cap.attention`` is the trace of the last forward or
+        A ``Capture``; after the block, ``cap.attention`` is the trace of the last forward or
         ``generate`` call, ``cap.traces`` holds one trace per call.
 
     Diffusers pipelines (SD 1.x/2.x, SDXL, PixArt, SD3, Flux) or their bare UNet / transformer::
@@ -99,7 +99,7 @@ def capture(
     ``["up_blocks"]``), ``heads`` (``True`` keeps every head; default: mean over heads), and keywords
     ``tokens="prompt"`` (drop padding; ``"all"`` keeps it), ``branch="cond"`` (or ``"uncond"``: the
     classifier-free-guidance branch recorded), ``cfg=None`` (auto-detect a doubled CFG batch),
-    ``max_bytes`` (budget of recorded maps; :class:`~mmviz.errors.BudgetError` before the run otherwise),
+    ``max_bytes`` (budget of recorded maps; ``BudgetError`` before the run otherwise),
     ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE).
 
     Raises:

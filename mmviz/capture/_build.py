@@ -1,4 +1,4 @@
-"""Turns one recorded run into an :class:`~mmviz.data.AttentionTrace`: arrays, token tables, layout."""
+"""Turns one recorded run into an ``AttentionTrace``: arrays, token tables, layout."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def _split_calls(steps: list[torch.Tensor], packed: int | None, generate: bool) 
 
     * one call, or (outside generation) the same probabilities computed twice, as DiffLlama does for
       its two value halves: one array;
-    * independent chunks of one sequence (see :func:`_chunked`): one block-diagonal array;
+    * independent chunks of one sequence (see ``_chunked``): one block-diagonal array;
     * outside generation, calls of equal shape: the module was applied several times (ALBERT's shared
       layer, recurrent blocks), one array each;
     * otherwise decoding steps, joined into one causal matrix.
@@ -143,7 +143,7 @@ def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[
 
 
 def _join_chunks_qk(steps: list[dict[str, Any]], packed: int | None = None) -> list[dict[str, Any]]:
-    """Turns independent chunk calls (see :func:`_chunked`) into one call with a block-diagonal mask."""
+    """Turns independent chunk calls (see ``_chunked``) into one call with a block-diagonal mask."""
     if not _chunked([(s["query"].shape[2], s["key"].shape[2]) for s in steps], packed):
         return steps
     b = steps[0]["query"].shape[0]

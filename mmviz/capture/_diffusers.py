@@ -1,6 +1,6 @@
 """``with mmviz.capture(pipe) as cap:`` for diffusers pipelines and their bare UNet or transformer.
 
-While the block is active, recording processors (:mod:`mmviz.capture._diffusers_processors`) replace
+While the block is active, recording processors (``mmviz.capture._diffusers_processors``) replace
 the denoiser's text-conditioned attention processors; a forward pre-hook on the denoiser tracks the
 denoising step and the classifier-free-guidance layout; pre-hooks on the text encoders note the prompt's
 token ids; a wrapper around ``pipe.image_processor.postprocess`` keeps the generated images. Every
@@ -74,7 +74,7 @@ class _Run:
 class DiffusionCapture:
     """Records cross-attention maps of a diffusers pipeline (or bare denoiser) inside a ``with`` block.
 
-    Use :func:`mmviz.capture`; see :mod:`mmviz.capture` for the arguments.
+    Use ``mmviz.capture``; see ``mmviz.capture`` for the arguments.
     """
 
     def __init__(
@@ -472,7 +472,7 @@ class DiffusionCapture:
 
     @property
     def traces(self) -> list[CrossAttentionTrace]:
-        """One :class:`~mmviz.data.CrossAttentionTrace` per pipeline call in the block."""
+        """One ``CrossAttentionTrace`` per pipeline call in the block."""
         if self._entered:
             raise CaptureError("the traces are ready when the `with` block ends")
         if not self._traces:
@@ -483,7 +483,7 @@ class DiffusionCapture:
 
     @property
     def cross_attention(self) -> CrossAttentionTrace:
-        """The :class:`~mmviz.data.CrossAttentionTrace` of the last pipeline call in the block."""
+        """The ``CrossAttentionTrace`` of the last pipeline call in the block."""
         return self.traces[-1]
 
 

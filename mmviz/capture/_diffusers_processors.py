@@ -2,16 +2,16 @@
 
 Each processor computes its output exactly as the diffusers processor it replaces (same operations in the
 same order, same kernel), so the generated image does not change; when the running
-:class:`~mmviz.capture._diffusers.DiffusionCapture` asks for the current call, it also computes the
+``DiffusionCapture`` asks for the current call, it also computes the
 attention probabilities of the image positions over the prompt tokens for the recorded batch rows and hands
 them over, reduced over heads unless heads are kept.
 
-- :class:`CrossAttnRecorder` replaces ``AttnProcessor2_0`` on ``attn2`` of UNet and PixArt blocks;
-  :class:`WrappedCrossAttnRecorder` wraps any other ``attn2`` processor (its output is the wrapped
+- ``CrossAttnRecorder`` replaces ``AttnProcessor2_0`` on ``attn2`` of UNet and PixArt blocks;
+  ``WrappedCrossAttnRecorder`` wraps any other ``attn2`` processor (its output is the wrapped
   processor's; the probabilities are recomputed from ``to_q``/``to_k``).
-- :class:`JointAttnRecorder` replaces ``JointAttnProcessor2_0`` (SD3): image and text share one softmax,
+- ``JointAttnRecorder`` replaces ``JointAttnProcessor2_0`` (SD3): image and text share one softmax,
   ``[image, text]``; the map is the image-query → text-key block of it.
-- :class:`FluxAttnRecorder` replaces ``FluxAttnProcessor``: ``[text, image]`` in double-stream blocks and
+- ``FluxAttnRecorder`` replaces ``FluxAttnProcessor``: ``[text, image]`` in double-stream blocks and
   in the joint sequence of single-stream blocks.
 """
 

@@ -54,7 +54,7 @@ def _cpu_inputs(kwargs: dict[str, Any]) -> dict[str, Any]:
 class Capture:
     """Records attention of a transformers model while it runs inside the ``with`` block.
 
-    Use :func:`mmviz.capture`; see its docstring for the arguments.
+    Use ``mmviz.capture``; see its docstring for the arguments.
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class Capture:
 
     @property
     def traces(self) -> list[AttentionTrace]:
-        """One :class:`AttentionTrace` per forward call (or per ``generate`` call) in the block."""
+        """One ``AttentionTrace`` per forward call (or per ``generate`` call) in the block."""
         if self.recorder is None or not self.recorder.runs:
             raise CaptureError("nothing was captured: call the model (or model.generate) inside the `with` block")
         if self._traces is None:
@@ -208,5 +208,5 @@ class Capture:
 
     @property
     def attention(self) -> AttentionTrace:
-        """The :class:`AttentionTrace` of the last forward (or ``generate``) call in the block."""
+        """The ``AttentionTrace`` of the last forward (or ``generate``) call in the block."""
         return self.traces[-1]

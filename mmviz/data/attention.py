@@ -1,8 +1,8 @@
-"""Attention traces: what :func:`mmviz.capture` recorded, as numpy arrays.
+"""Attention traces: what ``mmviz.capture`` recorded, as numpy arrays.
 
-An :class:`AttentionTrace` holds one :class:`ModuleAttention` per captured attention stack (the
+An ``AttentionTrace`` holds one ``ModuleAttention`` per captured attention stack (the
 language model, a vision tower, a Q-Former's cross-attention, an encoder-decoder's cross-attention, ...)
-and the :class:`~mmviz.data.tokens.TokenTable` of each batch item for the queries and keys.
+and the ``TokenTable`` of each batch item for the queries and keys.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class ModuleAttention:
         name: module name, e.g. ``"language_model"``, ``"vision_tower"``, ``"decoder.cross_attention"``.
         layers: the model's layer index of each stored layer.
         heads: the model's head index of each stored head.
-        query_table: key of :attr:`AttentionTrace.tables` describing the query positions.
-        key_table: key of :attr:`AttentionTrace.tables` describing the key positions.
+        query_table: key of ``AttentionTrace.tables`` describing the query positions.
+        key_table: key of ``AttentionTrace.tables`` describing the key positions.
         dense: ``[batch, layers, heads, query, key]`` float16 probabilities.
         qk: queries and keys to recompute probabilities from (``store="qk"``).
     """
@@ -72,7 +72,7 @@ class ModuleAttention:
         return "dense" if self.dense is not None else "qk"
 
     def __repr__(self) -> str:  # the arrays are summarised, never printed
-        b, layers, heads, q, k = self.shape
+        b, _, _, q, k = self.shape
         return (
             f"ModuleAttention({self.name!r}, batch={b}, layers={list(self.layers)}, heads={list(self.heads)}, "
             f"{q}×{k}, store={self.store!r}, query_table={self.query_table!r}, key_table={self.key_table!r})"
@@ -146,7 +146,7 @@ class AttentionTrace:
 
     Args:
         modules: captured modules by name.
-        tables: token tables by name, one :class:`TokenTable` per batch item.
+        tables: token tables by name, one ``TokenTable`` per batch item.
         info: free-form JSON-able facts (model class, generation, capture options).
     """
 
@@ -183,7 +183,7 @@ class AttentionTrace:
         return self.module().shape[0]
 
     def module(self, name: str | None = None) -> ModuleAttention:
-        """The :class:`ModuleAttention` called ``name`` (default: :attr:`default_module`)."""
+        """The ``ModuleAttention`` called ``name`` (default: ``default_module``)."""
         key = self.default_module if name is None else name
         if key not in self.modules:
             raise KeyError(f"no module {key!r} in this trace; captured modules: {list(self.modules)}")
@@ -208,7 +208,7 @@ class AttentionTrace:
         """Attention probabilities of one batch item.
 
         Args:
-            module: module name (default: :attr:`default_module`).
+            module: module name (default: ``default_module``).
             batch_index: batch item.
             layers: model layer indices to return (default: all captured).
             heads: model head indices to return (default: all captured).
@@ -246,7 +246,7 @@ class AttentionTrace:
         return reductions.head_max(self.probs(module, batch_index, layers))
 
     def rollout(self, module: str | None = None, batch_index: int = 0, residual: bool = True) -> np.ndarray:
-        """``[layers, query, key]`` attention rollout up to each captured layer (see :func:`reductions.rollout`)."""
+        """``[layers, query, key]`` attention rollout up to each captured layer (see ``reductions.rollout``)."""
         m = self.module(module)
         if m.query_table != m.key_table:
             raise ValueError(f"rollout needs self-attention; module {m.name!r} is cross-attention")
@@ -267,11 +267,11 @@ class AttentionTrace:
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the trace to a ``.mmviz`` file (read it back with :func:`mmviz.load`)."""
+        """Writes the trace to a ``.mmviz`` file (read it back with ``mmviz.load``)."""
         io.save(self, path, "attention")
 
     def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Metadata and arrays for :func:`mmviz.data.io.save`."""
+        """Metadata and arrays for ``mmviz.data.io.save``."""
         arrays: dict[str, np.ndarray] = {}
         tables_meta: dict[str, list[dict[str, Any]]] = {}
         for t_index, (name, tabs) in enumerate(self.tables.items()):
@@ -312,7 +312,7 @@ class AttentionTrace:
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionTrace:
-        """Inverse of :meth:`to_payload`."""
+        """Inverse of ``to_payload``."""
         tables: dict[str, Sequence[TokenTable]] = {
             name: [TokenTable.from_payload(t, arrays) for t in tabs] for name, tabs in meta["tables"].items()
         }
@@ -347,7 +347,7 @@ class AttentionTrace:
 
     # -- views -----------------------------------------------------------------------------------
     def show(self, **options: Any) -> Any:
-        """An interactive :class:`~mmviz.widgets.AttentionView` of this trace.
+        """An interactive ``AttentionView`` of this trace.
 
         Args:
             **options: ``module=``, ``layer=``, ``head=``, ``batch_index=``, ``layers=``, ``heads=``,
@@ -363,10 +363,10 @@ class AttentionTrace:
         Args:
             **options: ``module=``, ``layer=``, ``head=``, ``aggregate=``, ``token=``, ``batch_index=``,
                 ``direction=``, ``hide_special=``, ``merge_words=``, ``cmap=``, ``title=``, ... (see
-                :func:`mmviz.export.figures.attention_figure`).
+                ``mmviz.export.figures.attention_figure``).
 
         Returns:
-            A :class:`matplotlib.figure.Figure` (not attached to pyplot).
+            A ``matplotlib.figure.Figure`` (not attached to pyplot).
         """
         from mmviz.export.figures import attention_figure
 

@@ -1,9 +1,9 @@
 """Attributions: how much each input position (token, image patch, pixel) contributed to a target.
 
-An :class:`Attribution` is what :func:`mmviz.attribute` returns: numpy arrays only, so it saves, loads,
+An ``Attribution`` is what ``mmviz.attribute`` returns: numpy arrays only, so it saves, loads,
 shows and exports without torch. Rows are targets (one for a single logit or answer, one per
 generated token for a ``[generated, source]`` matrix), columns are positions of its
-:class:`~mmviz.data.tokens.TokenTable`.
+``TokenTable``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ class Attribution:
     """Scores of input positions (and pixels) for one or more targets.
 
     Attributes:
-        scores: ``[targets, positions]`` float32 score of each position of :attr:`tokens` per target.
+        scores: ``[targets, positions]`` float32 score of each position of ``tokens`` per target.
         tokens: the positions scored (text tokens, image patches, specials); image tokens carry
             ``(image, row, col)`` so views link them to patches of attention traces.
         method: the method's name (``"saliency"``, ``"integrated_gradients"``, ...).
         targets: ``[targets]`` description of each row (e.g. ``"log p(' red')"``).
         target: description of the whole target (e.g. ``"answer ' red square'"``).
-        pixel_maps: one ``[targets, height, width]`` float32 map per image in :attr:`tokens`, at the
+        pixel_maps: one ``[targets, height, width]`` float32 map per image in ``tokens``, at the
             model's input resolution (empty when no image was attributed).
         delta: ``[targets]`` completeness gap ``sum(scores) − (f(x) − f(baseline))`` for integrated
             gradients, else ``None``.
@@ -144,8 +144,9 @@ class Attribution:
             from mmviz.widgets import AttributionView
         except ImportError as exc:
             raise ImportError(
-                "Attribution.show() needs the mmviz widgets (pip install 'mmviz[widgets]'); the "
-                "attribution itself is plain numpy: see .scores, .pixel_maps and .tokens"
+                "Attribution.show() needs anywidget and ipywidgets, which mmviz depends on: reinstall them "
+                "(pip install anywidget ipywidgets); the attribution itself is plain numpy: see .scores, "
+                ".pixel_maps and .tokens"
             ) from exc
         return AttributionView(self, **kwargs)
 
@@ -166,11 +167,11 @@ class Attribution:
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the attribution to a ``.mmviz`` file (read it back with :func:`mmviz.load`)."""
+        """Writes the attribution to a ``.mmviz`` file (read it back with ``mmviz.load``)."""
         io.save(self, path, "attribution")
 
     def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Metadata and arrays for :func:`mmviz.data.io.save`."""
+        """Metadata and arrays for ``mmviz.data.io.save``."""
         table_meta, arrays = self.tokens.to_payload("tokens")
         arrays["scores"] = self.scores
         for i, p in enumerate(self.pixel_maps):
@@ -189,7 +190,7 @@ class Attribution:
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Attribution:
-        """Inverse of :meth:`to_payload`."""
+        """Inverse of ``to_payload``."""
         return cls(
             scores=arrays["scores"],
             tokens=TokenTable.from_payload(meta["tokens"], arrays),

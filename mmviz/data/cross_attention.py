@@ -1,12 +1,12 @@
 """Diffusion cross-attention: per-timestep, per-layer word maps and the DAAM heat map method.
 
-A :class:`CrossAttentionTrace` holds what ``with mmviz.capture(pipe) as cap:`` recorded while a diffusers
+A ``CrossAttentionTrace`` holds what ``with mmviz.capture(pipe) as cap:`` recorded while a diffusers
 pipeline denoised: for every cross-attention layer, the attention that the image positions paid to each
 prompt token at every timestep, already reduced while the pipeline ran (mean over heads unless heads were
 kept, conditional branch of classifier-free guidance only). Each layer keeps its own resolution, so the
 memory is O(steps × layers × tokens × h × w).
 
-:meth:`CrossAttentionTrace.heatmap` is DAAM (Tang et al., ACL 2023, "What the DAAM"), re-implemented
+``CrossAttentionTrace.heatmap`` is DAAM (Tang et al., ACL 2023, "What the DAAM"), re-implemented
 in numpy: each layer's map, summed over the chosen timesteps, is upsampled bicubically to the image
 size, clamped at zero and summed over the chosen layers; a word's map is the mean of its subword maps.
 """
@@ -110,7 +110,7 @@ class CrossAttentionTrace:
             w]`` when heads were kept), float16 or float32: the attention probabilities that each image
             position paid to each stored prompt token, mean over heads unless heads were kept.
         layers: the layers, in the order of ``maps``.
-        tokens: one :class:`TokenTable` per batch item, one row per stored token (the ``tokens`` axis).
+        tokens: one ``TokenTable`` per batch item, one row per stored token (the ``tokens`` axis).
         timesteps: ``[steps]`` the denoiser's timestep value at each step.
         images: ``uint8 [batch, H, W, 3]`` generated images, or ``None`` when none was decoded.
         info: JSON-able facts (pipeline class, options).
@@ -211,7 +211,7 @@ class CrossAttentionTrace:
         return self.resolutions[0]
 
     def tokens(self, batch_index: int = 0) -> TokenTable:
-        """The :class:`TokenTable` of the stored tokens of one batch item."""
+        """The ``TokenTable`` of the stored tokens of one batch item."""
         self._check_batch(batch_index)
         return self.tables[batch_index]
 
@@ -331,9 +331,9 @@ class CrossAttentionTrace:
 
         Args:
             timesteps: step indices (``0`` is the first, noisiest step), a slice, or ``None`` for all.
-            layers: layer selection (see :meth:`layer_index`).
+            layers: layer selection (see ``layer_index``).
             batch_index: batch item.
-            size: ``(H, W)`` output size (default: :attr:`image_size`).
+            size: ``(H, W)`` output size (default: ``image_size``).
             resolutions: keep only layers of these resolutions.
             head: one head (needs ``heads=True`` at capture); ``None``: mean over heads.
             per_step: keep the steps apart instead of summing them.
@@ -366,9 +366,9 @@ class CrossAttentionTrace:
         """DAAM heat map of one word at image size.
 
         Args:
-            word_or_index: a word of the prompt (case-insensitive) or its index in :meth:`words`.
+            word_or_index: a word of the prompt (case-insensitive) or its index in ``words``.
             timesteps: step indices to sum over (``None``: all).
-            layers: layers to sum over (see :meth:`layer_index`; ``None``: all).
+            layers: layers to sum over (see ``layer_index``; ``None``: all).
             batch_index: batch item.
             size: ``(H, W)`` (default: the generated image's size).
             resolutions: keep only layers of these resolutions.
@@ -476,7 +476,7 @@ class CrossAttentionTrace:
         return fig
 
     def show(self, **options: Any) -> Any:
-        """An interactive :class:`~mmviz.widgets.CrossAttentionView` of this trace."""
+        """An interactive ``CrossAttentionView`` of this trace."""
         from mmviz.widgets.cross_attention_view import CrossAttentionView
 
         return CrossAttentionView(self, **options)
@@ -502,11 +502,11 @@ class CrossAttentionTrace:
 
     # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the trace to a ``.mmviz`` file (read it back with :func:`mmviz.load`)."""
+        """Writes the trace to a ``.mmviz`` file (read it back with ``mmviz.load``)."""
         io.save(self, path, "cross_attention")
 
     def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Metadata and arrays for :func:`mmviz.data.io.save`."""
+        """Metadata and arrays for ``mmviz.data.io.save``."""
         arrays: dict[str, np.ndarray] = {f"map{i}": m for i, m in enumerate(self._maps)}
         arrays["timesteps"] = self.timesteps
         if self.images is not None:
@@ -523,7 +523,7 @@ class CrossAttentionTrace:
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CrossAttentionTrace:
-        """Inverse of :meth:`to_payload`."""
+        """Inverse of ``to_payload``."""
         layers = [
             CrossAttentionLayer(str(e["name"]), (int(e["resolution"][0]), int(e["resolution"][1])), int(e["heads"]))
             for e in meta["layers"]

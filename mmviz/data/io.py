@@ -1,7 +1,7 @@
 """Reading and writing ``.mmviz`` files: a zip of ``meta.json`` and ``.npy`` arrays.
 
 Arrays are written and read with ``allow_pickle=False``, so opening a file never runs code. Each
-trace class registers itself under a type name; :func:`load` dispatches on the ``type`` in
+trace class registers itself under a type name; ``load`` dispatches on the ``type`` in
 ``meta.json``.
 """
 

@@ -1,7 +1,7 @@
 """Exact attention recomputed on demand from stored queries and keys (``store="qk"``).
 
 Dense probabilities cost ``layers·heads·N²``; at 16k tokens that is gigabytes per layer. Queries and
-keys cost ``layers·heads·N·d``. :class:`QKAttention` keeps those (post-RoPE, as the model used them,
+keys cost ``layers·heads·N·d``. ``QKAttention`` keeps those (post-RoPE, as the model used them,
 with grouped keys stored once) and the mask, and recomputes any rows, columns, block or thumbnail of the
 probabilities in numpy, a chunk of rows at a time, so the ``N × N`` matrix is never materialised.
 
@@ -26,7 +26,7 @@ _CHUNK_ELEMENTS = 1 << 22
 """Logits computed at once (``rows × keys``, float32: 16 MiB)."""
 
 DENSE_BUDGET = 2 << 30
-"""Largest array (bytes) :meth:`QKAttention.dense` materialises; past it, it raises :class:`BudgetError`."""
+"""Largest array (bytes) ``QKAttention.dense`` materialises; past it, it raises ``BudgetError``."""
 
 
 @dataclass(eq=False)
@@ -230,7 +230,7 @@ class QKAttention:
         """Materialises ``[layers, heads, query, key]`` float32 (only the layers and heads asked for).
 
         Raises:
-            BudgetError: the array would exceed :data:`DENSE_BUDGET` bytes.
+            BudgetError: the array would exceed ``DENSE_BUDGET`` bytes.
         """
         _, _, _, nq, nk = self.shape
         size = len(layers) * len(heads) * nq * nk * 4

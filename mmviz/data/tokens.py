@@ -2,7 +2,7 @@
 
 A position is a text token, an image token (a patch of one of the images), a special token or padding.
 Views link on the position index and on ``(image, row, col)``; attention, attributions and
-cross-attention all refer to rows of a :class:`TokenTable`.
+cross-attention all refer to rows of a ``TokenTable``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class TokenTable:
         text: ``[positions]`` display text of each token (untrusted: views render it as text).
         kind: ``[positions]`` one of ``"text"``, ``"image"``, ``"special"``, ``"pad"``.
         word_id: ``[positions]`` index of the word a position belongs to; subwords of one word share it.
-        image_index: ``[positions]`` index into :attr:`images` for image tokens, ``-1`` otherwise.
+        image_index: ``[positions]`` index into ``images`` for image tokens, ``-1`` otherwise.
         patch_row: ``[positions]`` patch row in that image's grid, ``-1`` for non-image tokens.
         patch_col: ``[positions]`` patch column in that image's grid, ``-1`` for non-image tokens.
         token_id: ``[positions]`` vocabulary id, ``-1`` where there is none (patches of a vision tower).
@@ -86,7 +86,7 @@ class TokenTable:
             grids: ``(rows, cols)`` patch grid per image.
 
         Returns:
-            A validated :class:`TokenTable`.
+            A validated ``TokenTable``.
         """
         n = len(text)
         kinds = np.asarray(list(kind) if kind is not None else ["text"] * n, dtype="<U7")
@@ -146,7 +146,7 @@ class TokenTable:
         """Indices of the positions of the given kind(s).
 
         Args:
-            kind: a kind or several kinds from :data:`KINDS`.
+            kind: a kind or several kinds from ``KINDS``.
 
         Returns:
             ``[n]`` int array of positions, ascending.
@@ -158,7 +158,7 @@ class TokenTable:
         """Positions of one image's patches laid out on its grid.
 
         Args:
-            image: index into :attr:`images`.
+            image: index into ``images``.
 
         Returns:
             ``[rows, cols]`` int array: the position of each patch, ``-1`` where no token holds that patch.
@@ -245,7 +245,7 @@ class TokenTable:
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TokenTable:
-        """Inverse of :meth:`to_payload`."""
+        """Inverse of ``to_payload``."""
         p = meta["prefix"]
         return cls(
             text=arrays[f"{p}.text"].astype(str),

@@ -1,7 +1,7 @@
 """Exports of mmviz views: offline HTML pages and matplotlib figures.
 
-:func:`save_html` writes one self-contained, offline HTML file; :func:`attention_figure`,
-:func:`attribution_figure` and :func:`save_figure` draw a view's current selection as PNG, SVG or PDF.
+``save_html`` writes one self-contained, offline HTML file; ``attention_figure``,
+``attribution_figure`` and ``save_figure`` draw a view's current selection as PNG, SVG or PDF.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Matplotlib figures of an attribution: what :class:`~mmviz.widgets.AttributionView` shows for one target.
+"""Matplotlib figures of an attribution: what ``AttributionView`` shows for one target.
 
 Text tokens become bars coloured by their score, each image gets its pixel map (or patch scores) as a
 translucent overlay. Signed methods (integrated gradients, input × gradient, occlusion, contrasts) use
 the widget's diverging blue–red scale centred at 0 (``js/src/views/attribution.ts: scoreColor``);
-unsigned ones a colormap from ``mmviz/colormaps.json``. Token text is data (see :mod:`.figures`).
+unsigned ones a colormap from ``mmviz/colormaps.json``. Token text is data (see ``.figures``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def attribution_figure(
         figsize: inches (default: from the number of tokens and images).
 
     Returns:
-        A :class:`matplotlib.figure.Figure`.
+        A ``matplotlib.figure.Figure``.
 
     Raises:
         IndexError: ``target`` is out of range.

@@ -1,9 +1,9 @@
 """Matplotlib figures of an attention view's current selection, for papers, reports and slides.
 
-:func:`attention_figure` draws what an :class:`~mmviz.widgets.AttentionView` shows for one selection
+``attention_figure`` draws what an ``AttentionView`` shows for one selection
 (module, layer, head or a reduction over heads, pinned token, direction, hiding, word merge, colormap):
 the attention matrix with token labels and a colorbar, plus the pinned token's attention over each image
-as a translucent overlay. :func:`save_figure` writes PNG, SVG (token text kept as ``<text>``) or PDF.
+as a translucent overlay. ``save_figure`` writes PNG, SVG (token text kept as ``<text>``) or PDF.
 
 The colormaps come from ``mmviz/colormaps.json``, the definition the front end reads too, interpolated
 to 256 entries exactly as ``js/src/render/colormap.ts`` does. Token text is data: TeX is off and every ``$``
@@ -47,7 +47,7 @@ COLORMAP_FILE = Path(__file__).resolve().parents[1] / "colormaps.json"
 """The one colormap definition: hex stops per name, shared with ``js/src/render/colormap.ts``."""
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
-"""File types :func:`save_figure` writes."""
+"""File types ``save_figure`` writes."""
 
 AGGREGATES = ("head", "mean", "max", "rollout")
 HIDDEN_KINDS = ("special", "pad")
@@ -370,7 +370,7 @@ def attention_figure(
         figsize: figure size in inches (default: from the number of panels).
 
     Returns:
-        A :class:`matplotlib.figure.Figure` (not shown, not attached to pyplot).
+        A ``matplotlib.figure.Figure`` (not shown, not attached to pyplot).
 
     Raises:
         KeyError: the module, layer or head was not captured.
@@ -539,10 +539,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: float | None = N
     """Writes a figure to PNG, SVG or PDF (from the extension), token text kept as text in SVG and PDF.
 
     Args:
-        fig: the figure (e.g. from :func:`attention_figure`).
+        fig: the figure (e.g. from ``attention_figure``).
         path: file ending in ``.png``, ``.svg`` or ``.pdf``.
         dpi: resolution (default 200 for PNG; vector files embed the matrix at its own resolution).
-        **savefig: more arguments for :meth:`matplotlib.figure.Figure.savefig`.
+        **savefig: more arguments for ``matplotlib.figure.Figure.savefig``.
 
     Returns:
         The path written.

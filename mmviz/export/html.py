@@ -107,7 +107,7 @@ def render_html(
     headings: Sequence[str | None] | None = None,
     captions: Sequence[str | None] | None = None,
 ) -> str:
-    """The page's HTML text (see :func:`save_html`)."""
+    """The page's HTML text (see ``save_html``)."""
     from mmviz import __version__
 
     if not views:

@@ -1,6 +1,6 @@
 """What an AttentionView sends to the browser: token tables, thumbnails and attention maps as payloads.
 
-All tensors go through :mod:`mmviz._codec` (binary, uint8 quantised per slice). Nothing here touches
+All tensors go through ``mmviz._codec`` (binary, uint8 quantised per slice). Nothing here touches
 widgets or traitlets, so the HTML export builds the same state.
 """
 

@@ -63,29 +63,30 @@ def _bundle(name: str) -> Any:
 
 
 class AttentionView(anywidget.AnyWidget):
-    """Linked, interactive view of an :class:`~mmviz.data.AttentionTrace` (``trace.show(...)``).
+    """Linked, interactive view of an ``AttentionTrace`` (``trace.show(...)``).
 
     Args:
         trace: the trace to show.
-        module: module shown first (default: the language model, else the first module).
-        layer: model layer shown first (default: the last captured layer).
-        head: model head shown first; ``None`` shows the mean over heads.
-        aggregate: ``"head"``, ``"mean"``, ``"max"`` or ``"rollout"`` (default: ``"head"`` when
-            ``head`` is given, else ``"mean"``).
-        token: query position pinned at start (``-1``: none).
-        batch_index: batch item to show.
-        modules: modules offered by the module selector (default: all captured).
-        layers: model layers to offer (default: all captured); trims the state.
-        heads: model heads to offer (default: all captured); trims the state.
-        direction: colour tokens by the attention they pay (``"from"``) or receive (``"to"``).
-        hide_special: hide special and padding tokens, renormalising each row over the rest.
-        merge_words: merge subword tokens into words.
-        cmap: colormap (:data:`COLORMAPS`).
-        title: heading shown above the view.
-        thumb_size: thumbnail cells per side.
-        max_matrix: most rows/columns of an attention map sent to the browser; bigger maps are
-            block-averaged (a 4096-token trace opens with 1024 × 1024 cells).
-        budget: bytes of binary data the initial state may hold.
+        **options: what to show first and what to offer:
+
+            * ``module``: module shown first (default: the language model, else the first module);
+            * ``layer``: model layer shown first (default: the last captured layer);
+            * ``head``: model head shown first; ``None`` shows the mean over heads;
+            * ``aggregate``: ``"head"``, ``"mean"``, ``"max"`` or ``"rollout"`` (default: ``"head"`` when
+              ``head`` is given, else ``"mean"``);
+            * ``token``: query position pinned at start (``-1``: none);
+            * ``batch_index``: batch item to show;
+            * ``modules``: modules offered by the module selector (default: all captured);
+            * ``layers``, ``heads``: model layers and heads to offer (default: all captured); trim the state;
+            * ``direction``: colour tokens by the attention they pay (``"from"``) or receive (``"to"``);
+            * ``hide_special``: hide special and padding tokens, renormalising each row over the rest;
+            * ``merge_words``: merge subword tokens into words;
+            * ``cmap``: colormap (``COLORMAPS``);
+            * ``title``: heading shown above the view;
+            * ``thumb_size``: thumbnail cells per side;
+            * ``max_matrix``: most rows/columns of an attention map sent to the browser; bigger maps are
+              block-averaged (a 4096-token trace opens with 1024 × 1024 cells);
+            * ``budget``: bytes of binary data the initial state may hold.
 
     Raises:
         BudgetError: the initial state would exceed ``budget``; the message names ``layers=``,
@@ -331,7 +332,7 @@ class AttentionView(anywidget.AnyWidget):
         return state
 
     def figure(self, **options: Any) -> Any:
-        """A matplotlib ``Figure`` of the current selection (see :func:`mmviz.export.figures.attention_figure`).
+        """A matplotlib ``Figure`` of the current selection (see ``mmviz.export.figures.attention_figure``).
 
         Args:
             **options: overrides of the selection (``layer=``, ``head=``, ``token=``, ...) and figure
@@ -352,7 +353,7 @@ class AttentionView(anywidget.AnyWidget):
     ) -> Path:
         """Writes the view to a file; the extension picks what is written.
 
-        ``.html``/``.htm``: one self-contained, interactive page (see :func:`mmviz.save_html`).
+        ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
         ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the current selection (module, layer, head or
         reduction, pinned token, direction, hiding, word merge, colormap); SVG and PDF keep token text as text.
 

@@ -101,7 +101,7 @@ def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
 
 
 class AttributionView(anywidget.AnyWidget):
-    """Interactive view of one or more :class:`~mmviz.data.Attribution` s (``attr.show()``).
+    """Interactive view of one or more ``Attribution``s (``attr.show()``).
 
     Text tokens coloured by score (diverging, centred at 0, for signed methods); each image with the
     pixel map (or patch scores) over it; for several targets (an answer explained token by token) the
@@ -111,7 +111,7 @@ class AttributionView(anywidget.AnyWidget):
     Args:
         attributions: an attribution or a list of attributions of the same input (switched by a selector).
         **options: ``entry`` (attribution shown first), ``target`` (score row), ``opacity`` (0–1, of the
-            image overlay), ``cmap`` (:data:`mmviz.widgets.COLORMAPS`, for unsigned methods), ``title``,
+            image overlay), ``cmap`` (``mmviz.widgets.COLORMAPS``, for unsigned methods), ``title``,
             ``budget`` (bytes the state may hold).
 
     Raises:
@@ -203,7 +203,7 @@ class AttributionView(anywidget.AnyWidget):
     ) -> Path:
         """Writes the view to a file; the extension picks what is written.
 
-        ``.html``/``.htm``: one self-contained, interactive page (see :func:`mmviz.save_html`).
+        ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
         ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the shown attribution and target, with the
         view's opacity and colormap.
 

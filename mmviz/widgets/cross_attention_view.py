@@ -53,7 +53,7 @@ def cross_attention_state(
     Args:
         trace: the trace.
         batch_index: batch item.
-        layers: layers summed into the maps (see :meth:`CrossAttentionTrace.layer_index`).
+        layers: layers summed into the maps (see ``CrossAttentionTrace.layer_index``).
         special: offer BOS/EOS as words too.
 
     Returns:
@@ -94,7 +94,7 @@ def cross_attention_state(
 
 
 class CrossAttentionView(anywidget.AnyWidget):
-    """Interactive view of a :class:`~mmviz.data.CrossAttentionTrace` (``trace.show(...)``).
+    """Interactive view of a ``CrossAttentionTrace`` (``trace.show(...)``).
 
     The generated image with the selected word's map over it; the prompt's words (hover to preview,
     click to select); a timestep scrubber with play, whose last position sums every step (DAAM); one
@@ -105,7 +105,7 @@ class CrossAttentionView(anywidget.AnyWidget):
         trace: the trace to show.
         **options: ``word`` (index into ``trace.words()`` or the word itself), ``step`` (``-1``, the
             default, sums all steps: DAAM's map), ``resolutions`` (switched on, e.g. ``["16x16"]``;
-            default all), ``opacity`` (0–1), ``cmap`` (:data:`mmviz.widgets.COLORMAPS`),
+            default all), ``opacity`` (0–1), ``cmap`` (``mmviz.widgets.COLORMAPS``),
             ``batch_index``, ``layers`` (summed; indices, names or parts of names; default all),
             ``special`` (offer BOS/EOS as words), ``title``, ``budget`` (bytes of maps the state may hold).
 

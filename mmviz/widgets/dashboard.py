@@ -40,8 +40,8 @@ class Dashboard(anywidget.AnyWidget):
         mmviz.Dashboard(trace.show(layer=5), [ig, saliency], title="why 'red'?").save("why.html")
 
     Args:
-        *items: :class:`~mmviz.data.AttentionTrace` s or ``AttentionView`` s (one attention pane each),
-            and :class:`~mmviz.data.Attribution` s, lists of them or ``AttributionView`` s (consecutive
+        *items: ``AttentionTrace``s or ``AttentionView`` s (one attention pane each),
+            and ``Attribution``s, lists of them or ``AttributionView`` s (consecutive
             attributions share one pane with a selector).
         title: heading of the dashboard.
         **options: passed to every attention pane built from a trace (``layer=``, ``head=``, ...).
@@ -144,7 +144,7 @@ class Dashboard(anywidget.AnyWidget):
         notes: str | None = None,
         budget: int | None = None,
     ) -> Path:
-        """Writes the dashboard to one self-contained, offline HTML file (see :func:`mmviz.save_html`)."""
+        """Writes the dashboard to one self-contained, offline HTML file (see ``mmviz.save_html``)."""
         from mmviz.export import save_html
 
         if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):

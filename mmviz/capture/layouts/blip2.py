@@ -9,7 +9,7 @@ Three recorded stacks meet here:
   to the text when the config has none). They are **not spatial**: each is a learned query, so the
   language model's table marks them ``special`` with texts ``<query k>``.
 
-:func:`image_map` chains language model → query → patch to get an image-space map of what a text
+``image_map`` chains language model → query → patch to get an image-space map of what a text
 position attends to.
 """
 
@@ -112,7 +112,7 @@ def image_map(
     self-attention between queries is not traced through.
 
     Args:
-        trace: an :class:`~mmviz.data.AttentionTrace` of a BLIP-2 forward or ``generate`` call that
+        trace: an ``AttentionTrace`` of a BLIP-2 forward or ``generate`` call that
             recorded ``language_model`` and ``qformer.cross_attention``.
         query: language-model position(s) whose attention is mapped (negative counts from the end);
             several positions are averaged.
