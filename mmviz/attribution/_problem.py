@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmviz.attribution._pixels import PixelLayout, cell_sums
-from mmviz.attribution._targets import Plan, plan_target
+from mmviz.attribution._targets import TEXT_KEYS, Plan, plan_target
 from mmviz.data import TokenTable
 
 __all__ = ["Problem", "prepared"]
@@ -253,9 +253,13 @@ class Problem:
         if k is None:
             k = emb.shape[0] if emb is not None else pix.shape[0] if pix is not None else 1
         total: torch.Tensor | None = None
+        # a caption whose embeddings stay as they are goes through its tower once, not k times
+        one_caption = emb is None and self.fast and self.plan.kind == "dual"
         for variant in self.plan.variants:
             batch = {
-                key: value.repeat(k, *([1] * (value.ndim - 1))) if isinstance(value, torch.Tensor) else value
+                key: value.repeat(k, *([1] * (value.ndim - 1)))
+                if isinstance(value, torch.Tensor) and not (one_caption and key in TEXT_KEYS)
+                else value
                 for key, value in variant.inputs.items()
             }
             if pix is not None:

@@ -315,6 +315,34 @@ def _dual_objective(out: Any) -> torch.Tensor:
     return out.logits_per_image.float().diagonal()[:, None]
 
 
+TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
+"""Inputs of a two-tower model's text tower."""
+
+
+def _fast_dual(model: Any) -> Callable[[dict[str, Any]], torch.Tensor]:
+    """Each image's similarity to its caption, without the ``k × k`` logits.
+
+    The text inputs may hold one row for all ``k`` images (the caption is not attributed: its tower runs
+    once) or ``k`` rows (one per image).
+    """
+
+    def pooled(out: Any) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def fast(batch: dict[str, Any]) -> torch.Tensor:
+        image = pooled(model.get_image_features(pixel_values=batch["pixel_values"]))
+        text = pooled(model.get_text_features(**{key: batch[key] for key in TEXT_KEYS if key in batch}))
+        image = image / image.norm(dim=-1, keepdim=True)
+        text = text / text.norm(dim=-1, keepdim=True)
+        similarity = (image * text.to(image.device)).sum(-1) * model.logit_scale.exp()
+        bias = getattr(model, "logit_bias", None)
+        if bias is not None:  # SigLIP
+            similarity = similarity + bias
+        return similarity.float()[:, None]
+
+    return fast
+
+
 def _text_row(model: Any, ids: torch.Tensor) -> int:
     """The text position a CLIP/SigLIP text tower pools (EOS for CLIP, the last position for SigLIP)."""
     text_config = getattr(model.config, "text_config", model.config)
@@ -333,7 +361,8 @@ def _plan_dual(model: Any, inputs: dict[str, Any], tokenizer: Any, target: Any) 
     pair = isinstance(target, tuple)
     captions = list(target) if pair else [0 if target is None else target]
     variants = [
-        Variant(_caption_inputs(model, inputs, tokenizer, c), w, _dual_objective) for c, w in zip(captions, [1.0, -1.0])
+        Variant(_caption_inputs(model, inputs, tokenizer, c), w, _dual_objective, fast=_fast_dual(model))
+        for c, w in zip(captions, [1.0, -1.0])
     ]
     names = [f"caption {c}" if isinstance(c, int) else repr(c) for c in captions]
     label = f"similarity({names[0]})" + (f" − similarity({names[1]})" if pair else "")

@@ -94,3 +94,27 @@ def test_caption_targets_and_caption_contrast(clip, siglip):
 def test_unsupported_target(gpt2, tok):
     with pytest.raises(TypeError, match="unsupported target"):
         attribute(gpt2, tok("a", return_tensors="pt"), method="saliency", target=1.5)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_two_tower_shortcut_runs_the_caption_once_and_changes_nothing(family, request, monkeypatch):
+    from mmviz.attribution._problem import Problem
+
+    model, processor = request.getfixturevalue(family)
+    inputs = processor(images=random_image(), text=["a red square"], return_tensors="pt", padding="max_length")
+    kw = {"processor": processor, "method": "integrated_gradients", "steps": 8, "progress": False}
+    text_rows: list[int] = []
+    hook = model.get_text_features
+
+    def counting(**text_inputs):
+        text_rows.append(int(text_inputs["input_ids"].shape[0]))
+        return hook(**text_inputs)
+
+    monkeypatch.setattr(model, "get_text_features", counting)
+    fast = {s: attribute(model, inputs, sources=s, **kw) for s in (("image",), ("text", "image"))}
+    assert max(text_rows) == 8 and text_rows.count(1) >= 2  # caption attributed: 8 rows; image only: one
+    monkeypatch.setattr(Problem, "_check_fast", lambda self: False)  # the full forward, k × k logits
+    for sources, got in fast.items():
+        full = attribute(model, inputs, sources=sources, **kw)
+        np.testing.assert_allclose(got.scores, full.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.delta, full.delta, rtol=1e-4, atol=1e-5)
