@@ -145,6 +145,48 @@ def causal_bool(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
 
 
+CHUNK_FROM = 4 << 20
+"""Recorded layers whose float32 scores take more bytes than this are computed in blocks of query rows."""
+CHUNKS = 64
+"""Blocks per such layer: the transient scores stay near 1/64 of the layer (3% of its float16 store)."""
+
+
+def chunk_rows(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict[str, Any]
+) -> int | None:
+    """Query rows per block for a recorded layer, or ``None`` to compute the layer in one call.
+
+    Softmax attention is computed row by row, so calling the model's own eager function on blocks of
+    query rows gives the same outputs and probabilities. Layers whose scores take at most
+    :data:`CHUNK_FROM` bytes run whole, as do calls whose extra arguments carry per-query tensors
+    (position biases) that would need slicing too, and calls whose probabilities go back to the caller
+    (``output_attentions=True``), who gets them exactly as eager computes them.
+    """
+    batch, heads, n, _ = query.shape
+    if n < 2 or batch * heads * n * key.shape[2] * 4 <= CHUNK_FROM or attentions_returned():
+        return None
+    if mask is not None and (mask.ndim != 4 or mask.shape[2] not in (1, n)):
+        return None
+    if any(isinstance(v, torch.Tensor) and v.ndim >= 3 for v in kwargs.values()):
+        return None
+    return -(-n // CHUNKS)
+
+
+def attentions_returned() -> bool:
+    """Whether the running forward hands attention probabilities back (``output_attentions=True``).
+
+    Read from transformers' output collector; where there is none (a model that does not collect its
+    outputs that way) the answer is yes, so nothing changes for it.
+    """
+    try:
+        from transformers.utils.output_capturing import _active_collector
+
+        collected = _active_collector.get()
+    except Exception:  # another transformers layout: assume the caller wants them
+        return True
+    return not isinstance(collected, dict) or any("attentions" in key for key in collected)
+
+
 def call_original(
     implementation: str,
     module: torch.nn.Module,
@@ -195,10 +237,27 @@ def record_attention(
             r.add_qk(t, module, query, key, attention_mask, kwargs)
         return out
     mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=implementation == "eager")
-    out, probs = model_eager_function(module)(module, query, key, value, mask, **kwargs)
     for r, t in wanted:
         if r.wants_qk(key.shape[2]):
             r.add_qk(t, module, query, key, attention_mask, kwargs)
-        else:
+    eager = model_eager_function(module)
+    rows = chunk_rows(query, key, mask, kwargs)
+    if rows is None:
+        out, probs = eager(module, query, key, value, mask, **kwargs)
+        for r, t in dense:
             r.add_dense(t, probs)
-    return out, probs
+        return out, probs
+    # a big layer: its query rows in blocks, each written into the float16 store as it comes, so the
+    # eager function's float32 scores never exist for the whole layer at once
+    n = query.shape[2]
+    outs = []
+    stored: torch.Tensor | None = None
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        block_mask = mask if mask is None or mask.shape[2] == 1 else mask[:, :, start:stop]
+        out, probs = eager(module, query[:, :, start:stop], key, value, block_mask, **kwargs)
+        outs.append(out)
+        blocks = [r.add_dense(t, probs, rows=(start, stop, n)) for r, t in dense]  # every recorder writes
+        stored = blocks[0]
+        del probs
+    return torch.cat(outs, dim=1), stored

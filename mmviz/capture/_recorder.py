@@ -87,6 +87,8 @@ class Run:
     """Per stack, ``[batch, layers, heads, query, key]`` float16 written in place as layers run."""
     slots: dict[str, list[Target]] = field(default_factory=dict)
     """Per stack, the layer written into each slot of its buffer, in call order."""
+    partial: dict[Target, torch.Tensor] = field(default_factory=dict)
+    """Per layer, the float16 block of the call whose query rows are arriving in chunks."""
 
 
 class Recorder:
@@ -189,8 +191,20 @@ class Recorder:
             )
         return tensor[:, self.heads]
 
-    def add_dense(self, target: Target, probs: torch.Tensor | None) -> None:
-        """Stores ``[batch, heads, query, key]`` probabilities as float16 on CPU."""
+    def add_dense(
+        self, target: Target, probs: torch.Tensor | None, rows: tuple[int, int, int] | None = None
+    ) -> torch.Tensor:
+        """Stores ``[batch, heads, query, key]`` probabilities as float16 on CPU.
+
+        Args:
+            target: the layer.
+            probs: the call's probabilities, or a block of its query rows.
+            rows: ``(start, stop, total)`` when ``probs`` holds query rows ``start:stop`` of ``total``; the
+                blocks of one call arrive in order.
+
+        Returns:
+            The float16 store of the call (filled up to ``stop``).
+        """
         if probs is None:
             raise CaptureError(
                 f"the eager attention of {target.group!r} layer {target.layer} returned no probabilities"
@@ -198,15 +212,23 @@ class Recorder:
         kept = self._heads(probs.detach())
         run = self.current
         calls = run.dense.setdefault(target, [])
-        in_place = None if run.generate or calls else self._into_buffer(run, target, kept)
-        calls.append(in_place if in_place is not None else kept.to("cpu", torch.float16))
+        start, stop, total = rows if rows is not None else (0, kept.shape[2], kept.shape[2])
+        if start == 0:
+            shape = (kept.shape[0], kept.shape[1], total, kept.shape[3])
+            slot = None if run.generate or calls else self._buffer_slot(run, target, shape)
+            run.partial[target] = slot if slot is not None else torch.empty(shape, dtype=torch.float16)
+        store = run.partial[target]
+        store[:, :, start:stop].copy_(kept)  # to CPU and to float16 in one pass
+        if stop == total:
+            calls.append(run.partial.pop(target))
+        return store
 
-    def _into_buffer(self, run: Run, target: Target, kept: torch.Tensor) -> torch.Tensor | None:
-        """Writes one layer straight into its stack's ``[batch, layers, heads, query, key]`` array.
+    def _buffer_slot(self, run: Run, target: Target, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The slot of one layer in its stack's ``[batch, layers, heads, query, key]`` array (a view).
 
         The stack's array is allocated at its first layer, sized by the layers the model has in that stack,
-        so the trace needs no second copy of the probabilities. Returns the slot (a view), or ``None`` where
-        the call does not fit (another shape, more calls than layers): it is then stored on its own.
+        so the trace needs no second copy of the probabilities. ``None`` where the call does not fit
+        (another shape, more calls than layers): it is then stored on its own.
         """
         group = target.group
         buffer = run.buffers.get(group)
@@ -214,15 +236,13 @@ class Recorder:
             capacity = self._expected_layers(group)
             if capacity < 1:
                 return None
-            buffer = np.empty((kept.shape[0], capacity, *kept.shape[1:]), dtype=np.float16)
+            buffer = np.empty((shape[0], capacity, *shape[1:]), dtype=np.float16)
             run.buffers[group] = buffer
         slots = run.slots.setdefault(group, [])
-        if len(slots) >= buffer.shape[1] or (buffer.shape[0], *buffer.shape[2:]) != tuple(kept.shape):
+        if len(slots) >= buffer.shape[1] or (buffer.shape[0], *buffer.shape[2:]) != tuple(shape):
             return None
-        view = torch.from_numpy(buffer[:, len(slots)])
-        view.copy_(kept)  # to CPU and to float16 in one pass
         slots.append(target)
-        return view
+        return torch.from_numpy(buffer[:, len(slots) - 1])
 
     def _expected_layers(self, group: str) -> int:
         """How many layers of a stack this capture records (from the model's module names and filters)."""
