@@ -145,6 +145,7 @@ class Capture:
         @functools.wraps(bound)
         def generate(*args: Any, **kwargs: Any) -> Any:
             assert self.recorder is not None
+            _refuse_beam_search(model, kwargs)
             run = self.recorder.begin_run(generate=True)
             run.calls.append(_cpu_inputs(kwargs))
             self._in_generate = True
@@ -210,3 +211,18 @@ class Capture:
     def attention(self) -> AttentionTrace:
         """The ``AttentionTrace`` of the last forward (or ``generate``) call in the block."""
         return self.traces[-1]
+
+
+def _refuse_beam_search(model: torch.nn.Module, kwargs: dict[str, Any]) -> None:
+    """Raises before anything runs when ``generate`` would search beams (their cache is reordered each step)."""
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1
+    if int(beams) > 1:
+        raise CaptureError(
+            f"mmviz.capture assembles greedy and sampled generation, not beam search (num_beams={beams}): beams "
+            "reorder their cache at every step. Run generate outside the capture, then capture one forward pass "
+            "over the sequence it returned, which records the same attention teacher-forced:\n"
+            "    sequences = model.generate(**inputs, num_beams=...)\n"
+            "    with mmviz.capture(model, processor=processor) as cap:\n"
+            "        model(input_ids=sequences)"
+        )

@@ -222,3 +222,21 @@ def test_registered_function_is_harmless_outside_captures(gpt2, batch):
         after = gpt2(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(ref, after)
     assert _interface.IMPLEMENTATION in transformers.AttentionInterface._global_mapping
+
+
+def test_beam_search_is_refused_before_it_runs_and_the_advice_works():
+    from tests.capture import conftest as tiny
+
+    model = tiny.make_llama("llama")
+    tok = tiny.word_tokenizer()
+    inputs = dict(tok(["a red square"], return_tensors="pt"))
+    with torch.no_grad():
+        before = model(**inputs).logits
+        with pytest.raises(CaptureError, match=r"(?s)not beam search \(num_beams=2\).*model\(input_ids=sequences\)"):
+            with mmviz.capture(model, processor=tok):
+                model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False, pad_token_id=0)
+        assert "generate" not in model.__dict__ and torch.equal(model(**inputs).logits, before)
+        sequences = model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False, pad_token_id=0)
+        with mmviz.capture(model, processor=tok) as cap:
+            model(input_ids=sequences)
+    assert cap.attention.probs().shape[-1] == sequences.shape[1]
