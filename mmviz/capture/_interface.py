@@ -151,9 +151,7 @@ CHUNKS = 64
 """Blocks per such layer: the transient scores stay near 1/64 of the layer (3% of its float16 store)."""
 
 
-def chunk_rows(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict[str, Any]
-) -> int | None:
+def chunk_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict[str, Any]) -> int | None:
     """Query rows per block for a recorded layer, or ``None`` to compute the layer in one call.
 
     Softmax attention is computed row by row, so calling the model's own eager function on blocks of
@@ -232,10 +230,10 @@ def record_attention(
     implementation = owner.original_implementation(module) if owner is not None else "sdpa"
     dense = [(r, t) for r, t in wanted if not r.wants_qk(key.shape[2])]
     if not dense:
-        out = call_original(implementation, module, query, key, value, attention_mask, **kwargs)
+        result = call_original(implementation, module, query, key, value, attention_mask, **kwargs)
         for r, t in wanted:
             r.add_qk(t, module, query, key, attention_mask, kwargs)
-        return out
+        return result
     mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=implementation == "eager")
     for r, t in wanted:
         if r.wants_qk(key.shape[2]):
@@ -243,21 +241,24 @@ def record_attention(
     eager = model_eager_function(module)
     rows = chunk_rows(query, key, mask, kwargs)
     if rows is None:
-        out, probs = eager(module, query, key, value, mask, **kwargs)
+        whole, probs = eager(module, query, key, value, mask, **kwargs)
         for r, t in dense:
             r.add_dense(t, probs)
-        return out, probs
+        return whole, probs
     # a big layer: its query rows in blocks, each written into the float16 store as it comes, so the
     # eager function's float32 scores never exist for the whole layer at once
     n = query.shape[2]
-    outs = []
+    out: torch.Tensor | None = None
     stored: torch.Tensor | None = None
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         block_mask = mask if mask is None or mask.shape[2] == 1 else mask[:, :, start:stop]
-        out, probs = eager(module, query[:, :, start:stop], key, value, block_mask, **kwargs)
-        outs.append(out)
-        blocks = [r.add_dense(t, probs, rows=(start, stop, n)) for r, t in dense]  # every recorder writes
-        stored = blocks[0]
-        del probs
-    return torch.cat(outs, dim=1), stored
+        block, probs = eager(module, query[:, :, start:stop], key, value, block_mask, **kwargs)
+        if out is None:  # [batch, query, heads, dim], filled block by block
+            out = block.new_empty((block.shape[0], n, *block.shape[2:]))
+        out[:, start:stop] = block
+        stores = [r.add_dense(t, probs, rows=(start, stop, n)) for r, t in dense]  # every recorder writes
+        stored = stores[0]
+        del block, probs
+    assert out is not None
+    return out, stored
