@@ -17,7 +17,7 @@ from mmviz.export.figures import _style, clean_label, colormap, tick_text
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 __all__ = ["attribution_figure", "diverging_colormap"]
 
@@ -44,6 +44,7 @@ def attribution_figure(
     title: str | None = None,
     max_labels: int = 60,
     figsize: tuple[float, float] | None = None,
+    into: SubFigure | None = None,
 ) -> Figure:
     """Draws one target's attribution: text-token scores as coloured bars, image maps as overlays.
 
@@ -55,6 +56,7 @@ def attribution_figure(
         title: figure title (default: method and target).
         max_labels: most text tokens labelled (every token keeps its bar).
         figsize: inches (default: from the number of tokens and images).
+        into: draw into this subfigure (e.g. one pane of a composite) instead of a new figure.
 
     Returns:
         A ``matplotlib.figure.Figure``.
@@ -84,7 +86,7 @@ def attribution_figure(
     if figsize is None:
         figsize = (max(width, 3.2 * n_img), 3.4 + (3.2 if n_img else 0.0))
     with _style():
-        fig = Figure(figsize=figsize, layout="constrained")
+        fig: Any = Figure(figsize=figsize, layout="constrained") if into is None else into
         rows = 2 if n_img else 1
         grid = fig.add_gridspec(rows, max(n_img, 1), height_ratios=[1.0, 1.1] if n_img else None)
         ax = fig.add_subplot(grid[0, :])

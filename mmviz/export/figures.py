@@ -31,7 +31,7 @@ from mmviz.data.tokens import TokenTable
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 __all__ = [
     "COLORMAP_FILE",
@@ -341,6 +341,7 @@ def attention_figure(
     max_labels: int = 48,
     images: bool = True,
     figsize: tuple[float, float] | None = None,
+    into: SubFigure | None = None,
 ) -> Figure:
     """Draws one attention selection as a matplotlib figure (what ``AttentionView`` shows for it).
 
@@ -368,6 +369,7 @@ def attention_figure(
         max_labels: most token labels per axis.
         images: draw the image panels.
         figsize: figure size in inches (default: from the number of panels).
+        into: draw into this subfigure (e.g. one pane of a composite) instead of a new figure.
 
     Returns:
         A ``matplotlib.figure.Figure`` (not shown, not attached to pyplot).
@@ -413,7 +415,7 @@ def attention_figure(
         side = 6.0 if max(d.matrix.shape) > 24 else 4.8
         figsize = (side + 1.6 + (3.0 if n_img else 0.0), side + 1.2)
     with _style():
-        fig = Figure(figsize=figsize, layout="constrained")
+        fig: Any = Figure(figsize=figsize, layout="constrained") if into is None else into
         if n_img:
             grid = fig.add_gridspec(max(n_img, 1), 2, width_ratios=[side + 1.6, 3.0])
             ax = fig.add_subplot(grid[:, 0])

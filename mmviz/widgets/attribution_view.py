@@ -217,11 +217,16 @@ class AttributionView(anywidget.AnyWidget):
         Raises:
             ValueError: another extension (the message lists the ones it writes).
         """
-        from mmviz.export.attribution_figures import attribution_figure
+        options = {"title": title} if title else {}
+        return save_view(self, path, lambda: self.figure(**options), title=title, notes=notes, budget=budget, dpi=dpi)
 
-        def figure() -> Any:
-            return attribution_figure(
-                self.attributions[self.entry], target=self.target, cmap=self.cmap, opacity=self.opacity, title=title
-            )
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib ``Figure`` of the shown attribution and target, with the view's opacity and colormap.
 
-        return save_view(self, path, figure, title=title, notes=notes, budget=budget, dpi=dpi)
+        Args:
+            **options: overrides (``target=``, ``cmap=``, ``opacity=``, ``title=``, ``figsize=``, ``into=``;
+                see ``mmviz.export.attribution_figures.attribution_figure``).
+        """
+        from mmviz.export.attribution_figures import attribution_view_figure
+
+        return attribution_view_figure(self, **options)

@@ -20,6 +20,7 @@ import traitlets
 from mmviz._static import STATIC_DIR, asset
 from mmviz.data.attention import AttentionTrace
 from mmviz.data.attribution import Attribution
+from mmviz.widgets._view import save_view
 from mmviz.widgets.attention_view import DEFAULT_EXPORT_BUDGET, AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 
@@ -143,10 +144,41 @@ class Dashboard(anywidget.AnyWidget):
         title: str | None = None,
         notes: str | None = None,
         budget: int | None = None,
+        dpi: float | None = None,
     ) -> Path:
-        """Writes the dashboard to one self-contained, offline HTML file (see ``mmviz.save_html``)."""
-        from mmviz.export import save_html
+        """Writes the dashboard to a file; the extension picks what is written.
 
-        if os.fspath(path).lower().rsplit(".", 1)[-1] not in ("html", "htm"):
-            raise ValueError(f"Dashboard.save writes HTML: give a path ending in .html, not {os.fspath(path)!r}")
-        return save_html([self], path, title=title, notes=notes, budget=budget)
+        ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
+        ``.png``, ``.svg``, ``.pdf``: every pane's current selection drawn by matplotlib, one under the other
+        (see :meth:`figure`).
+
+        Args:
+            path: file to write.
+            title: page heading (HTML) or figure title (default: the dashboard's title).
+            notes: text under the page heading (HTML only).
+            budget: bytes the page may embed (HTML only).
+            dpi: resolution of a PNG (default 200).
+
+        Raises:
+            ValueError: another extension (the message lists the ones it writes).
+        """
+        return save_view(self, path, lambda: self.figure(title=title), title=title, notes=notes, budget=budget, dpi=dpi)
+
+    def figure(self, title: str | None = None, pane_height: float = 6.5, width: float = 12.0) -> Any:
+        """A matplotlib ``Figure`` of every pane's current selection, one subfigure per pane, top to bottom.
+
+        Args:
+            title: figure title (default: the dashboard's title, if any).
+            pane_height: inches per pane.
+            width: inches.
+        """
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width, pane_height * len(self.panes)), layout="constrained")
+        subfigures = fig.subfigures(len(self.panes), 1, squeeze=False)[:, 0]
+        for pane, sub in zip(self.panes, subfigures):
+            pane.figure(into=sub)
+        heading = title or self._title
+        if heading:
+            fig.suptitle(heading, fontsize=13, parse_math=False)
+        return fig

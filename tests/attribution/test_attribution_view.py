@@ -115,3 +115,25 @@ def test_dashboard_panes_and_routed_slice_requests():
     assert sent and sent[0][0]["pane"] == 0 and sent[0][0]["content"]["type"] == "slice"
     with pytest.raises(TypeError, match="Dashboard shows"):
         mmviz.Dashboard(3)
+
+
+def test_dashboard_saves_every_pane_as_one_figure(tmp_path):
+    import mmviz
+    from mmviz.data import AttentionTrace, ModuleAttention
+
+    attr = _attr()
+    n = len(attr.tokens)
+    probs = np.tril(np.ones((n, n), dtype=np.float16))
+    probs /= probs.sum(-1, keepdims=True)
+    module = ModuleAttention("language_model", (0,), (0,), "text", "text", dense=probs[None, None, None])
+    trace = AttentionTrace({"language_model": module}, {"text": [attr.tokens]})
+    board = mmviz.Dashboard(trace, attr, title="why red?")
+    fig = board.figure()
+    assert len(fig.subfigs) == 2 and fig.get_suptitle() == "why red?"
+    assert fig.subfigs[0].get_suptitle() and fig.subfigs[1].get_suptitle()  # each pane says what it shows
+    svg = board.save(tmp_path / "board.svg").read_text(encoding="utf-8")
+    assert "why red?" in svg and "<text" in svg  # token text stays text
+    assert board.save(tmp_path / "board.png", dpi=60).read_bytes()[:4] == b"\x89PNG"
+    assert board.save(tmp_path / "board.html").read_text(encoding="utf-8").lower().startswith("<!doctype html>")
+    with pytest.raises(ValueError, match=r"\.png"):
+        board.save(tmp_path / "board.gif")
