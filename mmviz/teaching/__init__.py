@@ -135,7 +135,7 @@ def load_diffusion() -> Any:
     from mmviz.teaching._tokenizer import load_tokenizer as _load
 
     path = _require("diffusion")
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32).eval()
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=torch.float32).eval()
     text_encoder = CLIPTextModel.from_pretrained(
         path / "text_encoder", dtype=torch.float32, local_files_only=True
     ).eval()

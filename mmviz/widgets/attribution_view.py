@@ -80,10 +80,15 @@ def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
         raise ValueError("AttributionView needs at least one attribution")
     first = attributions[0].tokens
     for a in attributions[1:]:
-        if len(a.tokens) != len(first) or a.tokens.text.tolist() != first.text.tolist():
+        if len(a.tokens) != len(first):
+            what = f"{len(first)} vs {len(a.tokens)} positions"
+        else:
+            at = next((i for i, (x, y) in enumerate(zip(first.text, a.tokens.text)) if x != y), None)
+            what = None if at is None else f"position {at}: {str(first.text[at])!r} vs {str(a.tokens.text[at])!r}"
+        if what is not None:
             raise ValueError(
-                "AttributionView shows attributions of one input: their token tables differ "
-                f"({len(first)} vs {len(a.tokens)} positions); show them in separate views"
+                f"AttributionView shows attributions of one input: their token tables differ ({what}); show "
+                "them in separate views (or, for two captions of one image, attribute the contrast: target=(a, b))"
             )
     entries = []
     for a in attributions:

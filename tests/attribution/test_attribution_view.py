@@ -73,8 +73,12 @@ def test_several_attributions_and_entry_switch(tmp_path):
 def test_errors():
     from mmviz.widgets import AttributionView
 
-    with pytest.raises(ValueError, match="token tables differ"):
+    with pytest.raises(ValueError, match=r"token tables differ \(4 vs 3 positions\)"):
         AttributionView([_attr(), _attr(n=3)])
+    other = _attr()
+    other.tokens.text[3] = "blue"
+    with pytest.raises(ValueError, match=r"differ \(position 3: 'red' vs 'blue'\).*target=\(a, b\)"):
+        AttributionView([_attr(), other])
     with pytest.raises(BudgetError, match="budget"):
         AttributionView(_attr(), budget=10)
     with pytest.raises(TypeError, match="unexpected keyword"):
