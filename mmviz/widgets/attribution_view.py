@@ -80,6 +80,7 @@ def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
         raise ValueError("AttributionView needs at least one attribution")
     first = attributions[0].tokens
     for a in attributions[1:]:
+        what: str | None = None
         if len(a.tokens) != len(first):
             what = f"{len(first)} vs {len(a.tokens)} positions"
         else:
