@@ -156,7 +156,7 @@ def chunk_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
 
     Softmax attention is computed row by row, so calling the model's own eager function on blocks of
     query rows gives the same outputs and probabilities. Layers whose scores take at most
-    :data:`CHUNK_FROM` bytes run whole, as do calls whose extra arguments carry per-query tensors
+    ``CHUNK_FROM`` bytes run whole, as do calls whose extra arguments carry per-query tensors
     (position biases) that would need slicing too, and calls whose probabilities go back to the caller
     (``output_attentions=True``), who gets them exactly as eager computes them.
     """

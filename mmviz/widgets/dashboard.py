@@ -150,7 +150,7 @@ class Dashboard(anywidget.AnyWidget):
 
         ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
         ``.png``, ``.svg``, ``.pdf``: every pane's current selection drawn by matplotlib, one under the other
-        (see :meth:`figure`).
+        (see ``figure``).
 
         Args:
             path: file to write.
