@@ -102,6 +102,25 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
         ValueError: ``models`` is not one of the three names.
         MMVizError: ``models="teaching"`` but the weights are not installed.
     """
+    import torch
+
+    if models not in ("auto", "teaching", "random"):
+        raise ValueError(f"models must be 'auto', 'teaching' or 'random', not {models!r}")
+    trained = teaching_weights_available() if models == "auto" else models == "teaching"
+    if trained and not teaching_weights_available():
+        raise MMVizError("the teaching weights are not installed; run `mmviz demo --models random` instead")
+    # the models are tiny: a second thread buys nothing, and where another process holds a core, OpenMP
+    # threads waiting on each other made this run 20x slower (77 s instead of 4 s on two cores)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out, trained, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: str | Path, trained: bool, progress: bool) -> Path:
+    """Loads the models, captures and explains every scene, writes the report."""
     import numpy as np
     import torch
 
@@ -109,18 +128,12 @@ def run_demo(out: str | Path = "mmviz-demo.html", models: str = "auto", progress
     from mmviz.teaching import make_scenes
     from mmviz.teaching._vlm import prompt
 
-    if models not in ("auto", "teaching", "random"):
-        raise ValueError(f"models must be 'auto', 'teaching' or 'random', not {models!r}")
-    trained = teaching_weights_available() if models == "auto" else models == "teaching"
-    if trained and not teaching_weights_available():
-        raise MMVizError("the teaching weights are not installed; run `mmviz demo --models random` instead")
     started = time.perf_counter()
 
     def say(message: str) -> None:
         if progress:
             print(f"[{time.perf_counter() - started:5.1f}s] {message}", flush=True)
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     say(f"loading the {'teaching' if trained else 'random'} models")
     m = _teaching_models() if trained else _random_models()
     scenes = make_scenes(_SCENES, seed=_SEED, n_objects=2)

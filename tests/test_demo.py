@@ -36,7 +36,11 @@ def test_demo_on_the_teaching_models(tmp_path, capsys):
 
 
 def test_demo_on_random_models(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "demo.html"
+    threads = torch.get_num_threads()
     assert main(["demo", "--models", "random", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads, "the demo runs on one thread and gives the others back"
     assert "loading the random models" in capsys.readouterr().out
     assert "Random weights" in _check_report(out)
