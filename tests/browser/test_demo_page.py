@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from mmviz.demo import run_demo  # noqa: E402
-from tests.browser.browser_helpers import CANVAS_STATS  # noqa: E402
+from mmviz.demo import run_demo
+from tests.browser.browser_helpers import CANVAS_STATS
 
 
 def test_demo_report_paints_every_pane(tmp_path: Any, page: Any, shots: Any) -> None:
