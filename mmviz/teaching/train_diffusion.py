@@ -41,8 +41,8 @@ captions, 128 maps, area baseline about 8%):
   training that text encoder jointly from the CLIP weights (from scratch, 13 minutes,
   step 1864) kept the collapse (cosine 0.99) and was stopped.
 - Run 4 (shipped): ``--resume --train-text-encoder --random-text-encoder`` from the
-  step-10072 UNet with a *randomly initialised* text encoder trained jointly, 50
-  minutes at about 3.7 steps/s to step 21000, loss 0.020 -> 0.014. The t=400 probe
+  step-10072 UNet with a *randomly initialised* text encoder trained jointly, 47
+  minutes at about 3.7 steps/s (stopped at step 20400), loss 0.020 -> 0.014. The t=400 probe
   jumped to 0.97 at step 11155 (after 5 minutes) and stayed at 0.87-0.96. On 64
   validation captions (seed 70000, 128 maps; objects not drawn in their colour are
   misses) the pointing game was 72.6% (step 11155), 73.4% (13404), 62.5% (15645),
