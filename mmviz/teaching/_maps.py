@@ -6,9 +6,16 @@ checked independently of the main capture API:
 
 - `clip_relevance`: gradient-weighted attention relevance (Chefer et al. 2021) of
   the CLIP vision tower for an image-text similarity, CLS row -> patches;
+- `clip_integrated_gradients`: Integrated Gradients (Sundararajan et al. 2017) of
+  the same image-text similarity over the image patches (blank-image baseline);
 - `clip_cls_attention`: last-layer CLS -> patch attention, head mean;
 - `vlm_answer_attention`: attention of the answer-predicting position to the image
   tokens in each LM layer of a LLaVA model, head mean;
+- `vlm_relevance`: gradient-weighted attention relevance (Chefer et al. 2021) of the
+  LM for an answer logit, answer row -> image tokens; ``through_tower=True``
+  continues it through the vision tower's own relevance matrix to input patches;
+- `vlm_integrated_gradients`: Integrated Gradients (Sundararajan et al. 2017) of an
+  answer logit with respect to the image tokens the LM reads (blank-image baseline);
 - `CrossAttentionRecorder`: a diffusers attention processor for ``attn2`` modules
   that sums head-mean cross-attention maps over calls.
 """
@@ -57,6 +64,52 @@ def clip_relevance(model: Any, pixel_values: torch.Tensor, input_ids: torch.Tens
     patches = rel[:, 0, 1:]
     grid = round((n - 1) ** 0.5)
     return patches.reshape(batch, grid, grid)
+
+
+def clip_integrated_gradients(
+    model: Any, pixel_values: torch.Tensor, input_ids: torch.Tensor, steps: int = 32
+) -> torch.Tensor:
+    """Integrated Gradients of image-text similarity, summed per image patch.
+
+    Sundararajan et al. (2017): the image moves on a straight line from a blank image
+    (the scene background only, `mmviz.teaching.shapes.BACKGROUND`) to the input; the
+    gradient of the cosine similarity between image ``i`` and text ``i`` is averaged
+    over ``steps`` midpoints and multiplied by ``input - blank``; the attributions of
+    each patch's pixels and channels are summed (the patch embedding is linear, so
+    this equals Integrated Gradients over the patch embeddings). Signed; they add up
+    to ``sim(image) - sim(blank)`` up to the Riemann error. Pixels equal to the
+    background get zero attribution by construction.
+
+    Args:
+        model: a `CLIPModel`.
+        pixel_values: `[batch, 3, H, W]`.
+        input_ids: `[batch, tokens]`, one text per image (same length, EOS-terminated).
+        steps: Riemann steps of the path integral.
+
+    Returns:
+        `[batch, grid, grid]` attribution of each patch (float32, signed).
+    """
+    import numpy as np
+
+    from mmviz.teaching._common import pixels
+    from mmviz.teaching.shapes import BACKGROUND
+
+    batch, _, size, _ = pixel_values.shape
+    patch = model.config.vision_config.patch_size
+    grid = size // patch
+    blank = pixels(np.full((1, size, size, 3), BACKGROUND, dtype=np.uint8)).to(pixel_values.dtype)
+    with torch.no_grad():
+        txt = model.text_projection(model.text_model(input_ids=input_ids).pooler_output)
+    total = torch.zeros_like(pixel_values)
+    for alpha in (torch.arange(steps, dtype=torch.float32) + 0.5) / steps:
+        x = (blank + alpha * (pixel_values - blank)).requires_grad_(True)
+        with torch.enable_grad():
+            img = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
+            sim = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+            (g,) = torch.autograd.grad(sim.sum(), x)
+        total += g
+    attribution = (total / steps * (pixel_values - blank)).sum(1)
+    return attribution.reshape(batch, grid, patch, grid, patch).sum((2, 4))
 
 
 @torch.no_grad()
@@ -118,7 +171,9 @@ def vlm_answer_attention(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[t
     return m.reshape(m.shape[0], m.shape[1], grid, grid), out.logits[rows, last]
 
 
-def vlm_relevance(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+def vlm_relevance(
+    model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor, through_tower: bool = False
+) -> torch.Tensor:
     """Gradient-weighted attention relevance of the image tokens for a LLaVA answer.
 
     Chefer et al. (2021) rule applied to the language model's self-attention: with
@@ -126,16 +181,28 @@ def vlm_relevance(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Te
     answer-predicting position) with respect to it, ``R <- R + mean_heads(relu(g*A)) @ R``
     from ``R = I``; the answer position's row over the image tokens is the map.
 
+    With ``through_tower`` the same rule is applied to the vision tower's layers (the
+    gradients of the same target logit; layers above ``vision_feature_layer`` get none)
+    and the LM row ``r`` over the image tokens is carried to the input patches as
+    ``r @ R_vision[1:, 1:]`` (image token ``j`` is vision output token ``j + 1``, CLS
+    dropped), in the spirit of Chefer et al.'s bi-modal rule.
+
     Args:
         model: a `LlavaForConditionalGeneration`.
         inputs: processor output, prompts only, padded on the right.
         targets: `[batch]` token ids whose logits are explained (e.g. the answers).
+        through_tower: continue the relevance through the vision tower.
 
     Returns:
         `[batch, grid, grid]` relevance (>= 0).
     """
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
+    vision: list[torch.Tensor] = []
+    hooks = []
+    if through_tower:
+        for layer in model.model.vision_tower.encoder.layers:
+            hooks.append(layer.self_attn.register_forward_hook(lambda m, i, o: vision.append(o[1])))
     try:
         with torch.enable_grad():
             out = model(**inputs, output_attentions=True)
@@ -144,8 +211,10 @@ def vlm_relevance(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Te
             last = inputs["attention_mask"].sum(-1) - 1
             score = out.logits[rows, last, targets].sum()
             attentions = list(out.attentions)
-            grads = torch.autograd.grad(score, attentions)
+            grads = torch.autograd.grad(score, attentions + vision, allow_unused=True)
     finally:
+        for h in hooks:
+            h.remove()
         model.set_attn_implementation(previous)
     batch, _, n, _ = attentions[0].shape
     rel = torch.eye(n).expand(batch, n, n).clone()
@@ -153,6 +222,75 @@ def vlm_relevance(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Te
         rel = rel + (g * a).clamp(min=0).mean(1).detach() @ rel
     image = ids == model.config.image_token_id
     maps = torch.stack([rel[b, last[b]][image[b]] for b in range(batch)])
+    if through_tower:
+        nv = vision[0].shape[-1]
+        rv = torch.eye(nv).expand(batch, nv, nv).clone()
+        for a, g in zip(vision, grads[len(attentions) :]):
+            if g is not None:  # layers above vision_feature_layer do not feed the projector
+                rv = rv + (g * a).clamp(min=0).mean(1).detach() @ rv
+        maps = torch.einsum("bj,bji->bi", maps, rv[:, 1:, 1:])
+    grid = round(maps.shape[-1] ** 0.5)
+    return maps.reshape(batch, grid, grid)
+
+
+def vlm_image_tokens(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The image tokens a LLaVA model feeds its LM (projector outputs), `[batch, tokens, hidden]`.
+
+    Uses ``vision_feature_layer`` and the ``default`` strategy (CLS dropped), as the
+    teaching VLM does.
+    """
+    tower = model.model.vision_tower(pixel_values, output_hidden_states=True)
+    features = tower.hidden_states[model.config.vision_feature_layer][:, 1:]
+    return model.model.multi_modal_projector(features)
+
+
+def vlm_integrated_gradients(
+    model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor, steps: int = 32
+) -> torch.Tensor:
+    """Integrated Gradients of a LLaVA answer logit over the image tokens the LM reads.
+
+    Sundararajan et al. (2017): the image tokens ``z`` (projector outputs) move on a
+    straight line from the image tokens ``z0`` of a blank image (the scene background
+    only, `mmviz.teaching.shapes.BACKGROUND`) to ``z``; the gradient of the target
+    logit at the answer-predicting position is averaged over ``steps`` midpoints and
+    multiplied by ``z - z0``; summing over the hidden size gives one signed value per
+    image token (the attributions add up to ``logit(z) - logit(z0)`` up to the
+    Riemann error). The question tokens are left as they are.
+
+    Args:
+        model: a `LlavaForConditionalGeneration`.
+        inputs: processor output, prompts only, padded on the right.
+        targets: `[batch]` token ids whose logits are explained (e.g. the answers).
+        steps: Riemann steps of the path integral.
+
+    Returns:
+        `[batch, grid, grid]` attribution (signed).
+    """
+    import numpy as np
+
+    from mmviz.teaching._common import pixels
+    from mmviz.teaching.shapes import BACKGROUND
+
+    ids = inputs["input_ids"]
+    batch = ids.shape[0]
+    image = ids == model.config.image_token_id
+    rows = torch.arange(batch)
+    last = inputs["attention_mask"].sum(-1) - 1
+    size = inputs["pixel_values"].shape[-1]
+    blank = pixels(np.full((1, size, size, 3), BACKGROUND, dtype=np.uint8))
+    with torch.no_grad():
+        z = vlm_image_tokens(model, inputs["pixel_values"])
+        z0 = vlm_image_tokens(model, blank).expand_as(z)
+        embeds = model.get_input_embeddings()(ids)
+    total = torch.zeros_like(z)
+    for alpha in (torch.arange(steps, dtype=torch.float32) + 0.5) / steps:
+        zi = (z0 + alpha * (z - z0)).requires_grad_(True)
+        with torch.enable_grad():
+            e = embeds.masked_scatter(image[..., None], zi.to(embeds.dtype))
+            logits = model(inputs_embeds=e, attention_mask=inputs["attention_mask"]).logits
+            (g,) = torch.autograd.grad(logits[rows, last, targets].sum(), zi)
+        total += g
+    maps = (total / steps * (z - z0)).sum(-1)
     grid = round(maps.shape[-1] ** 0.5)
     return maps.reshape(batch, grid, grid)
 

@@ -6,7 +6,8 @@ Its "latent" space is the image itself, folded by ``pixel_unshuffle``: a 32x32x3
 image in [-1, 1] becomes a 12x16x16 tensor, and decoding is ``pixel_shuffle``. Like
 every diffusers pipeline it converts its output with a `VaeImageProcessor`. The
 `UNet2DConditionModel` has cross-attention at 8x8 only (one latent cell = 4x4
-pixels), conditioned on the hidden states of the teaching CLIP text tower.
+pixels), conditioned on the hidden states of a small `CLIPTextModel` (the teaching
+CLIP's text config) trained jointly with it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ShapesDiffusionPipeline(_PipelineBase):
 
     Args:
         unet: `UNet2DConditionModel` over folded pixels (12 channels, 16x16).
-        text_encoder: `CLIPTextModel` (the teaching CLIP's text tower, frozen).
+        text_encoder: `CLIPTextModel` (teaching CLIP text config, trained with the UNet).
         tokenizer: the teaching word-level tokenizer (``clip`` flavour).
         scheduler: a diffusers scheduler (DDIM by default).
     """

@@ -5,13 +5,21 @@ point at. Each map is upsampled bilinearly to the image size (32x32) and its
 maximum pixel is looked up in the object's exact mask. The random baseline is
 the mask's area fraction (the chance that a uniformly random pixel hits it).
 
-- CLIP: gradient-weighted attention relevance (`_maps.clip_relevance`) of the
-  vision tower for the similarity between a two-object scene and the phrase of
-  one of its objects ("a red circle"); the named object is that object. The
-  text-free last-layer CLS->patch attention is reported too (target: either object).
-- VLM: attention of the answer-predicting position (the last prompt token) to the
-  64 image tokens, head mean, per LM layer and averaged over layers; the named
-  object is the one the question is about ("what colour is the square ?").
+- CLIP: maps of the similarity between a two-object scene and the phrase of one
+  of its objects ("a red circle"); the named object is that object. Two maps:
+  Integrated Gradients of that similarity over the image patches
+  (`_maps.clip_integrated_gradients`, blank-image baseline, 32 steps) and the
+  gradient-weighted attention relevance of the vision tower (`_maps.clip_relevance`,
+  Chefer et al.). The text-free last-layer CLS->patch attention is reported too
+  (target: either object).
+- VLM: maps of the answer (the true answer's logit at the answer-predicting
+  position, the last prompt token) over the 64 image tokens; the named object is
+  the one the question is about ("what colour is the square ?"). Integrated
+  Gradients over the image tokens the LM reads (`_maps.vlm_integrated_gradients`,
+  blank-image baseline, 32 steps); gradient-weighted attention relevance of the LM
+  (`_maps.vlm_relevance`), also continued through the vision tower's own relevance
+  to the input patches (``through_tower=True``); and plain attention of the answer
+  position, head mean, per LM layer and averaged over layers.
 - Diffusion: DAAM-style cross-attention map of each shape word (head mean, summed
   over all 8x8 cross-attention layers and all denoising steps) while the pipeline
   generates an image from a held-out two-object caption; the object's mask is
@@ -21,27 +29,49 @@ the mask's area fraction (the chance that a uniformly random pixel hits it).
 Run ``python -m mmviz.teaching.evaluate`` for the full figures (a few minutes on
 one CPU thread); the tests run the same functions on fewer scenes.
 
-Measured for the shipped weights (`MEASURED`), pointing game vs random baseline:
+Measured for the shipped weights (`MEASURED`), pointing game vs random baseline
+(CLIP: 400 maps, VLM: 800 maps, diffusion: 128 / 64 maps):
 
 | model | map | hit | baseline |
 |---|---|---|---|
-| CLIP | object-word relevance (`clip_relevance`) | 77.3% | 7.1% |
+| CLIP | object-phrase Integrated Gradients (`clip_integrated_gradients`) | 89.3% | 7.1% |
+| CLIP | object-phrase relevance (`clip_relevance`) | 77.3% | 7.1% |
 | CLIP | last-layer CLS attention, either object | 71.0% | 14.2% |
+| VLM | answer Integrated Gradients over image tokens (`vlm_integrated_gradients`) | 90.4% | 7.3% |
 | VLM | answer relevance (`vlm_relevance`) | 53.5% | 7.3% |
+| VLM | answer relevance through the vision tower (`through_tower=True`) | 53.6% | 7.3% |
 | VLM | answer attention, layer mean (layers 1/2/3: 49/30/40%) | 45.6% | 7.3% |
-| diffusion | shape-word cross-attention, two-object captions | 58.6% | 8.5% |
-| diffusion | same, one-object captions | 67.2% | 11.9% |
+| diffusion | shape-word cross-attention, two-object captions | 75.0% | 8.4% |
+| diffusion | same, one-object captions | 79.7% | 11.6% |
 
 CLIP's colour-swap accuracy is 100%, relation-swap 57.5% (relations not learned); the
 VLM answers 99.9% of two-object questions (it first learned to name an attribute
 present in the scene, at chance between the two objects, and learned to bind it to
-the named object only after about 4000 steps). Its maps got *less* object-specific
-as it learned binding: at step 5500 (75% accuracy) answer relevance scored 72.0%
-and attention 47.0%; at step 7500 (99.9%) 53.5% and 45.6%, so the answer position
-does not read the named object's patches directly. All fall short of the 80% target.
-CLIP's misses are all within 1-3 px of the object (its relevance peaks on object
-edges and corners; the peak patch always overlaps the object). The diffusion
-model is under-trained (see `mmviz.teaching.train_diffusion` for how to continue).
+the named object only after about 4000 steps). Its attention maps got *less*
+object-specific as it learned binding: at step 5500 (75% accuracy) answer relevance
+scored 72.0% and attention 47.0%; at step 7500 (99.9%) 53.5% and 45.6%, so the
+answer position does not read the named object's image tokens directly through
+attention. Continuing the LM relevance through the vision tower changes almost
+nothing (53.6%): the tower's relevance matrix is close to the identity. Integrated
+Gradients, which follows the whole computation (attention *and* values, MLPs), finds
+the named object: 90.4%.
+
+Both Integrated Gradients maps use a blank image (the background colour) as the
+baseline, so a CLIP patch of pure background gets exactly zero attribution (for the
+VLM, background image tokens differ from the blank image's only through the vision
+tower's mixing). The area baseline is therefore an easy bar for them; the informative
+part is *which* object and *where* on it. CLIP's Integrated Gradients misses are all
+within 3 px of the named object (29 of 43 within 1 px; edge patches), never on the
+other object; the relevance misses too, but one (90 of 91 within 3 px: relevance peaks
+on object edges and corners). Of the VLM's 77 Integrated Gradients misses, 68 peak on
+the *other* object (the answer also depends on it) and 9 near or off the objects.
+The diffusion figures count objects that were not drawn in their colour as misses
+(11.7% of two-object, 3.1% of one-object); the generated objects drawn were hit in 85%
+of the two-object maps. With the frozen CLIP text tower as its text encoder (the
+earlier weights) the model scored 58.6% / 67.2%, because that tower's state at
+"triangle" is almost its ``<bos>`` state, so the "triangle" maps peaked on the
+background; the shipped model trains its own text encoder (see
+`mmviz.teaching.train_diffusion`). Still below the 80% target for two-object captions.
 """
 
 from __future__ import annotations
@@ -56,39 +86,51 @@ from mmviz.teaching.shapes import Scene, make_scenes, segment_colour
 
 MEASURED: dict[str, dict[str, Any]] = {
     "clip": {
-        "map": "relevance_hit",
+        "map": "ig_hit",
+        "ig_hit": 0.8925,
         "relevance_hit": 0.7725,
         "relevance_baseline": 0.0709,
         "cls_attention_hit": 0.71,
         "cls_attention_baseline": 0.1417,
         "colour_swap": 1.0,
         "relation_swap": 0.575,
-        "test_floor": 0.7,
+        "test_floor": 0.8,
+        "test_ig_steps": 8,
+        "relevance_floor": 0.7,
     },
     "vlm": {
-        "map": "relevance_hit",
+        "map": "ig_hit",
+        "ig_hit": 0.9038,
         "relevance_hit": 0.535,
+        "tower_relevance_hit": 0.5362,
         "attention_hit": 0.4562,
         "attention_hit_per_layer": [0.4888, 0.3037, 0.4],
         "baseline": 0.0728,
         "accuracy": 0.9988,
-        "test_floor": 0.4,
+        "test_floor": 0.75,
+        "test_ig_steps": 8,
+        "relevance_floor": 0.4,
         "accuracy_floor": 0.95,
     },
     "diffusion": {
         "map": "hit",
-        "hit": 0.5859,
-        "baseline": 0.0847,
+        "hit": 0.75,
+        "baseline": 0.0842,
         "drawn": 0.8828,
-        "hit_one_object": 0.6719,
-        "baseline_one_object": 0.1185,
-        "test_floor": 0.5,
+        "hit_one_object": 0.7969,
+        "baseline_one_object": 0.116,
+        "drawn_one_object": 0.9688,
+        "test_floor": 0.7,
     },
 }
 """Figures of ``python -m mmviz.teaching.evaluate`` for the shipped weights (one CPU
 thread; 200 held-out scenes for CLIP and the VLM, 64 captions for diffusion), and
-the floors the fast tests assert on their smaller samples. All three are below the
-80% target of the teaching-kit issue: see the module docstring."""
+the floors the fast tests assert on their smaller samples (``map``: the figure whose
+``test_floor`` they check, with ``test_ig_steps`` Integrated Gradients steps instead of
+32; on those samples: CLIP 92.5% of 120 maps, VLM 85% of 100 maps, diffusion 91.7% of
+24 maps). The CLIP and VLM Integrated Gradients maps reach the 80% target of the
+teaching-kit issue; the attention-based maps do not, and the diffusion cross-attention
+comes close (75.0% two-object, 79.7% one-object): see the module docstring."""
 
 CLIP_SEED = 40_000
 VLM_SEED = 50_000
@@ -103,7 +145,9 @@ def _hit(maps: Any, masks: list[np.ndarray]) -> list[bool]:
     return [bool(m[r, c]) for (r, c), m in zip(peaks, masks)]
 
 
-def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 50) -> dict[str, float]:
+def clip_pointing(
+    model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 50, ig_steps: int = 32
+) -> dict[str, float]:
     """Pointing game for the teaching CLIP.
 
     Args:
@@ -111,17 +155,20 @@ def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 
         n: held-out two-object scenes (each scored for both objects).
         seed: scene seed.
         batch: scenes per forward pass.
+        ig_steps: Riemann steps of the Integrated Gradients map.
 
     Returns:
         ``relevance_hit`` / ``relevance_baseline`` (object word relevance vs object
-        area), ``cls_attention_hit`` / ``cls_attention_baseline`` (peak on either
-        object vs both objects' area), ``colour_swap`` / ``relation_swap`` (true
+        area), ``ig_hit`` (Integrated Gradients of the same similarity over the
+        patches, `_maps.clip_integrated_gradients`; same baseline),
+        ``cls_attention_hit`` / ``cls_attention_baseline`` (peak on either object vs
+        both objects' area), ``colour_swap`` / ``relation_swap`` (true
         caption scored above the hard negative).
     """
     import torch
 
     from mmviz.teaching._common import pixels
-    from mmviz.teaching._maps import clip_cls_attention, clip_relevance
+    from mmviz.teaching._maps import clip_cls_attention, clip_integrated_gradients, clip_relevance
     from mmviz.teaching._tokenizer import build_tokenizer
     from mmviz.teaching.train_clip import colour_swap, relation_swap
 
@@ -129,6 +176,7 @@ def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 
     scenes = make_scenes(n, seed=seed, n_objects=2)
     rel_hits: list[bool] = []
     rel_base: list[float] = []
+    ig_hits: list[bool] = []
     cls_hits: list[bool] = []
     cls_base: list[float] = []
     swaps = {"colour_swap": [], "relation_swap": []}  # type: dict[str, list[bool]]
@@ -140,6 +188,7 @@ def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 
             maps = clip_relevance(model, px, ids)
             masks = [s.objects[k].mask for s in chunk]
             rel_hits += _hit(maps, masks)
+            ig_hits += _hit(clip_integrated_gradients(model, px, ids, steps=ig_steps), masks)
             rel_base += [float(m.mean()) for m in masks]
         union = [s.objects[0].mask | s.objects[1].mask for s in chunk]
         cls_hits += _hit(clip_cls_attention(model, px), union)
@@ -160,6 +209,7 @@ def clip_pointing(model: Any, n: int = 200, seed: int = CLIP_SEED, batch: int = 
     return {
         "relevance_hit": float(np.mean(rel_hits)),
         "relevance_baseline": float(np.mean(rel_base)),
+        "ig_hit": float(np.mean(ig_hits)),
         "cls_attention_hit": float(np.mean(cls_hits)),
         "cls_attention_baseline": float(np.mean(cls_base)),
         "colour_swap": float(np.mean(swaps["colour_swap"])),
@@ -172,7 +222,7 @@ def _features(out: Any) -> Any:
     return out if hasattr(out, "dim") else out.pooler_output
 
 
-def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50) -> dict[str, Any]:
+def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50, ig_steps: int = 32) -> dict[str, Any]:
     """Pointing game and accuracy for the teaching VLM.
 
     Args:
@@ -180,15 +230,20 @@ def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50
         n: held-out two-object scenes (each asked all four questions).
         seed: scene seed.
         batch: scenes per forward pass.
+        ig_steps: Riemann steps of the Integrated Gradients map.
 
     Returns:
         ``attention_hit`` (layer-mean answer attention), ``attention_hit_per_layer``,
         ``relevance_hit`` (gradient-weighted attention relevance of the true answer's
-        logit, `_maps.vlm_relevance`), ``baseline`` (named object's area), ``accuracy`` (first answer token).
+        logit, `_maps.vlm_relevance`), ``tower_relevance_hit`` (the same continued
+        through the vision tower to input patches), ``ig_hit`` (Integrated Gradients
+        of the true answer's logit over the image tokens,
+        `_maps.vlm_integrated_gradients`), ``baseline`` (named object's area),
+        ``accuracy`` (first answer token).
     """
     import torch
 
-    from mmviz.teaching._maps import vlm_answer_attention, vlm_relevance
+    from mmviz.teaching._maps import vlm_answer_attention, vlm_integrated_gradients, vlm_relevance
     from mmviz.teaching._tokenizer import build_tokenizer, vocab
     from mmviz.teaching._vlm import make_batch
 
@@ -197,6 +252,8 @@ def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50
     scenes = make_scenes(n, seed=seed, n_objects=2)
     hits: list[bool] = []
     rel_hits: list[bool] = []
+    tower_hits: list[bool] = []
+    ig_hits: list[bool] = []
     per_layer: list[list[bool]] = []
     base: list[float] = []
     correct: list[bool] = []
@@ -212,12 +269,16 @@ def vlm_pointing(model: Any, n: int = 200, seed: int = VLM_SEED, batch: int = 50
             truth = torch.tensor([ids[s.qa[q][1]] for s in chunk])
             correct += (logits.argmax(-1) == truth).tolist()
             rel_hits += _hit(vlm_relevance(model, inputs, truth), masks)
+            tower_hits += _hit(vlm_relevance(model, inputs, truth, through_tower=True), masks)
+            ig_hits += _hit(vlm_integrated_gradients(model, inputs, truth, steps=ig_steps), masks)
     layers = len(per_layer[0]) // min(batch, n)
     by_layer = np.array([np.array(p).reshape(layers, -1).mean(1) for p in per_layer]).mean(0)
     return {
         "attention_hit": float(np.mean(hits)),
         "attention_hit_per_layer": [round(float(x), 4) for x in by_layer],
         "relevance_hit": float(np.mean(rel_hits)),
+        "tower_relevance_hit": float(np.mean(tower_hits)),
+        "ig_hit": float(np.mean(ig_hits)),
         "baseline": float(np.mean(base)),
         "accuracy": float(np.mean(correct)),
         "n_maps": len(hits),
