@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.teaching._common import WEIGHTS_DIR
+from mmviz.teaching._common import WEIGHTS_DIR, quiet_loading
 from mmviz.teaching.shapes import (
     COLOURS,
     RELATIONS,
@@ -93,7 +93,8 @@ def load_clip() -> tuple[CLIPModel, CLIPProcessor]:
     from mmviz.teaching._common import image_processor
 
     path = _require("clip")
-    model = CLIPModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+    with quiet_loading():
+        model = CLIPModel.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
     processor = CLIPProcessor(image_processor=image_processor(), tokenizer=load_tokenizer("clip"))
     return model, processor
 
@@ -115,7 +116,9 @@ def load_vlm() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     from mmviz.teaching._vlm import vlm_processor
 
     path = _require("vlm")
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True).eval()
+    with quiet_loading():
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model.eval()
     return model, vlm_processor(load_tokenizer("vlm"))
 
 
@@ -135,10 +138,11 @@ def load_diffusion() -> Any:
     from mmviz.teaching._tokenizer import load_tokenizer as _load
 
     path = _require("diffusion")
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=torch.float32).eval()
-    text_encoder = CLIPTextModel.from_pretrained(
-        path / "text_encoder", dtype=torch.float32, local_files_only=True
-    ).eval()
+    with quiet_loading():
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", dtype=torch.float32).eval()
+        text_encoder = CLIPTextModel.from_pretrained(
+            path / "text_encoder", dtype=torch.float32, local_files_only=True
+        ).eval()
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     tokenizer = _load(path / "tokenizer", "clip")
     pipe: Any = ShapesDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

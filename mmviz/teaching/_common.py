@@ -5,8 +5,10 @@ Imports torch and transformers lazily so that `mmviz.teaching` imports without t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,28 @@ if TYPE_CHECKING:
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Package data: one sub-folder per model (``clip``, ``vlm``, ``diffusion``)."""
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hides transformers' and diffusers' per-file progress bars while the tiny teaching weights load.
+
+    They load in well under a second, so the bars are noise (and ``mmviz demo`` prints its own progress);
+    each library's setting is restored on exit.
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    shown = [(lib, lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    for lib, _ in shown:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in shown:
+            if was:
+                lib.enable_progress_bar()
+
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 4

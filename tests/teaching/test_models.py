@@ -102,3 +102,18 @@ def test_capture_keeps_the_generated_image(pipe: Any) -> None:
     expected = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(trace.images, expected)
     assert trace.num_steps == 3
+
+
+def test_loaders_hide_progress_bars_and_keep_the_callers_setting(capfd: Any) -> None:
+    import transformers.utils.logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    teaching.load_vlm()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        teaching.load_clip()
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
