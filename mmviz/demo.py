@@ -127,6 +127,7 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
     import mmviz
     from mmviz.teaching import make_scenes
     from mmviz.teaching._vlm import prompt
+    from mmviz.teaching.shapes import BACKGROUND
 
     started = time.perf_counter()
 
@@ -165,17 +166,25 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
         pinned = int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1
         say(f"{step}: attributions of the answer “{reply or answer}”")
         explained = reply or answer
-        attributions = [
-            mmviz.attribute(m.vlm, inputs, processor=m.vlm_processor, method=method, target=explained, progress=False)
-            for method in ("integrated_gradients", "relevance")
-        ]
-        views.append(mmviz.Dashboard(trace.show(token=pinned), attributions, title="attention ↔ attribution"))
+        # integrated gradients over the pixels, from a blank scene (the background colour) to this one
+        blank_scene = np.full_like(scene.image, BACKGROUND)
+        blank = m.vlm_processor(text=prompt(question), images=blank_scene, return_tensors="pt")
+        ig = mmviz.attribute(
+            m.vlm, inputs, processor=m.vlm_processor, method="integrated_gradients", target=explained,
+            sources=["image"], baseline={"image": blank["pixel_values"]}, steps=64, batch_size=16, progress=False,
+        )  # fmt: skip
+        relevance = mmviz.attribute(
+            m.vlm, inputs, processor=m.vlm_processor, method="relevance", target=explained, progress=False
+        )
+        # one pane each: the pixel attribution has the image's positions only, relevance every position
+        views.append(mmviz.Dashboard(trace.show(token=pinned), [ig], [relevance], title="attention ↔ attribution"))
         headings.append(f"Scene {i + 1} · VLM · “{question}” → {reply or '—'} (expected: {answer})")
         captions.append(
-            "Attention (left) and attribution (right), linked: hover a token or a patch in either pane and the "
-            "other follows. The answer token is pinned: its attention over the image patches is painted on the "
-            "image. The attributions explain the answer's log-probability: integrated gradients (signed, "
-            "blue–red) and gradient-weighted attention relevance (Chefer et al.); switch them in the menu."
+            "Attention (top) and two attributions (below), linked: hover a token or a patch in any pane and the "
+            "others follow. The answer token is pinned: its attention over the image patches is painted on the "
+            "image. The attributions explain the answer's log-probability: integrated gradients over the pixels, "
+            "from a blank scene to this one (signed, blue–red), and gradient-weighted attention relevance "
+            "(Chefer et al.), each in its own pane."
         )
 
         say(f"{step}: diffusion draws “{scene.caption}” ({_DIFFUSION_STEPS} steps)")

@@ -15,10 +15,10 @@ from tests.browser.browser_helpers import CANVAS_STATS
 
 def test_demo_report_paints_every_pane(tmp_path: Any, page: Any, shots: Any) -> None:
     p = page.open(run_demo(tmp_path / "demo.html", progress=False))
-    panes = {  # per scene: CLIP attention, the VLM's Dashboard (attention + attribution), cross-attention
+    panes = {  # per scene: CLIP attention, the VLM's Dashboard (attention + two attributions), cross-attention
         ".mmviz-heatmap": 4,
         ".mmviz-dashboard": 2,
-        ".mmviz-attr-image-canvas": 2,
+        ".mmviz-attr-image-canvas": 4,
         ".mmviz-xattn-canvas": 2,
     }
     for selector, count in panes.items():
