@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,7 +15,7 @@ pytest.importorskip("transformers")
 import mmviz  # noqa: E402
 from mmviz.capture import _interface  # noqa: E402
 from tests.capture import conftest as tiny  # noqa: E402
-from tests.capture.test_families import eager_run, expected_layers, output_tensors  # noqa: E402
+from tests.capture.test_families import assert_outputs_equal, assert_trace_matches, eager_run  # noqa: E402
 
 
 def _blocked(model: Any, inputs: dict[str, Any], processor: Any, monkeypatch: Any) -> tuple[Any, list[int]]:
@@ -41,18 +40,8 @@ def _check(model: Any, inputs: dict[str, Any], processor: Any, monkeypatch: Any)
         ref = model(**inputs)
     (out, trace), calls = _blocked(model, inputs, processor, monkeypatch)
     assert calls and all(rows > 0 for rows in calls), "every recorded layer ran in blocks"
-    valid = inputs.get("attention_mask")
-    for name, value in output_tensors(ref).items():
-        diff = (output_tensors(out)[name] - value).abs()
-        if valid is not None and diff.shape[:2] == valid.shape:
-            diff = diff[valid.bool()]
-        assert diff.max() <= 1e-5, name
-    _, spied = eager_run(model, inputs)
-    for group, m in trace.modules.items():
-        want = expected_layers({k[1]: v for k, v in spied.items() if k[0] == group}, None)
-        assert m.dense is not None
-        for slot, layer in enumerate(m.layers):
-            np.testing.assert_allclose(m.dense[:, slot].astype(np.float32), want[layer].numpy(), atol=1e-3)
+    assert_outputs_equal(ref, out, inputs.get("attention_mask"))
+    assert_trace_matches(trace, eager_run(model, inputs)[1], None)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])

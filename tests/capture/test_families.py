@@ -123,13 +123,7 @@ def check_exact(model: Any, inputs: dict[str, Any], processor: Any = None, modul
     eager_out, spied = eager_run(model, inputs)
 
     # 1. outputs equal the uncaptured (sdpa) run
-    valid = inputs.get("attention_mask")
-    for name, value in output_tensors(ref).items():
-        got = output_tensors(out)[name]
-        diff = (got - value).abs()
-        if valid is not None and diff.shape[:2] == valid.shape:
-            diff = diff[valid.bool()]
-        assert diff.max() <= 1e-5, name
+    assert_outputs_equal(ref, out, inputs.get("attention_mask"))
 
     # 2. probabilities handed back by the recorder (before float16 storage) equal eager output_attentions
     expected = attention_fields(eager_out)
@@ -143,7 +137,21 @@ def check_exact(model: Any, inputs: dict[str, Any], processor: Any = None, modul
     trace = cap.attention
     if modules is not None:
         assert set(trace.modules) == modules
-    packed = len(inputs["image_grid_thw"]) if "image_grid_thw" in inputs else None
+    assert_trace_matches(trace, spied, len(inputs["image_grid_thw"]) if "image_grid_thw" in inputs else None)
+    return trace
+
+
+def assert_outputs_equal(ref: Any, out: Any, valid: torch.Tensor | None) -> None:
+    """Every floating output of ``out`` equals ``ref`` (≤ 1e-5), padding positions aside."""
+    for name, value in output_tensors(ref).items():
+        diff = (output_tensors(out)[name] - value).abs()
+        if valid is not None and diff.shape[:2] == valid.shape:
+            diff = diff[valid.bool()]
+        assert diff.max() <= 1e-5, name
+
+
+def assert_trace_matches(trace: Any, spied: dict[tuple[str, int], list[torch.Tensor]], packed: int | None) -> None:
+    """The stored float16 trace equals every eager attention call (``eager_spy``), stack by stack."""
     for group, m in trace.modules.items():
         want = expected_layers({k[1]: v for k, v in spied.items() if k[0] == group}, packed)
         assert m.layers == tuple(sorted(want)), group
@@ -152,7 +160,6 @@ def check_exact(model: Any, inputs: dict[str, Any], processor: Any = None, modul
             np.testing.assert_allclose(
                 m.dense[:, slot].astype(np.float32), want[layer].numpy(), atol=1e-3, err_msg=group
             )
-    return trace
 
 
 def assert_row_major(table: Any, positions: np.ndarray, grid: tuple[int, int], image: int = 0) -> None:
