@@ -89,27 +89,44 @@ def clip_integrated_gradients(
     Returns:
         `[batch, grid, grid]` attribution of each patch (float32, signed).
     """
+    batch, _, size, _ = pixel_values.shape
+    patch = model.config.vision_config.patch_size
+    grid = size // patch
+    with torch.no_grad():
+        txt = model.text_projection(model.text_model(input_ids=input_ids).pooler_output)
+
+    def similarity(x: torch.Tensor) -> torch.Tensor:
+        img = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
+        return torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+
+    blank = blank_pixels(size).to(pixel_values.dtype)
+    attribution = integrated_gradients(similarity, blank, pixel_values, steps).sum(1)
+    return attribution.reshape(batch, grid, patch, grid, patch).sum((2, 4))
+
+
+def blank_pixels(size: int) -> torch.Tensor:
+    """`[1, 3, size, size]` pixel values of a blank scene (background colour only), the IG baseline."""
     import numpy as np
 
     from mmviz.teaching._common import pixels
     from mmviz.teaching.shapes import BACKGROUND
 
-    batch, _, size, _ = pixel_values.shape
-    patch = model.config.vision_config.patch_size
-    grid = size // patch
-    blank = pixels(np.full((1, size, size, 3), BACKGROUND, dtype=np.uint8)).to(pixel_values.dtype)
-    with torch.no_grad():
-        txt = model.text_projection(model.text_model(input_ids=input_ids).pooler_output)
-    total = torch.zeros_like(pixel_values)
+    return pixels(np.full((1, size, size, 3), BACKGROUND, dtype=np.uint8))
+
+
+def integrated_gradients(f: Any, start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrated Gradients of ``f`` (summed over its batch) from ``start`` to ``end``, midpoint rule.
+
+    Returns:
+        ``(end - start) * mean gradient`` over ``steps`` midpoints of the straight path, shaped like ``end``.
+    """
+    total = torch.zeros_like(end)
     for alpha in (torch.arange(steps, dtype=torch.float32) + 0.5) / steps:
-        x = (blank + alpha * (pixel_values - blank)).requires_grad_(True)
+        x = (start + alpha * (end - start)).requires_grad_(True)
         with torch.enable_grad():
-            img = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
-            sim = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
-            (g,) = torch.autograd.grad(sim.sum(), x)
+            (g,) = torch.autograd.grad(f(x).sum(), x)
         total += g
-    attribution = (total / steps * (pixel_values - blank)).sum(1)
-    return attribution.reshape(batch, grid, patch, grid, patch).sum((2, 4))
+    return total / steps * (end - start)
 
 
 @torch.no_grad()
@@ -266,31 +283,22 @@ def vlm_integrated_gradients(
     Returns:
         `[batch, grid, grid]` attribution (signed).
     """
-    import numpy as np
-
-    from mmviz.teaching._common import pixels
-    from mmviz.teaching.shapes import BACKGROUND
-
     ids = inputs["input_ids"]
     batch = ids.shape[0]
     image = ids == model.config.image_token_id
     rows = torch.arange(batch)
     last = inputs["attention_mask"].sum(-1) - 1
-    size = inputs["pixel_values"].shape[-1]
-    blank = pixels(np.full((1, size, size, 3), BACKGROUND, dtype=np.uint8))
     with torch.no_grad():
         z = vlm_image_tokens(model, inputs["pixel_values"])
-        z0 = vlm_image_tokens(model, blank).expand_as(z)
+        z0 = vlm_image_tokens(model, blank_pixels(inputs["pixel_values"].shape[-1])).expand_as(z)
         embeds = model.get_input_embeddings()(ids)
-    total = torch.zeros_like(z)
-    for alpha in (torch.arange(steps, dtype=torch.float32) + 0.5) / steps:
-        zi = (z0 + alpha * (z - z0)).requires_grad_(True)
-        with torch.enable_grad():
-            e = embeds.masked_scatter(image[..., None], zi.to(embeds.dtype))
-            logits = model(inputs_embeds=e, attention_mask=inputs["attention_mask"]).logits
-            (g,) = torch.autograd.grad(logits[rows, last, targets].sum(), zi)
-        total += g
-    maps = (total / steps * (z - z0)).sum(-1)
+
+    def answer_logit(zi: torch.Tensor) -> torch.Tensor:
+        e = embeds.masked_scatter(image[..., None], zi.to(embeds.dtype))
+        logits = model(inputs_embeds=e, attention_mask=inputs["attention_mask"]).logits
+        return logits[rows, last, targets]
+
+    maps = integrated_gradients(answer_logit, z0, z, steps).sum(-1)
     grid = round(maps.shape[-1] ** 0.5)
     return maps.reshape(batch, grid, grid)
 
