@@ -25,6 +25,11 @@ _PipelineBase: Any = diffusers.DiffusionPipeline
 FOLD = 2
 """Pixels per latent cell along each axis (``pixel_unshuffle`` factor)."""
 
+GUIDANCE_SCALE = 1.5
+"""Default classifier-free guidance weight. Chosen on validation captions (seed 70000):
+from 1.25 to 1.75 the model draws nearly every object in its colour (95%); at 3 the
+images get noisy and off-palette (drawn 85%), at 7.5 most objects are lost (44%)."""
+
 
 def image_to_latents(images: torch.Tensor) -> torch.Tensor:
     """Fold images into latents.
@@ -91,7 +96,7 @@ class ShapesDiffusionPipeline(_PipelineBase):
         self,
         prompt: str | list[str],
         num_inference_steps: int = 25,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = GUIDANCE_SCALE,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -102,7 +107,7 @@ class ShapesDiffusionPipeline(_PipelineBase):
         Args:
             prompt: caption(s), e.g. ``"a red circle left of a blue square"``.
             num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance weight (1 disables it).
+            guidance_scale: classifier-free guidance weight (1 disables it; default `GUIDANCE_SCALE`).
             generator: torch generator for the initial noise.
             latents: optional initial noise, `[batch, 12, 16, 16]`.
             output_type: ``"pil"``, ``"np"`` (`[batch, H, W, 3]` float in [0, 1]) or ``"pt"``.
