@@ -78,6 +78,42 @@ def _image_to_text(
     return probs.transpose(-1, -2)
 
 
+def _split_heads(attn: Any, x: torch.Tensor) -> torch.Tensor:
+    """``[batch, n, heads * dim]`` -> ``[batch, heads, n, dim]``."""
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+
+def _image_states(attn: Any, hidden_states: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+    """What ``AttnProcessor2_0`` projects: spatial norm, ``[b, c, h, w]`` -> ``[b, h*w, c]``, group norm."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states
+
+
+def _context(attn: Any, states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
+    """The keys' source: the prompt states (cross-normed where the block norms them), else the image states."""
+    if encoder_hidden_states is None:
+        return states
+    if attn.norm_cross:
+        return attn.norm_encoder_hidden_states(encoder_hidden_states)
+    return encoder_hidden_states
+
+
+def _query_key(attn: Any, states: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head queries of ``states`` and keys of ``context``, with the block's ``norm_q`` / ``norm_k``."""
+    query = _split_heads(attn, attn.to_q(states))
+    key = _split_heads(attn, attn.to_k(context))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key
+
+
 class CrossAttnRecorder:
     """``AttnProcessor2_0`` (diffusers 0.42) that also records ``attn2`` probabilities.
 
@@ -101,36 +137,18 @@ class CrossAttnRecorder:
         **kwargs: Any,
     ) -> torch.Tensor:
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
             batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
+        states = _image_states(attn, hidden_states, temb)
+        batch_size = states.shape[0]
+        context = _context(attn, states, encoder_hidden_states)
         if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key = _query_key(attn, states, context)
+        value = _split_heads(attn, attn.to_v(context))
+        head_dim = key.shape[-1]
 
         request = self.session.request(self.slot, key.shape[2])
         if request is not None:
@@ -187,26 +205,9 @@ class WrappedCrossAttnRecorder:
             return out
         rows, keep = request
         with torch.no_grad():
-            h = hidden_states
-            if attn.spatial_norm is not None:
-                h = attn.spatial_norm(h, temb)
-            if h.ndim == 4:
-                h = h.flatten(2).transpose(1, 2)
-            if attn.group_norm is not None:
-                h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
-            context = context[:, : self.session.text_length or context.shape[1]]
-            if attn.norm_cross:
-                context = attn.norm_encoder_hidden_states(context)
-            h, context = h[rows], context[rows]
-            query = attn.to_q(h)
-            key = attn.to_k(context)
-            head_dim = key.shape[-1] // attn.heads
-            query = query.view(query.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
-            key = key.view(key.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
-            if attn.norm_q is not None:
-                query = attn.norm_q(query)
-            if attn.norm_k is not None:
-                key = attn.norm_k(key)
+            states = _image_states(attn, hidden_states, temb)
+            context = _context(attn, states, context[:, : self.session.text_length or context.shape[1]])
+            query, key = _query_key(attn, states[rows], context[rows])
             mask = None
             if attention_mask is not None:
                 full = attn.prepare_attention_mask(attention_mask, key.shape[2], hidden_states.shape[0])
@@ -234,25 +235,13 @@ class JointAttnRecorder:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         residual = hidden_states
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key = _query_key(attn, hidden_states, hidden_states)
+        value = _split_heads(attn, attn.to_v(hidden_states))
+        head_dim = key.shape[-1]
         if encoder_hidden_states is not None:
-            c_query = attn.add_q_proj(encoder_hidden_states)
-            c_key = attn.add_k_proj(encoder_hidden_states)
-            c_value = attn.add_v_proj(encoder_hidden_states)
-            c_query = c_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            c_key = c_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            c_value = c_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            c_query = _split_heads(attn, attn.add_q_proj(encoder_hidden_states))
+            c_key = _split_heads(attn, attn.add_k_proj(encoder_hidden_states))
+            c_value = _split_heads(attn, attn.add_v_proj(encoder_hidden_states))
             if attn.norm_added_q is not None:
                 c_query = attn.norm_added_q(c_query)
             if attn.norm_added_k is not None:
