@@ -156,38 +156,12 @@ def paligemma() -> tuple[Any, Any]:
     return transformers.PaliGemmaForConditionalGeneration(cfg).eval(), processor
 
 
-QWEN_EXTRA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-
-
 @pytest.fixture(scope="session")
 def qwen2_vl() -> tuple[Any, Any, dict[str, Any]]:
     """Model, tokenizer and the inputs Qwen2VLProcessor would give (its video processor needs torchvision)."""
-    torch.manual_seed(0)
-    tok = word_tokenizer(QWEN_EXTRA)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_EXTRA}
-    cfg = transformers.Qwen2VLConfig(
-        text_config=dict(
-            **text_cfg(num_attention_heads=2, num_key_value_heads=1, pad_token_id=0),
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        ),
-        vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
-    ip = transformers.Qwen2VLImageProcessorPil(
-        patch_size=4, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}
-    )
+    tok = word_tokenizer(tiny_configs.QWEN2_VL_TOKENS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny_configs.QWEN2_VL_TOKENS}
+    model, ip = tiny_configs.tiny_qwen2_vl(tok)
     pixels = ip(images=[random_image(16)], return_tensors="pt")
     n_tokens = int(pixels["image_grid_thw"].prod(-1)[0]) // 4
     text = "<|vision_start|>" + " <|image_pad|>" * n_tokens + " <|vision_end|> what shape"

@@ -191,35 +191,8 @@ def make_llava() -> tuple[Any, Any]:
 
 
 def make_qwen2_vl() -> tuple[Any, Any]:
-    import transformers
-
-    torch.manual_seed(0)
-    extra = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-    tok = word_tokenizer(extra)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in extra}
-    cfg = transformers.Qwen2VLConfig(
-        text_config=dict(
-            **text_cfg(num_attention_heads=2, num_key_value_heads=1, pad_token_id=0),
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        ),
-        vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
-    image_processor = transformers.Qwen2VLImageProcessorPil(
-        patch_size=4, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}
-    )
+    tok = word_tokenizer(tiny_configs.QWEN2_VL_TOKENS)
+    model, image_processor = tiny_configs.tiny_qwen2_vl(tok)
     # Qwen2VLProcessor needs a video processor (torchvision); tokenizer + image processor do the same here
     return model, types.SimpleNamespace(tokenizer=tok, image_processor=image_processor)
 
