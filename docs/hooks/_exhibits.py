@@ -161,7 +161,7 @@ def build(out: Path) -> list[Exhibit]:
 
     # -- diffusion cross-attention --------------------------------------------------------------------------
     pipe = teaching.load_diffusion()
-    generator = torch.Generator().manual_seed(6)  # a clean draw: one circle, the star below it
+    generator = torch.Generator().manual_seed(3)  # a clean draw: one circle, the star below it
     with mmviz.capture(pipe) as cap:
         pipe(scene.caption, num_inference_steps=25, generator=generator)
     xtrace = cap.cross_attention

@@ -83,7 +83,7 @@ def load_clip() -> tuple[CLIPModel, CLIPProcessor]:
     """The tiny teaching CLIP and its processor.
 
     Returns:
-        ``(model, processor)``: a `CLIPModel` (vision 32 px, patch 4, so 8x8 patches
+        ``(model, processor)``: a `CLIPModel` (vision 32 px, patch 2, so 16x16 patches
         plus CLS; text: word-level, EOS-pooled) in eval mode, and a `CLIPProcessor`
         (PIL image processor + word-level tokenizer).
     """

@@ -22,7 +22,7 @@ IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 def vlm_config_dict() -> dict[str, Any]:
     """Config of the teaching `LlavaForConditionalGeneration`."""
     ids = vocab()
-    vision = dict(clip_config_dict()["vision_config"], model_type="clip_vision_model")
+    vision = dict(clip_config_dict(PATCH_SIZE)["vision_config"], model_type="clip_vision_model")
     text = {
         "model_type": "llama",
         "vocab_size": len(ids),

@@ -1,11 +1,13 @@
 """Train the tiny teaching LLaVA to answer questions about shapes scenes.
 
-Run once, offline, in the background, after `train_clip` (never in CI)::
+Run once, offline, in the background (never in CI), after training a teaching CLIP with the
+tower's 4 px patches (the shipped CLIP has 2 px patches, so it cannot start this tower)::
 
-    nohup python -m mmviz.teaching.train_vlm > /tmp/train_vlm.log 2>&1 &
+    python -m mmviz.teaching.train_clip --patch-size 4 --out /tmp/clip4
+    nohup python -m mmviz.teaching.train_vlm --clip /tmp/clip4 > /tmp/train_vlm.log 2>&1 &
 
 Model: transformers `LlavaForConditionalGeneration`: the teaching CLIP vision tower
-(32 px, patch 4, 3 layers, initialised from the trained teaching CLIP; features of
+(32 px, patch 4, 3 layers, initialised from a teaching CLIP trained with 4 px patches; features of
 layer -2, CLS dropped, so 64 image tokens), a GELU projector and a Llama LM (hidden
 96, 3 layers, 4 heads, word-level vocabulary of 25). Prompt
 ``<bos> <image>x64 what colour is the square ?``, target ``blue <eos>``. AdamW, batch
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mmviz.teaching._common import WEIGHTS_DIR, Clock, save_fp16, write_json
+from mmviz.teaching._common import PATCH_SIZE, WEIGHTS_DIR, Clock, save_fp16, write_json
 from mmviz.teaching._tokenizer import build_tokenizer, save_tokenizer, vocab
 from mmviz.teaching._vlm import make_batch, vlm_config_dict
 from mmviz.teaching.shapes import make_scenes, random_scene
@@ -78,7 +80,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clip", default=str(WEIGHTS_DIR / "clip"), help="vision tower init ('' for none)")
+    parser.add_argument(
+        "--clip",
+        required=True,
+        help=f"a teaching CLIP with {PATCH_SIZE} px patches to start the vision tower from ('' for a random tower)",
+    )
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "vlm"))
     parser.add_argument("--resume", action="store_true", help="continue from the model in --out (fresh optimizer)")
     args = parser.parse_args()
@@ -102,6 +108,13 @@ def main() -> None:
         model = LlavaForConditionalGeneration(LlavaConfig(**vlm_config_dict()))
     if args.clip and not args.resume:
         clip = CLIPModel.from_pretrained(args.clip, dtype=torch.float32)
+        patch = clip.vision_model.config.patch_size
+        if patch != PATCH_SIZE:
+            raise SystemExit(
+                f"--clip {args.clip} has {patch} px patches; the VLM's tower uses "
+                f"{PATCH_SIZE} px. Train one first: python -m mmviz.teaching.train_clip --patch-size {PATCH_SIZE} "
+                "--out /tmp/clip4, then pass --clip /tmp/clip4 (or --clip '' for a random tower)."
+            )
         missing = model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
         print(f"vision tower from {args.clip}: {missing}", flush=True)
     print(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M", flush=True)
