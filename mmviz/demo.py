@@ -179,7 +179,7 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
         relevance = mmviz.attribute(
             m.vlm, inputs, processor=m.vlm_processor, method="relevance", target=explained, progress=False
         )
-        # one pane each: the pixel attribution has the image's positions only, relevance every position
+        # one pane each, so both show at once (same positions: a selector in one pane would also do)
         views.append(mmviz.Dashboard(trace.show(token=pinned), [ig], [relevance], title="attention ↔ attribution"))
         headings.append(f"Scene {i + 1} · VLM · “{question}” → {reply or '—'} (expected: {answer})")
         captions.append(

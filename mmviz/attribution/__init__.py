@@ -81,7 +81,8 @@ def attribute(
         batch_size: path points (or occluded copies) per forward pass; bounds memory.
         progress: ``tqdm.auto`` progress bar for the multi-pass methods.
         per_token: one score row per answer token.
-        sources: attribute ``"text"`` and/or ``"image"`` (default: both when present).
+        sources: attribute ``"text"`` and/or ``"image"`` (default: both when present); the other input is
+            held as given. A VLM attributed over ``["image"]`` keeps the prompt's positions (text scores 0).
         rule: integrated gradients' integration rule (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
 
     Returns:

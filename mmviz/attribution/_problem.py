@@ -140,6 +140,11 @@ class Problem:
             self.layout = PixelLayout(self.x_pixels.cpu(), first, model)
         if self.x_embed is None and self.x_pixels is None:
             raise ValueError("nothing to attribute: the inputs hold neither token embeddings nor pixel_values")
+        self.n_text = self.n_embed
+        if not self.n_text and not two_tower and isinstance(first.get("input_ids"), torch.Tensor):
+            # pixels only, in one sequence with the prompt (a VLM): the table keeps the prompt's positions, so
+            # the image tokens are scored where they sit and the text positions (held as given) score 0
+            self.n_text = self.plan.shared
         self.vision_start: int | None = None
         self.stack_tables: dict[str, str] = {}
         self.table_offsets: dict[str, int] = {}
@@ -167,12 +172,12 @@ class Problem:
         except CaptureError:
             tables = {}
         parts: list[TokenTable] = []
-        if self.n_embed:
+        if self.n_text:
             text = tables.get("text", [None])[0]
-            if text is None or len(text) < self.n_embed:
+            if text is None or len(text) < self.n_text:
                 mask = inputs.get("attention_mask")
                 text = text_table(inputs["input_ids"][0].cpu(), None if mask is None else mask[0].cpu(), self.tokenizer)
-            text = text.select(np.arange(self.n_embed))
+            text = text.select(np.arange(self.n_text))
             if self.plan.generated_from is not None:
                 gen = np.arange(len(text)) >= self.plan.generated_from
                 text = dataclasses.replace(text, generated=gen)

@@ -61,6 +61,6 @@ def attention_rollout(problem: Problem, residual: bool = True, **options: Any) -
             part = rollout_scores(trace, stack, rows, residual)
             width = min(part.shape[1], len(problem.table) - offset)
             if table == "text":
-                width = min(width, problem.n_embed)
+                width = min(width, problem.n_text)
             scores[:, offset : offset + width] += np.broadcast_to(part, (n_targets, part.shape[1]))[:, :width]
     return {"scores": scores.astype(np.float32), "pixel_maps": ()}

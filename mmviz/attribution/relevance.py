@@ -111,6 +111,6 @@ def relevance(problem: Problem, **options: Any) -> dict[str, Any]:
                     row = r.mean(0) if rows is None else r[[i for i in rows[t] if i < n]].sum(0)
                     width = min(n, len(problem.table) - offset)
                     if table == "text":
-                        width = min(width, problem.n_embed)
+                        width = min(width, problem.n_text)
                     scores[t, offset : offset + width] += row[:width].cpu().numpy()
     return {"scores": scores.astype(np.float32), "pixel_maps": ()}

@@ -59,3 +59,17 @@ def test_occlusion_of_tokens_is_the_drop(gpt2, tok):
     with torch.no_grad():
         drop = gpt2(inputs_embeds=emb).logits[0, -1, 4] - gpt2(inputs_embeds=occluded).logits[0, -1, 4]
     np.testing.assert_allclose(attr.scores[0, 2], float(drop), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "paligemma"])
+def test_vlm_pixels_only_keep_the_prompt_positions(name, request):
+    """sources=["image"]: the table is the prompt's (as with both sources), the text scores 0, IG stays complete."""
+    model, processor, inputs = _vlm(name, request)
+    kw = {"method": "integrated_gradients", "target": " circle", "steps": 32, "progress": False}
+    both = attribute(model, inputs, processor=processor, **kw)
+    image = attribute(model, inputs, processor=processor, sources=["image"], **kw)
+    assert image.tokens.kind.tolist() == both.tokens.kind.tolist()
+    at_image = image.tokens.kind == "image"
+    assert (image.scores[0, ~at_image] == 0).all() and np.abs(image.scores[0, at_image]).sum() > 0
+    np.testing.assert_allclose(image.scores[0].sum(), image.pixels[0].sum(), rtol=1e-4)
+    assert abs(image.delta[0]) < max(0.05, 0.1 * abs(image.scores[0].sum()))
