@@ -103,14 +103,24 @@ def _context(attn: Any, states: torch.Tensor, encoder_hidden_states: torch.Tenso
     return encoder_hidden_states
 
 
-def _query_key(attn: Any, states: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head queries of ``states`` and keys of ``context``, with the block's ``norm_q`` / ``norm_k``."""
-    query = _split_heads(attn, attn.to_q(states))
-    key = _split_heads(attn, attn.to_k(context))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+def _query_key(
+    attn: Any, states: torch.Tensor, context: torch.Tensor, added: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head queries of ``states`` and keys of ``context``, with the block's ``norm_q`` / ``norm_k``.
+
+    With ``added``, the joint block's projections and norms of the text stream (``add_q_proj``,
+    ``add_k_proj``, ``norm_added_q``, ``norm_added_k``).
+    """
+    if added:
+        to_q, to_k, norm_q, norm_k = attn.add_q_proj, attn.add_k_proj, attn.norm_added_q, attn.norm_added_k
+    else:
+        to_q, to_k, norm_q, norm_k = attn.to_q, attn.to_k, attn.norm_q, attn.norm_k
+    query = _split_heads(attn, to_q(states))
+    key = _split_heads(attn, to_k(context))
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
     return query, key
 
 
@@ -239,13 +249,8 @@ class JointAttnRecorder:
         value = _split_heads(attn, attn.to_v(hidden_states))
         head_dim = key.shape[-1]
         if encoder_hidden_states is not None:
-            c_query = _split_heads(attn, attn.add_q_proj(encoder_hidden_states))
-            c_key = _split_heads(attn, attn.add_k_proj(encoder_hidden_states))
+            c_query, c_key = _query_key(attn, encoder_hidden_states, encoder_hidden_states, added=True)
             c_value = _split_heads(attn, attn.add_v_proj(encoder_hidden_states))
-            if attn.norm_added_q is not None:
-                c_query = attn.norm_added_q(c_query)
-            if attn.norm_added_k is not None:
-                c_key = attn.norm_added_k(c_key)
             n_image = query.shape[2]
             query = torch.cat([query, c_query], dim=2)
             key = torch.cat([key, c_key], dim=2)
