@@ -58,17 +58,9 @@ def _random_models() -> _Models:
     """The teaching architectures with random weights (seeded)."""
     import torch
     from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import (
-        CLIPConfig,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, LlavaConfig, LlavaForConditionalGeneration
 
-    from mmviz.teaching._common import clip_config_dict, image_processor
+    from mmviz.teaching._common import clip_config_dict, image_processor, random_text_encoder
     from mmviz.teaching._pipeline import ShapesDiffusionPipeline
     from mmviz.teaching._tokenizer import build_tokenizer
     from mmviz.teaching._vlm import vlm_config_dict, vlm_processor
@@ -81,7 +73,7 @@ def _random_models() -> _Models:
     unet: Any = UNet2DConditionModel(**unet_config())
     pipe: Any = ShapesDiffusionPipeline(
         unet=unet.eval(),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**clip_config_dict()["text_config"])).eval(),
+        text_encoder=random_text_encoder(),
         tokenizer=build_tokenizer("clip"),
         scheduler=DDIMScheduler(**scheduler_config()),
     )
@@ -167,8 +159,8 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
         trace = cap.attention
         answer_at = np.flatnonzero(trace.tokens().generated)
         pinned = int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1
-        say(f"{step}: attributions of the answer “{reply or answer}”")
         explained = reply or answer
+        say(f"{step}: attributions of the answer “{explained}”")
         # integrated gradients over the pixels, from a blank scene (the background colour) to this one
         blank_scene = np.full_like(scene.image, BACKGROUND)
         blank = m.vlm_processor(text=prompt(question), images=blank_scene, return_tensors="pt")

@@ -18,7 +18,7 @@ from mmviz.teaching._tokenizer import vocab
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPImageProcessorPil
+    from transformers import CLIPImageProcessorPil, CLIPTextModel
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Package data: one sub-folder per model (``clip``, ``vlm``, ``diffusion``)."""
@@ -87,6 +87,17 @@ def clip_config_dict(patch_size: int = CLIP_PATCH_SIZE) -> dict[str, Any]:
             "projection_dim": 64,
         },
     }
+
+
+def random_text_encoder() -> CLIPTextModel:
+    """A `CLIPTextModel` with the teaching CLIP's text config and fresh random weights, in eval mode.
+
+    The diffusion model's text encoder starts from it (``train_diffusion --random-text-encoder``), and so
+    does the untrained pipeline of ``mmviz demo --models random``.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**clip_config_dict()["text_config"])).eval()
 
 
 def image_processor() -> CLIPImageProcessorPil:

@@ -312,7 +312,8 @@ def diffusion_pointing(
         n: held-out captions (each scored for all its shape words).
         seed: caption and noise seed.
         steps: denoising steps.
-        guidance_scale: classifier-free guidance (default: the pipeline's, `_pipeline.GUIDANCE_SCALE`).
+        guidance_scale: classifier-free guidance (default: the pipeline's own, `_pipeline.GUIDANCE_SCALE` for
+            the teaching pipeline).
         batch: prompts per pipeline call.
         n_objects: objects per caption (2: "a red circle left of a blue square"; 1: "a red circle").
 
@@ -324,7 +325,7 @@ def diffusion_pointing(
     import torch
 
     from mmviz.teaching._maps import install_recorder
-    from mmviz.teaching._pipeline import GUIDANCE_SCALE, to_uint8
+    from mmviz.teaching._pipeline import to_uint8
     from mmviz.teaching.train_diffusion import shape_positions
 
     scenes = make_scenes(n, seed=seed, n_objects=n_objects)
@@ -343,9 +344,9 @@ def diffusion_pointing(
             out = pipe(
                 [s.caption for s in chunk],
                 num_inference_steps=steps,
-                guidance_scale=GUIDANCE_SCALE if guidance_scale is None else guidance_scale,
                 generator=gen,
                 output_type="np",
+                **({} if guidance_scale is None else {"guidance_scale": guidance_scale}),
             )
             imgs = to_uint8(out.images)
             images.extend(imgs)

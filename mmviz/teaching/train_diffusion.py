@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument(
         "--random-text-encoder",
         action="store_true",
-        help="with --train-text-encoder: start the text encoder from random weights (same config as --clip's)",
+        help="with --train-text-encoder: start the text encoder from random weights (the teaching CLIP's text config)",
     )
     parser.add_argument("--clip", default=str(WEIGHTS_DIR / "clip"))
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "diffusion"))
@@ -226,11 +226,9 @@ def main() -> None:
     tok = build_tokenizer("clip")
     out = Path(args.out)
     if args.random_text_encoder:
-        from transformers import CLIPTextConfig
+        from mmviz.teaching._common import random_text_encoder
 
-        from mmviz.teaching._common import clip_config_dict
-
-        text_encoder = CLIPTextModel(CLIPTextConfig(**clip_config_dict()["text_config"])).eval()
+        text_encoder = random_text_encoder()
     else:
         text_source = out / "text_encoder" if (args.resume and args.train_text_encoder) else Path(args.clip)
         text_encoder = CLIPTextModel.from_pretrained(text_source, dtype=torch.float32).eval()
