@@ -228,16 +228,15 @@ def record_attention(
     wanted = [(r, t) for r in reversed(stack) if (t := r.target(module)) is not None]
     owner = next((r for r in reversed(stack) if r.owns(module)), None)
     implementation = owner.original_implementation(module) if owner is not None else "sdpa"
-    dense = [(r, t) for r, t in wanted if not r.wants_qk(key.shape[2])]
-    if not dense:
-        result = call_original(implementation, module, query, key, value, attention_mask, **kwargs)
-        for r, t in wanted:
-            r.add_qk(t, module, query, key, attention_mask, kwargs)
-        return result
-    mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=implementation == "eager")
+    dense = []
     for r, t in wanted:
         if r.wants_qk(key.shape[2]):
             r.add_qk(t, module, query, key, attention_mask, kwargs)
+        else:
+            dense.append((r, t))
+    if not dense:
+        return call_original(implementation, module, query, key, value, attention_mask, **kwargs)
+    mask = additive_mask(attention_mask, query, key, module, kwargs, eager_model=implementation == "eager")
     eager = model_eager_function(module)
     rows = chunk_rows(query, key, mask, kwargs)
     if rows is None:
