@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from mmviz._hf.attention import additive_mask, model_eager_function
+from mmviz._hf.modules import attention_implementation, stack_names
+
 __all__ = ["Recorded", "attention_with_grad"]
 
 IMPLEMENTATION = "mmviz_relevance"
@@ -47,8 +50,6 @@ def _relevance_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from mmviz.capture._interface import additive_mask, model_eager_function
-
     mask = additive_mask(attention_mask, query, key, module, kwargs)
     out, probs = model_eager_function(module)(module, query, key, value, mask, **kwargs)
     store = _STORE.get()
@@ -76,21 +77,11 @@ def attention_with_grad(model: torch.nn.Module) -> Iterator[Recorded]:
     Yields:
         A ``Recorded`` that fills while the model runs.
     """
-    from mmviz.capture._recorder import module_group
-    from mmviz.capture._session import _all_configs
-
     _register()
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    names = {id(sub): module_group(path, prefix) for path, sub in model.named_modules() if path}
-    recorded = Recorded(names)
-    configs = _all_configs(model)
-    saved = [(c, c._attn_implementation_internal) for c in configs]
+    recorded = Recorded(stack_names(model))
     token = _STORE.set(recorded.calls)
     try:
-        for config, _ in saved:
-            config._attn_implementation_internal = IMPLEMENTATION
-        yield recorded
+        with attention_implementation(model, IMPLEMENTATION):
+            yield recorded
     finally:
         _STORE.reset(token)
-        for config, value in saved:
-            config._attn_implementation_internal = value

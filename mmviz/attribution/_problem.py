@@ -96,7 +96,7 @@ class Problem:
         sources: tuple[str, ...] | None = None,
         build_table: bool = True,
     ) -> None:
-        from mmviz.capture._tokens import tokenizer_of
+        from mmviz._hf.tokens import tokenizer_of
 
         self.model = model
         self.processor = processor
@@ -155,7 +155,7 @@ class Problem:
     # -- positions -------------------------------------------------------------------------------
     def _table(self) -> TokenTable:
         """Token table of the attributed positions: the text sequence, then a separate vision tower's patches."""
-        from mmviz.capture._tokens import images_from_pixels, patch_table, text_table
+        from mmviz._hf.tokens import images_from_pixels, patch_table, text_table
         from mmviz.errors import CaptureError
 
         inputs = self.plan.variants[0].inputs

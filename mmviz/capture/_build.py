@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz._hf.tokens import images_from_pixels, patch_table, position_table, text_table, tokenizer_of
 from mmviz.capture._recorder import Run, Target, assemble_dense
-from mmviz.capture._tokens import images_from_pixels, patch_table, position_table, text_table, tokenizer_of
 from mmviz.capture.layouts import LayoutContext, resolve_layout
 from mmviz.data import AttentionTrace, ModuleAttention, QKAttention, TokenTable
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmviz.capture._tokens import text_table
+from mmviz._hf.tokens import text_table
 from mmviz.data import TokenTable
 
 __all__ = ["EncoderCall", "context_segments", "prompt_table", "prompt_tables"]

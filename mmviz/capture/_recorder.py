@@ -8,7 +8,6 @@ memory does not grow with the number of layers. Raw tensors only: reductions hap
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,14 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz._hf.attention import causal_without_mask
+from mmviz._hf.modules import module_group
 from mmviz.capture import DEFAULT_QK_THRESHOLD
-from mmviz.capture._interface import causal_without_mask
 from mmviz.errors import CaptureError
-
-_CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
-_CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
-_SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
-_GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
 @dataclass(frozen=True)
@@ -33,45 +28,6 @@ class Target:
 
     group: str
     layer: int
-
-
-def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
-    """Names the stack an attention module belongs to and its layer index, from its dotted path.
-
-    ``model.language_model.layers.3.self_attn`` → ``("language_model", 3)``;
-    ``decoder.block.1.layer.1.EncDecAttention`` → ``("decoder.cross_attention", 1)``;
-    ``transformer.h.0.attn`` → ``("language_model", 0)``;
-    ``encoder.layers.2.blocks.1.attention`` (stages of blocks) → ``("encoder.stage2", 1)``;
-    ``mask_decoder.transformer.layers.0.cross_attn_token_to_image`` →
-    ``("mask_decoder.cross_attn_token_to_image", 0)`` (a layer with several kinds of cross-attention);
-    ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
-    ``("mask_decoder.final_attn_token_to_image", 0)``;
-    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``.
-
-    Args:
-        path: the module's name in ``model.named_modules()``.
-        base_prefix: the model's ``base_model_prefix`` (``"bert"``, ``"vit"``, ...), dropped from names.
-    """
-    parts = path.split(".")
-    digits = [i for i, p in enumerate(parts) if p.isdigit()]
-    first = digits[0] if digits else len(parts)
-    container, layer = parts[:first], int(parts[first]) if digits else 0
-    rest = parts[first + 1 :]
-    words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
-    words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
-    name = words[0] if words else "language_model"
-    if not digits and len(words) > 1:
-        name = f"{words[0]}.{words[-1]}"
-    inner = [i for i, p in enumerate(rest) if p.isdigit()]
-    if inner and (inner[0] == 0 or rest[inner[0] - 1] != "layer"):  # "layer.N" is T5's sub-layer slot
-        name, layer, rest = f"{name}.stage{layer}", int(rest[inner[0]]), rest[inner[0] + 1 :]
-    suffix = ".".join(rest)
-    attribute = rest[0] if rest else ""
-    if _CROSS.search(suffix):
-        name += ".cross_attention" if _GENERIC_CROSS.fullmatch(attribute) else f".{attribute}"
-    elif attribute and attribute.lower() not in _SELF_ATTENTION:  # a second attention of the layer
-        name += f".{attribute}"
-    return name, layer
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mmviz._hf.modules import all_configs
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
@@ -25,22 +26,6 @@ _INPUT_NAMES = (
     "image_sizes",
     "inputs_embeds",
 )
-
-
-def _all_configs(model: torch.nn.Module) -> list[Any]:
-    """Every config object a model and its sub-models read their attention implementation from."""
-    seen: dict[int, Any] = {}
-    pending = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "sub_configs")]
-    while pending:
-        config = pending.pop()
-        if id(config) in seen:
-            continue
-        seen[id(config)] = config
-        for key in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, key, None)
-            if sub is not None and hasattr(sub, "_attn_implementation_internal"):
-                pending.append(sub)
-    return list(seen.values())
 
 
 def _cpu_inputs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +86,7 @@ class Capture:
             raise CaptureError("this capture is already active; start a new `with mmviz.capture(...)` block instead")
         _interface.register()
         model = self.model
-        configs = _all_configs(model)
+        configs = all_configs(model)
         original = {id(c): c._attn_implementation_internal for c in configs}
         top = model.config._attn_implementation_internal or "sdpa"
         self.recorder = Recorder(model, original, top, **self._options)  # type: ignore[arg-type]

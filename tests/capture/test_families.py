@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mmviz  # noqa: E402
-from mmviz.capture._recorder import module_group  # noqa: E402
+from mmviz._hf.modules import module_group  # noqa: E402
 from tests.capture import conftest as tiny  # noqa: E402
 
 IMG = tiny.random_image(32, seed=0)

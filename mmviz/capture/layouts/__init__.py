@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mmviz.capture._tokens import patch_table
+from mmviz._hf.tokens import patch_table
 from mmviz.data import TokenTable
 
 __all__ = ["LayoutContext", "register_layout", "resolve_layout"]

@@ -70,7 +70,7 @@ def blip2(ctx: LayoutContext) -> None:
 
 
 def _patch_tables(ctx: LayoutContext, length: int, grid: tuple[int, int], batch: int) -> list[TokenTable]:
-    from mmviz.capture._tokens import patch_table
+    from mmviz._hf.tokens import patch_table
 
     return [patch_table(length, grid, ctx.image(i)) for i in range(batch)]
 
