@@ -16,11 +16,11 @@ def test_info_describes_a_saved_trace(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "AttentionTrace" in out
-    assert "language_model: 1 layers × 2 heads, 2×2 (dense)" in out
+    assert "language_model: 1 layers × 2 heads, 2×2 (dense), batch 1" in out
 
 
 def test_info_refuses_a_foreign_file(tmp_path, capsys):
     path = tmp_path / "x.mmviz"
     path.write_text("not a trace")
-    assert main(["info", str(path)]) == 1
+    assert main(["info", str(path)]) == 2
     assert "not an mmviz file" in capsys.readouterr().err

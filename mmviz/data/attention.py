@@ -148,6 +148,8 @@ class AttentionTrace:
         modules: captured modules by name.
         tables: token tables by name, one ``TokenTable`` per batch item.
         info: free-form JSON-able facts (model class, generation, capture options).
+        complete: ``False`` when the run was interrupted or raised before it finished: the trace holds
+            what was recorded up to then (some layers or generation steps may be missing).
     """
 
     def __init__(
@@ -155,12 +157,14 @@ class AttentionTrace:
         modules: dict[str, ModuleAttention],
         tables: dict[str, Sequence[TokenTable]],
         info: dict[str, Any] | None = None,
+        complete: bool = True,
     ) -> None:
         if not modules:
             raise ValueError("an AttentionTrace needs at least one module")
         self.modules = dict(modules)
         self.tables = {name: tuple(t) for name, t in tables.items()}
         self.info = dict(info or {})
+        self.complete = bool(complete)
         for m in self.modules.values():
             for table_name, length, side in ((m.query_table, m.shape[3], "query"), (m.key_table, m.shape[4], "key")):
                 tabs = self.tables.get(table_name)
@@ -308,7 +312,7 @@ class AttentionTrace:
                     arrays[f"module{i}.mask"] = qk.mask
                 entry.update(causal=qk.causal, softcap=qk.softcap, group=qk.group)
             modules_meta.append(entry)
-        return {"modules": modules_meta, "tables": tables_meta, "info": self.info}, arrays
+        return {"modules": modules_meta, "tables": tables_meta, "info": self.info, "complete": self.complete}, arrays
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionTrace:
@@ -343,7 +347,7 @@ class AttentionTrace:
                 dense=dense,
                 qk=qk,
             )
-        return cls(modules, tables, meta.get("info"))
+        return cls(modules, tables, meta.get("info"), complete=meta.get("complete", True))
 
     # -- views -----------------------------------------------------------------------------------
     def show(self, **options: Any) -> Any:
@@ -383,11 +387,49 @@ class AttentionTrace:
         return view._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
-        lines = [f"AttentionTrace(batch={self.batch_size})"]
+        partial = "" if self.complete else ", complete=False"
+        lines = [f"AttentionTrace(batch={self.batch_size}{partial})"]
         for m in self.modules.values():
             _, n_layers, n_heads, nq, nk = m.shape
             lines.append(f"  {m.name}: {n_layers} layers × {n_heads} heads, {nq}×{nk} ({m.store})")
         return "\n".join(lines)
 
 
-io.register_type("attention", AttentionTrace.from_payload)
+_SCHEMA = {
+    "modules": [
+        {
+            "name": str,
+            "layers": [int],
+            "heads": [int],
+            "query_table": str,
+            "key_table": str,
+            "store": str,
+            "prefix": str,
+            "causal?": bool,
+            "group?": int,
+            "softcap?": (float, None),
+        }
+    ],
+    "tables": {str: [TokenTable.SCHEMA]},
+    "info?": (dict, None),
+}
+
+
+def _describe(meta: dict[str, Any], arrays: dict[str, io.ArraySpec]) -> list[str]:
+    """``mmviz info`` lines of an attention file: each module's layers, heads and size (no array loaded)."""
+    lines = []
+    for entry in meta["modules"]:
+        p = entry["prefix"]
+        spec = arrays.get(f"{p}.dense") or arrays.get(f"{p}.query")
+        keys = arrays.get(f"{p}.dense") or arrays.get(f"{p}.key")
+        if spec is None or keys is None or len(spec.shape) != 5 or len(keys.shape) != 5:
+            continue
+        nq, nk = spec.shape[3], keys.shape[3]
+        lines.append(
+            f"  {entry['name']}: {len(entry['layers'])} layers × {len(entry['heads'])} heads, {nq}×{nk} "
+            f"({entry['store']}), batch {spec.shape[0]}"
+        )
+    return lines
+
+
+io.register_type("attention", AttentionTrace.from_payload, schema=_SCHEMA, describe=_describe)

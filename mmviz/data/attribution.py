@@ -203,4 +203,13 @@ class Attribution:
         )
 
 
-io.register_type("attribution", Attribution.from_payload)
+_SCHEMA = {
+    "tokens": TokenTable.SCHEMA,
+    "method": str,
+    "targets": [str],
+    "target?": (str, None),
+    "pixel_maps": int,
+    "info?": (dict, None),
+}
+
+io.register_type("attribution", Attribution.from_payload, schema=_SCHEMA)

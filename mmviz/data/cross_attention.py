@@ -116,6 +116,8 @@ class CrossAttentionTrace:
         info: JSON-able facts (pipeline class, options).
         previews: ``uint8 [batch, steps, h, w, 3]`` the denoiser's prediction of the final image at each
             step (``capture(..., previews=True)``), or ``None``.
+        complete: ``False`` when the pipeline call raised or was interrupted: the trace holds the steps
+            that finished before (``images`` is then ``None``).
     """
 
     def __init__(
@@ -127,7 +129,9 @@ class CrossAttentionTrace:
         images: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
         previews: np.ndarray | None = None,
+        complete: bool = True,
     ) -> None:
+        self.complete = bool(complete)
         self._maps = [np.asarray(m) for m in maps]
         self.layers = tuple(layers)
         self.tables = tuple(tokens)
@@ -493,7 +497,8 @@ class CrossAttentionTrace:
         res = ", ".join(f"{h}×{w}" for h, w in self.resolutions)
         return (
             f"CrossAttentionTrace(batch={self.batch_size}, steps={self.num_steps}, layers={len(self.layers)} "
-            f"[{res}], tokens={self.num_tokens}{', heads kept' if self.has_heads else ''}; prompt: {words!r})"
+            f"[{res}], tokens={self.num_tokens}{', heads kept' if self.has_heads else ''}"
+            f"{'' if self.complete else ', complete=False'}; prompt: {words!r})"
         )
 
     def _check_batch(self, batch_index: int) -> None:
@@ -519,7 +524,7 @@ class CrossAttentionTrace:
             tables.append(meta)
             arrays.update(arr)
         layers = [{"name": lay.name, "resolution": list(lay.resolution), "heads": lay.heads} for lay in self.layers]
-        return {"layers": layers, "tables": tables, "info": self.info}, arrays
+        return {"layers": layers, "tables": tables, "info": self.info, "complete": self.complete}, arrays
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CrossAttentionTrace:
@@ -536,7 +541,13 @@ class CrossAttentionTrace:
             images=arrays.get("images"),
             info=meta.get("info"),
             previews=arrays.get("previews"),
+            complete=meta.get("complete", True),
         )
 
 
-io.register_type("cross_attention", CrossAttentionTrace.from_payload)
+_SCHEMA = {
+    "layers": [{"name": str, "resolution": [int], "heads": int}],
+    "tables": [TokenTable.SCHEMA],
+    "info?": (dict, None),
+}
+io.register_type("cross_attention", CrossAttentionTrace.from_payload, schema=_SCHEMA)

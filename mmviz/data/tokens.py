@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -228,6 +228,9 @@ class TokenTable:
         )
 
     # -- files ---------------------------------------------------------------------------------
+    SCHEMA: ClassVar[dict[str, Any]] = {"prefix": str, "images": int, "grids": [[int]]}
+    """What ``to_payload``'s metadata holds (checked by ``mmviz.load`` before any array is read)."""
+
     def to_payload(self, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Splits the table into JSON metadata and named arrays for a ``.mmviz`` file.
 
