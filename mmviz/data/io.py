@@ -362,10 +362,9 @@ def _read_meta(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise TraceFileError(f"{path!r}: meta.json is not valid JSON ({exc})") from exc
-    depth = _depth(meta)
-    if depth > MAX_JSON_DEPTH:
+    if _depth(meta) > MAX_JSON_DEPTH:
         raise TraceFileError(
-            f"{path!r}: meta.json is nested {depth} levels deep, past the limit of {MAX_JSON_DEPTH} "
+            f"{path!r}: meta.json is nested more than {MAX_JSON_DEPTH} levels deep, the limit "
             "(mmviz.data.io.MAX_JSON_DEPTH); mmviz files nest at most 6"
         )
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -452,7 +451,7 @@ def _array_spec(zf: zipfile.ZipFile, name: str, path: str) -> ArraySpec:
                 shape, fortran, dtype = npy_format.read_array_header_1_0(stream, max_header_size=_NPY_HEADER_LIMIT)
             else:
                 shape, fortran, dtype = npy_format.read_array_header_2_0(stream, max_header_size=_NPY_HEADER_LIMIT)
-        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
             raise TraceFileError(f"{path!r}: {what} is not a plain .npy array ({exc})") from exc
         offset = int(stream.tell())
     if dtype.hasobject:
