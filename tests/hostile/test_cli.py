@@ -69,7 +69,9 @@ def test_info_mistake_is_one_line_and_status_2(
     assert len(lines) == 1 and re.search(expected, lines[0]), lines
 
 
-def test_info_reads_no_array(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_reads_no_array(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mmviz.data import io
 
     path = tmp_path / "run.mmviz"
