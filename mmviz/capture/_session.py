@@ -10,6 +10,7 @@ import torch
 
 from mmviz._hf.modules import all_configs
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
+from mmviz.capture._arguments import check_selection
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
@@ -66,6 +67,9 @@ class Capture:
                 "mmviz cannot record it. Load it with attn_implementation='eager' and call it with "
                 "output_attentions=True to get its attention weights, then build an AttentionTrace from them."
             )
+        if isinstance(qk_threshold, bool) or not isinstance(qk_threshold, int) or qk_threshold < 1:
+            raise ValueError(f"qk_threshold must be a positive number of keys, not {qk_threshold!r}")
+        layers, heads, modules = check_selection(model, layers, heads, modules)
         self.model = model
         self.processor = processor
         self._options = {
