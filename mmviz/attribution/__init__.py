@@ -89,17 +89,21 @@ def attribute(
         An ``Attribution``.
 
     Raises:
-        ValueError: an unknown method or target, a batch of several examples, or nothing to attribute.
+        ValueError: an unknown method or target, a token id out of range, an answer with a word the
+            tokenizer does not know (the message lists the nearest tokens), ``steps``/``batch_size`` that
+            are not whole numbers ≥ 1, a batch of several examples, or nothing to attribute.
+        TypeError: ``inputs`` is not the processor's output (a dict of tensors).
     """
     import torch
 
+    from mmviz.attribution._checks import check_count, check_inputs
     from mmviz.attribution._problem import Problem, prepared
     from mmviz.data import Attribution
 
     fn = _method(method)
-    if hasattr(inputs, "data") and not isinstance(inputs, dict):
-        inputs = dict(inputs.data)
-    inputs = dict(inputs)
+    inputs = check_inputs(inputs)
+    steps = check_count(steps, "steps", "integrated gradients' points on the path, e.g. steps=50")
+    batch_size = check_count(batch_size, "batch_size", "inputs per forward pass, e.g. batch_size=8")
     with prepared(model), torch.no_grad():
         problem = Problem(
             model, inputs, processor, target, per_token=per_token, sources=None if sources is None else tuple(sources)

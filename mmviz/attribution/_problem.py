@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz.attribution._checks import check_target
 from mmviz.attribution._pixels import PixelLayout, cell_sums
 from mmviz.attribution._targets import TEXT_KEYS, Plan, plan_target
 from mmviz.data import TokenTable
@@ -117,6 +118,7 @@ class Problem:
                 f"mmviz.attribute explains one example at a time: pixel_values holds {pixels.shape[0]} images; "
                 "pass one (pixel_values[0:1])"
             )
+        check_target(model, self.tokenizer, target)
         self.plan: Plan = plan_target(model, inputs, self.tokenizer, target, per_token)
         wanted = set(SOURCES if sources is None else sources)
         unknown = wanted - set(SOURCES)

@@ -52,11 +52,11 @@ def _head_count(module: torch.nn.Module) -> int | None:
 def _indices(value: Any, what: str) -> list[int]:
     """A list of non-negative ints from an int or a sequence of them, else a ``CaptureError``."""
     items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) and not hasattr(items, "__iter__"):
+    if isinstance(items, (str, bytes)) or (not isinstance(items, Sequence) and not hasattr(items, "__iter__")):
         raise CaptureError(f"{what}={value!r}: give a list of integer indices, e.g. {what}=[0, 3]")
     out = []
     for item in list(items):
-        if isinstance(item, bool) or not isinstance(item, (int, torch.Tensor)) and not hasattr(item, "__index__"):
+        if isinstance(item, bool) or (not isinstance(item, (int, torch.Tensor)) and not hasattr(item, "__index__")):
             raise CaptureError(f"{what}={value!r}: {item!r} is not an integer index; give e.g. {what}=[0, 3]")
         index = int(item)
         if index < 0:
@@ -117,7 +117,7 @@ def check_selection(
         for stack, wanted in layers.items():
             _stack_name(stack, stacks, f"layers={{{stack!r}: ...}}")
             picked[stack] = _indices(wanted, "layers")
-            have = stacks.get(stack)
+            have = stacks.get(stack) or {}
             missing = [i for i in picked[stack] if have and i not in have]
             if missing:
                 raise CaptureError(

@@ -69,13 +69,13 @@ class Capture:
             )
         if isinstance(qk_threshold, bool) or not isinstance(qk_threshold, int) or qk_threshold < 1:
             raise ValueError(f"qk_threshold must be a positive number of keys, not {qk_threshold!r}")
-        layers, heads, modules = check_selection(model, layers, heads, modules)
+        picked, kept, names = check_selection(model, layers, heads, modules)
         self.model = model
         self.processor = processor
         self._options = {
-            "layers": layers,
-            "heads": heads,
-            "modules": modules,
+            "layers": picked,
+            "heads": kept,
+            "modules": names,
             "store": store,
             "qk_threshold": qk_threshold,
         }
