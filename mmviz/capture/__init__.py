@@ -46,6 +46,7 @@ def capture(
     modules: Sequence[str] | None = None,
     store: str = "auto",
     qk_threshold: int = DEFAULT_QK_THRESHOLD,
+    max_bytes: int | None = None,
 ) -> Capture: ...
 
 
@@ -57,6 +58,7 @@ def capture(
     modules: Sequence[str] | None = None,
     store: str = "auto",
     qk_threshold: int = DEFAULT_QK_THRESHOLD,
+    max_bytes: int | None = None,
     **diffusion_options: Any,
 ) -> Capture | DiffusionCapture:
     """Records attention of ``model`` while it runs inside a ``with`` block.
@@ -81,6 +83,10 @@ def capture(
             recomputes probabilities on demand (for long sequences); ``"auto"`` picks ``"qk"`` from
             ``qk_threshold`` keys on.
         qk_threshold: sequence length from which ``store="auto"`` keeps queries and keys.
+        max_bytes: most bytes of dense probabilities the capture may hold (default: half the machine's
+            memory, or ``$MMVIZ_MAX_CAPTURE_BYTES``); a run that would pass it raises ``BudgetError``
+            before the model runs, naming ``store="qk"``, ``layers=`` and ``heads=``. For diffusers
+            pipelines: the budget of the recorded maps (1 GiB by default).
         **diffusion_options: for diffusers pipelines only: ``tokens``, ``branch``, ``cfg``, ``max_bytes``,
             ``previews`` (see below).
 
@@ -103,20 +109,32 @@ def capture(
     ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE).
 
     Raises:
-        CaptureError: the model does not route attention through transformers' AttentionInterface.
+        CaptureError: the model does not route attention through transformers' AttentionInterface, or
+            ``layers=``/``heads=``/``modules=`` name layers, heads or stacks the model does not have
+            (indices are the model's own, from 0; negative indices are refused).
+        BudgetError: (when the model runs) dense probabilities past ``max_bytes``.
     """
     if not isinstance(model, type) and _is_diffusers(model):
         from mmviz.capture._diffusers import DiffusionCapture
 
         if processor is not None or modules is not None or store != "auto":
             raise TypeError("processor=, modules= and store= apply to transformers models, not to diffusers pipelines")
+        if max_bytes is not None:
+            diffusion_options["max_bytes"] = max_bytes
         return DiffusionCapture(model, layers=layers, heads=False if heads is None else heads, **diffusion_options)
     if diffusion_options:
         raise TypeError(f"unexpected arguments for a transformers capture: {sorted(diffusion_options)}")
     from mmviz.capture._session import Capture
 
     return Capture(
-        model, processor, layers=layers, heads=heads, modules=modules, store=store, qk_threshold=qk_threshold
+        model,
+        processor,
+        layers=layers,
+        heads=heads,
+        modules=modules,
+        store=store,
+        qk_threshold=qk_threshold,
+        max_bytes=max_bytes,
     )
 
 

@@ -148,3 +148,45 @@ def _names(modules: Any) -> list[Any]:
     if isinstance(modules, str):
         return [modules]
     return list(modules)
+
+
+class DenseEstimate:
+    """A lower bound of a dense capture's size, from the input's length, before the model runs.
+
+    It counts the stack that reads the token input: ``language_model`` when recorded, else the recorded
+    stack with the most layers. Other stacks (a vision tower, cross-attention) only add to it, and are
+    charged as they are recorded.
+
+    Args:
+        model: the model.
+        layers: the checked ``layers=`` (``check_selection``).
+        heads: the checked ``heads=``.
+        modules: the checked ``modules=``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: list[int] | dict[str, list[int]] | None,
+        heads: list[int] | None,
+        modules: list[str] | None,
+    ) -> None:
+        stacks = {k: v for k, v in attention_stacks(model).items() if modules is None or k in modules}
+        self.stack: tuple[int, int] | None = None
+        if not stacks:
+            return
+        name = "language_model" if "language_model" in stacks else max(stacks, key=lambda k: len(stacks[k]))
+        have = stacks[name]
+        chosen = layers.get(name) if isinstance(layers, dict) else layers
+        recorded = [layer for layer in have if chosen is None or layer in chosen]
+        counts = [c for layer, c in have.items() if c is not None and layer in recorded]
+        n_heads = len(heads) if heads is not None else (min(counts) if counts else 0)
+        if recorded and n_heads:
+            self.stack = (len(recorded), n_heads)
+
+    def bytes(self, batch: int, queries: int, keys: int) -> tuple[int, int, int] | None:
+        """``(float16 bytes, layers, heads)`` of the main stack's probabilities, or ``None`` if unknown."""
+        if self.stack is None:
+            return None
+        layers, heads = self.stack
+        return 2 * batch * layers * heads * queries * keys, layers, heads

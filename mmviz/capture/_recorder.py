@@ -19,6 +19,7 @@ import torch
 from mmviz._hf.attention import causal_without_mask
 from mmviz._hf.modules import module_group
 from mmviz.capture import DEFAULT_QK_THRESHOLD
+from mmviz.capture._budget import Budget
 from mmviz.errors import CaptureError
 
 
@@ -59,6 +60,7 @@ class Recorder:
         modules: stack names to record, or ``None`` for all.
         store: ``"dense"``, ``"qk"`` or ``"auto"``.
         qk_threshold: key length from which ``"auto"`` chooses ``"qk"``.
+        budget: bytes of dense probabilities the capture may hold (charged as stores are allocated).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Recorder:
         modules: Sequence[str] | None,
         store: str,
         qk_threshold: int = DEFAULT_QK_THRESHOLD,
+        budget: Budget | None = None,
     ) -> None:
         prefix = getattr(model, "base_model_prefix", "") or ""
         self.names: dict[int, tuple[str, Target]] = {}
@@ -85,6 +88,7 @@ class Recorder:
         self.modules = None if modules is None else set(modules)
         self.store = store
         self.qk_threshold = qk_threshold
+        self.budget = budget if budget is not None else Budget(None)
         self._qk: bool | None = {"dense": False, "qk": True}.get(store)
         self.runs: list[Run] = []
         self._expected: dict[str, int] = {}
@@ -172,6 +176,8 @@ class Recorder:
         if start == 0:
             shape = (kept.shape[0], kept.shape[1], total, kept.shape[3])
             slot = None if run.generate or calls else self._buffer_slot(run, target, shape)
+            if slot is None:
+                self.budget.charge(2 * int(np.prod(shape)), _recording(target), 1, shape[1], shape[3])
             run.partial[target] = slot if slot is not None else torch.empty(shape, dtype=torch.float16)
         store = run.partial[target]
         store[:, :, start:stop].copy_(kept)  # to CPU and to float16 in one pass
@@ -192,6 +198,8 @@ class Recorder:
             capacity = self._expected_layers(group)
             if capacity < 1:
                 return None
+            nbytes = 2 * capacity * int(np.prod(shape))
+            self.budget.charge(nbytes, _recording(target), capacity, shape[1], shape[3])
             buffer = np.empty((shape[0], capacity, *shape[1:]), dtype=np.float16)
             run.buffers[group] = buffer
         slots = run.slots.setdefault(group, [])
@@ -261,6 +269,10 @@ class Recorder:
         else:
             step["key"] = _cpu_copy(key.detach())
         steps.append(step)
+
+
+def _recording(target: Target) -> str:
+    return f"recording {target.group!r} layer {target.layer}"
 
 
 _masks_on_cpu: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}

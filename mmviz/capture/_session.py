@@ -10,7 +10,8 @@ import torch
 
 from mmviz._hf.modules import all_configs
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
-from mmviz.capture._arguments import check_selection
+from mmviz.capture._arguments import DenseEstimate, check_selection
+from mmviz.capture._budget import Budget, sequence_length
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
@@ -52,6 +53,7 @@ class Capture:
         modules: Sequence[str] | None = None,
         store: str = "auto",
         qk_threshold: int = DEFAULT_QK_THRESHOLD,
+        max_bytes: int | None = None,
     ) -> None:
         if store not in ("auto", "dense", "qk"):
             raise ValueError(f"store must be 'auto', 'dense' or 'qk', not {store!r}")
@@ -70,14 +72,17 @@ class Capture:
         if isinstance(qk_threshold, bool) or not isinstance(qk_threshold, int) or qk_threshold < 1:
             raise ValueError(f"qk_threshold must be a positive number of keys, not {qk_threshold!r}")
         picked, kept, names = check_selection(model, layers, heads, modules)
+        self.budget = Budget(max_bytes)
+        self._estimate = DenseEstimate(model, picked, kept, names)
         self.model = model
         self.processor = processor
-        self._options = {
+        self._options: dict[str, Any] = {
             "layers": picked,
             "heads": kept,
             "modules": names,
             "store": store,
             "qk_threshold": qk_threshold,
+            "budget": self.budget,
         }
         self.recorder: Recorder | None = None
         self._restore: list[Callable[[], None]] = []
@@ -93,7 +98,7 @@ class Capture:
         configs = all_configs(model)
         original = {id(c): c._attn_implementation_internal for c in configs}
         top = model.config._attn_implementation_internal or "sdpa"
-        self.recorder = Recorder(model, original, top, **self._options)  # type: ignore[arg-type]
+        self.recorder = Recorder(model, original, top, **self._options)
         self._traces = None
         try:
             for config in configs:
@@ -135,6 +140,7 @@ class Capture:
         def generate(*args: Any, **kwargs: Any) -> Any:
             assert self.recorder is not None
             _refuse_beam_search(model, kwargs)
+            self._check_budget(kwargs, args, "before generate", generated=_new_tokens(model, kwargs))
             run = self.recorder.begin_run(generate=True)
             run.calls.append(_cpu_inputs(kwargs))
             self._in_generate = True
@@ -156,12 +162,28 @@ class Capture:
     def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         assert self.recorder is not None
         if not self._in_generate:
+            self._check_budget(kwargs, args, "before the forward")
             self.recorder.begin_run()
         inputs = _cpu_inputs(kwargs)
         if args and isinstance(args[0], torch.Tensor) and "input_ids" not in inputs:
             first = "pixel_values" if args[0].is_floating_point() else "input_ids"
             inputs[first] = args[0].detach().to("cpu")
         self.recorder.current.calls.append(inputs)
+
+    def _check_budget(self, kwargs: dict[str, Any], args: tuple[Any, ...], what: str, generated: int = 0) -> None:
+        """Raises ``BudgetError`` before the model runs if its dense probabilities would pass the budget."""
+        found = sequence_length(kwargs, args)
+        store = self._options["store"]
+        if found is None or store == "qk":
+            return
+        batch, length = found
+        keys = length + generated + _cached_length(kwargs.get("past_key_values"))
+        if store == "auto" and keys >= self._options["qk_threshold"]:
+            return
+        estimate = self._estimate.bytes(batch, length + generated, keys)
+        if estimate is not None:
+            nbytes, layers, heads = estimate
+            self.budget.check(nbytes, what, layers, heads, keys)
 
     # -- results ---------------------------------------------------------------------------------
     def _recorded_anything(self) -> bool:
@@ -200,6 +222,26 @@ class Capture:
     def attention(self) -> AttentionTrace:
         """The ``AttentionTrace`` of the last forward (or ``generate``) call in the block."""
         return self.traces[-1]
+
+
+def _new_tokens(model: torch.nn.Module, kwargs: dict[str, Any]) -> int:
+    """How many tokens ``generate`` may add at most (``max_new_tokens``, else ``max_length`` less the prompt)."""
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if new is not None:
+        return int(new)
+    longest = kwargs.get("max_length", getattr(config, "max_length", None))
+    found = sequence_length(kwargs, ())
+    return max(int(longest) - found[1], 0) if longest is not None and found is not None else 0
+
+
+def _cached_length(cache: Any) -> int:
+    """Tokens already in a KV cache handed to the forward (0 without one)."""
+    length = getattr(cache, "get_seq_length", None)
+    try:
+        return int(length()) if callable(length) else 0
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return 0
 
 
 def _refuse_beam_search(model: torch.nn.Module, kwargs: dict[str, Any]) -> None:
