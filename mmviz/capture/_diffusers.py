@@ -69,6 +69,8 @@ class _Run:
     images: np.ndarray | None = None
     step_bytes: int = 0
     previews: dict[int, torch.Tensor] = field(default_factory=dict)
+    finished: int = 0
+    """Steps whose denoiser call returned (the steps a failed run keeps)."""
 
 
 class DiffusionCapture:
@@ -152,6 +154,8 @@ class DiffusionCapture:
         self._active = None
         if exc_type is None:
             self._traces = [self._finish(run) for run in self._runs if run.maps]
+        else:  # keep what finished: earlier pipeline calls whole, the failing one up to its last full step
+            self._traces = [trace for run in self._runs if (trace := self._salvage(run)) is not None]
         self._runs = []
 
     def _undo(self) -> None:
@@ -312,6 +316,8 @@ class DiffusionCapture:
         self._active = run
 
     def _after_denoiser(self, module: Any, args: Any, output: Any) -> None:
+        if self._active is not None:
+            self._active.finished = len(self._active.timesteps)
         self._active = None
 
     def _on_images(self, image: Any, processor: Any, do_denormalize: Any) -> None:
@@ -470,9 +476,30 @@ class DiffusionCapture:
         previews = self._decode_previews(run, len(run.tables)) if self.previews else None
         return CrossAttentionTrace(maps, layers, run.tables, run.timesteps, images, run.info, previews)
 
+    def _salvage(self, run: _Run) -> CrossAttentionTrace | None:
+        """The trace of a run after the block raised: whole if its images were made, else its finished steps.
+
+        ``None`` when no step finished; a trace that cannot be built is dropped, so the block's own
+        exception is the one the user sees.
+        """
+        if not run.done:
+            del run.timesteps[run.finished :]
+            for per_step in run.maps.values():
+                for step in [s for s in per_step if s >= run.finished]:
+                    del per_step[step]
+            run.previews.clear()
+        if not any(run.maps.values()):
+            return None
+        try:
+            trace = self._finish(run)
+        except (ValueError, CaptureError, RuntimeError):
+            return None
+        trace.complete = run.done
+        return trace
+
     @property
     def traces(self) -> list[CrossAttentionTrace]:
-        """One ``CrossAttentionTrace`` per pipeline call in the block."""
+        """One ``CrossAttentionTrace`` per pipeline call in the block (after an error: what finished)."""
         if self._entered:
             raise CaptureError("the traces are ready when the `with` block ends")
         if not self._traces:

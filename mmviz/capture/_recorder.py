@@ -46,6 +46,8 @@ class Run:
     """Per stack, the layer written into each slot of its buffer, in call order."""
     partial: dict[Target, torch.Tensor] = field(default_factory=dict)
     """Per layer, the float16 block of the call whose query rows are arriving in chunks."""
+    complete: bool = False
+    """Whether the forward (or ``generate``) call returned; ``False`` while it runs and after it raised."""
 
 
 class Recorder:

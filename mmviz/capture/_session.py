@@ -110,6 +110,8 @@ class Capture:
                 config._attn_implementation_internal = _interface.IMPLEMENTATION
             handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
             self._restore.append(handle.remove)
+            handle = model.register_forward_hook(self._on_forward_end)  # not called when the forward raises
+            self._restore.append(handle.remove)
             self._wrap_generate()
             stack = list(_interface.ACTIVE.get() or [])
             token = _interface.ACTIVE.set([*stack, self.recorder])
@@ -148,6 +150,7 @@ class Capture:
                 out = bound(*args, **kwargs)
             finally:
                 self._in_generate = False
+            run.complete = True
             sequences = getattr(out, "sequences", out)
             if isinstance(sequences, torch.Tensor):
                 run.sequences = sequences.detach().to("cpu")
@@ -169,6 +172,10 @@ class Capture:
             first = "pixel_values" if args[0].is_floating_point() else "input_ids"
             inputs[first] = args[0].detach().to("cpu")
         self.recorder.current.calls.append(inputs)
+
+    def _on_forward_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if not self._in_generate and self.recorder is not None and self.recorder.runs:
+            self.recorder.runs[-1].complete = True
 
     def _check_budget(self, kwargs: dict[str, Any], args: tuple[Any, ...], what: str, generated: int = 0) -> None:
         """Raises ``BudgetError`` before the model runs if its dense probabilities would pass the budget."""
@@ -215,7 +222,11 @@ class Capture:
             runs: list[Run] = [r for r in self.recorder.runs if r.dense or r.qk]
             if not runs:
                 raise CaptureError(self._nothing_recorded_message())
-            self._traces = [build_trace(run, self.model, self.processor, self.recorder.heads) for run in runs]
+            self._traces = []
+            for run in runs:
+                trace = build_trace(run, self.model, self.processor, self.recorder.heads)
+                trace.complete = run.complete  # False: the call raised or was interrupted
+                self._traces.append(trace)
         return self._traces
 
     @property
