@@ -17,6 +17,7 @@ global table changes nothing for models that were never switched to it.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,9 @@ _registered = False
 
 
 def active_recorder() -> Recorder | None:
-    """The innermost active recorder, or ``None`` outside captures."""
-    stack = ACTIVE.get()
-    return stack[-1] if stack else None
+    """The innermost open recorder of the calling thread, or ``None`` outside captures."""
+    me = threading.get_ident()
+    return next((r for r in reversed(ACTIVE.get() or []) if r.thread == me and not r.closed), None)
 
 
 def register() -> None:

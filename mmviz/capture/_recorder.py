@@ -8,6 +8,7 @@ memory does not grow with the number of layers. Raw tensors only: reductions hap
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class Recorder:
         self.store = store
         self.qk_threshold = qk_threshold
         self.budget = budget if budget is not None else Budget(None)
+        self.thread = threading.get_ident()
+        self.closed = False
+        """Set when the capture closes: a recorder left in some context's list records nothing more."""
         self._qk: bool | None = {"dense": False, "qk": True}.get(store)
         self.runs: list[Run] = []
         self._expected: dict[str, int] = {}
@@ -110,7 +114,12 @@ class Recorder:
         return impl if impl in ("eager", "sdpa") else "sdpa"
 
     def target(self, module: torch.nn.Module) -> Target | None:
-        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model."""
+        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model.
+
+        Only calls made in the thread that opened the capture, while it is open, are recorded.
+        """
+        if self.closed or threading.get_ident() != self.thread:
+            return None
         self.calls_seen += 1
         entry = self.names.get(id(module))
         if entry is None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from mmviz._hf.modules import all_configs
-from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
+from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface, _shared
 from mmviz.capture._arguments import DenseEstimate, check_selection
 from mmviz.capture._budget import Budget, sequence_length
 from mmviz.capture._recorder import Recorder, Run
@@ -88,6 +88,8 @@ class Capture:
         self._restore: list[Callable[[], None]] = []
         self._traces: list[AttentionTrace] | None = None
         self._in_generate = False
+        self.thread = threading.get_ident()
+        self._foreign_calls = 0
 
     # -- entering and leaving ------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -95,27 +97,21 @@ class Capture:
             raise CaptureError("this capture is already active; start a new `with mmviz.capture(...)` block instead")
         _interface.register()
         model = self.model
-        configs = all_configs(model)
-        original = {id(c): c._attn_implementation_internal for c in configs}
-        top = model.config._attn_implementation_internal or "sdpa"
-        self.recorder = Recorder(model, original, top, **self._options)
-        self._traces = None
+        self.thread = threading.get_ident()
+        self._foreign_calls = 0
+        state = _shared.join(model, self, _interface.IMPLEMENTATION)  # the first capture switches the model
+        self._restore.append(functools.partial(_shared.leave, model, self))
         try:
-            for config in configs:
-                self._restore.append(
-                    functools.partial(
-                        setattr, config, "_attn_implementation_internal", config._attn_implementation_internal
-                    )
-                )
-                config._attn_implementation_internal = _interface.IMPLEMENTATION
+            original = {id(c): value for c, value in state.originals}
+            top = original.get(id(model.config)) or "sdpa"
+            self.recorder = Recorder(model, original, top, **self._options)
+            self._traces = None
             handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
             self._restore.append(handle.remove)
             handle = model.register_forward_hook(self._on_forward_end)  # not called when the forward raises
             self._restore.append(handle.remove)
-            self._wrap_generate()
-            stack = list(_interface.ACTIVE.get() or [])
-            token = _interface.ACTIVE.set([*stack, self.recorder])
-            self._restore.append(functools.partial(_interface.ACTIVE.reset, token))
+            _interface.ACTIVE.set([*(_interface.ACTIVE.get() or []), self.recorder])
+            self._restore.append(self._deactivate)
         except BaseException:
             self._undo()
             raise
@@ -125,45 +121,54 @@ class Capture:
         self._undo()
         if exc_type is None and self.recorder is not None and self.recorder.runs and not self._recorded_anything():
             raise CaptureError(self._nothing_recorded_message())
+        if exc_type is None and self._foreign_calls and (self.recorder is None or not self.recorder.runs):
+            raise CaptureError(self._other_thread_message())
 
     def _undo(self) -> None:
         while self._restore:
             undo = self._restore.pop()
             undo()
 
-    def _wrap_generate(self) -> None:
-        model = self.model
-        original = model.__dict__.get("generate")
-        bound = model.generate if hasattr(model, "generate") else None
-        if bound is None:
+    def _deactivate(self) -> None:
+        """Stops the recorder and takes it off the active list (also when captures close out of order)."""
+        assert self.recorder is not None
+        self.recorder.closed = True
+        _interface.ACTIVE.set([r for r in _interface.ACTIVE.get() or [] if r is not self.recorder])
+
+    def _other_thread_message(self) -> str:
+        return (
+            f"{type(self.model).__name__} ran {self._foreign_calls} time(s) in another thread than the one that "
+            "opened the capture, and mmviz records only the calls made in the thread of the `with` block (other "
+            "threads' calls run unrecorded, at full speed). Call the model in that thread, or open the capture "
+            "inside the worker thread."
+        )
+
+    # -- generate ----------------------------------------------------------------------------------
+    def begin_generate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Run:
+        """Starts the run of a ``generate`` call (called by the model's shared ``generate`` wrapper)."""
+        assert self.recorder is not None
+        _refuse_beam_search(self.model, kwargs)
+        self._check_budget(kwargs, args, "before generate", generated=_new_tokens(self.model, kwargs))
+        run = self.recorder.begin_run(generate=True)
+        run.calls.append(_cpu_inputs(kwargs))
+        self._in_generate = True
+        return run
+
+    def end_generate(self, run: Run, output: Any) -> None:
+        """Ends the run of a ``generate`` call; ``output`` is ``None`` when it raised (the run stays partial)."""
+        self._in_generate = False
+        if output is None:
             return
-
-        @functools.wraps(bound)
-        def generate(*args: Any, **kwargs: Any) -> Any:
-            assert self.recorder is not None
-            _refuse_beam_search(model, kwargs)
-            self._check_budget(kwargs, args, "before generate", generated=_new_tokens(model, kwargs))
-            run = self.recorder.begin_run(generate=True)
-            run.calls.append(_cpu_inputs(kwargs))
-            self._in_generate = True
-            try:
-                out = bound(*args, **kwargs)
-            finally:
-                self._in_generate = False
-            run.complete = True
-            sequences = getattr(out, "sequences", out)
-            if isinstance(sequences, torch.Tensor):
-                run.sequences = sequences.detach().to("cpu")
-            return out
-
-        model.generate = generate
-        if original is None:
-            self._restore.append(lambda: model.__dict__.pop("generate", None))
-        else:
-            self._restore.append(functools.partial(setattr, model, "generate", original))
+        run.complete = True
+        sequences = getattr(output, "sequences", output)
+        if isinstance(sequences, torch.Tensor):
+            run.sequences = sequences.detach().to("cpu")
 
     def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         assert self.recorder is not None
+        if threading.get_ident() != self.thread:  # another thread's call: it runs unrecorded
+            self._foreign_calls += 1
+            return
         if not self._in_generate:
             self._check_budget(kwargs, args, "before the forward")
             self.recorder.begin_run()
@@ -174,6 +179,8 @@ class Capture:
         self.recorder.current.calls.append(inputs)
 
     def _on_forward_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if threading.get_ident() != self.thread:
+            return
         if not self._in_generate and self.recorder is not None and self.recorder.runs:
             self.recorder.runs[-1].complete = True
 
