@@ -3,10 +3,13 @@
  * the selected word's map over it, a word strip (hover previews, click selects), a timestep scrubber with
  * play (its last position sums every step, DAAM's map), one toggle per resolution, opacity and colormap,
  * and small multiples of every word at the current step. Everything is computed in the browser from the
- * synced per-resolution maps; only durable selections go back to Python.
+ * synced per-resolution maps; only durable selections go back to Python. Hovering a word writes its first
+ * prompt position to the link store; a position hovered in another pane (the text encoder's attention
+ * over the same prompt) previews the word that holds it.
  */
 import type { AnyModel } from "@anywidget/types";
 import { decodeTensor, type TensorPayload } from "../codecs";
+import { createLink, type LinkState, type LinkStore, paneId } from "../link";
 import { COLORMAPS, lut } from "../render/colormap";
 import css from "./cross-attention.css";
 import { decodeGroup, type GroupPayload, heatRGBA, type MapGroup, wordMap } from "./cross-attention-maps";
@@ -25,6 +28,8 @@ export interface CrossAttentionState {
   _view: "cross_attention";
   _title: string;
   _words: string[];
+  /** Prompt positions of each word (what the link store names). */
+  _word_positions?: number[][];
   _timesteps: number[];
   _groups: GroupPayload[];
   _image: TensorPayload | null;
@@ -77,8 +82,13 @@ export class CrossAttentionApp {
   private readonly wordStrip = h("div", "mmviz-xattn-words");
   private readonly grid = h("div", "mmviz-xattn-grid");
   private thumbs: HTMLCanvasElement[] = [];
+  private wordPositions: number[][] = [];
+  private readonly id = paneId("cross_attention");
 
-  constructor(private readonly model: Model) {
+  constructor(
+    private readonly model: Model,
+    private readonly link: LinkStore = createLink(),
+  ) {
     const style = h("style");
     style.textContent = css;
     this.root.append(style);
@@ -115,6 +125,7 @@ export class CrossAttentionApp {
       model.on(`change:${key}`, handler);
       this.cleanups.push(() => model.off(`change:${key}`, handler));
     }
+    this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
     for (const key of ["_groups", "_image", "_words", "_timesteps", "_previews"] as const) {
       const handler = () => this.load();
       model.on(`change:${key}`, handler);
@@ -170,6 +181,7 @@ export class CrossAttentionApp {
     const m = this.model;
     this.groups = m.get("_groups").map(decodeGroup);
     this.words = m.get("_words");
+    this.wordPositions = m.get("_word_positions") ?? [];
     this.timesteps = m.get("_timesteps");
     this.imageSize = m.get("_image_size");
     const payload = m.get("_image");
@@ -203,21 +215,36 @@ export class CrossAttentionApp {
       const button = h("button", "mmviz-xattn-word", word);
       button.type = "button";
       button.dataset.index = String(i);
-      button.addEventListener("mouseenter", () => this.update({ hover: i }, false));
-      button.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      button.addEventListener("mouseenter", () => this.pointAt(i));
+      button.addEventListener("mouseleave", () => this.pointAt(-1));
       button.addEventListener("click", () => this.update({ word: i }, true));
       this.wordStrip.append(button);
       const cell = h("figure", "mmviz-xattn-cell");
       const canvas = h("canvas", "mmviz-xattn-thumb");
       canvas.dataset.index = String(i);
       canvas.addEventListener("click", () => this.update({ word: i }, true));
-      canvas.addEventListener("mouseenter", () => this.update({ hover: i }, false));
-      canvas.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      canvas.addEventListener("mouseenter", () => this.pointAt(i));
+      canvas.addEventListener("mouseleave", () => this.pointAt(-1));
       cell.append(canvas, h("figcaption", undefined, word));
       this.grid.append(cell);
       this.thumbs.push(canvas);
     });
     this.paint();
+  }
+
+  // -- linking ---------------------------------------------------------------------------------------
+  /** The user points at word `i` (-1: none): preview it here, and tell the other panes its position. */
+  private pointAt(i: number): void {
+    this.update({ hover: i }, false);
+    const position = i >= 0 ? (this.wordPositions[i]?.[0] ?? -1) : -1;
+    this.link.set({ position, patch: null, source: this.id });
+  }
+
+  /** Another pane points at a prompt position: preview the word that holds it. */
+  private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
+    if (state.source === this.id || !changed.has("position")) return;
+    const word = state.position < 0 ? -1 : this.wordPositions.findIndex((ps) => ps.includes(state.position));
+    if (word !== this.state.hover) this.update({ hover: word }, false);
   }
 
   // -- state -----------------------------------------------------------------------------------------
@@ -236,6 +263,7 @@ export class CrossAttentionApp {
 
   private update(patch: Partial<Local>, durable: boolean): void {
     this.state = { ...this.state, ...patch };
+    if (patch.step !== undefined) this.link.set({ timestep: patch.step, source: this.id });
     if (durable && !this.model.get("_standalone")) {
       if (patch.word !== undefined) this.model.set("word", patch.word);
       if (patch.step !== undefined) this.model.set("step", patch.step);
