@@ -18,6 +18,7 @@ import { Controls } from "./views/controls";
 import { h } from "./views/dom";
 import { Heatmap } from "./views/heatmap";
 import { ImagePane } from "./views/image-pane";
+import { onChanges } from "./views/pane";
 import { ThumbnailGrid } from "./views/thumbnails";
 import { TokenStrip } from "./views/token-strip";
 import { Tooltip } from "./views/tooltip";
@@ -126,9 +127,8 @@ export class AttentionApp {
   private bindModel(): void {
     const model = this.model;
     for (const key of DURABLE) {
-      const handler = () => this.store.set(this.valid({ [key]: model.get(key) } as Partial<ViewState>));
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
+      const read = () => this.store.set(this.valid({ [key]: model.get(key) } as Partial<ViewState>));
+      this.cleanups.push(onChanges(model, [key], read));
     }
     const onSlices = () => this.reset();
     model.on("change:_slices", onSlices);

@@ -13,7 +13,8 @@ import type { TableState } from "../model";
 import { COLORMAPS, formatValue, lut } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import css from "./attribution.css";
-import { h, sizeCanvas, themeColors } from "./dom";
+import { fillSelect, h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { onChanges, paneHeading } from "./pane";
 
 export interface AttributionEntry {
   label: string;
@@ -111,11 +112,7 @@ export class AttributionApp {
     private readonly model: Model,
     private readonly link: LinkStore = createLink(),
   ) {
-    const style = h("style");
-    style.textContent = css;
-    this.root.append(style);
-    const title = model.get("_title");
-    if (title) this.root.append(h("div", "mmviz-title", title));
+    paneHeading(this.root, model.get("_title"), css);
     this.root.append(this.notes, this.buildControls(), this.status);
     const body = h("div", "mmviz-attr-body");
     const left = h("div", "mmviz-attr-left");
@@ -130,16 +127,10 @@ export class AttributionApp {
     this.matrixCanvas.addEventListener("click", (e) => this.onMatrix(e, true));
     this.load();
     this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
-    for (const key of SYNCED) {
-      const handler = () => this.fromModel();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
-    for (const key of ["_tokens", "_entries", "_notes"] as const) {
-      const handler = () => this.load();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
+    this.cleanups.push(
+      onChanges(model, SYNCED, () => this.fromModel()),
+      onChanges(model, ["_tokens", "_entries", "_notes"], () => this.load()),
+    );
   }
 
   destroy(): void {
@@ -186,13 +177,8 @@ export class AttributionApp {
     this.opacityInput.addEventListener("input", () =>
       this.update({ opacity: Number(this.opacityInput.value) }),
     );
-    const opacity = h("label", "mmviz-control");
-    opacity.append(h("span", undefined, "opacity"), this.opacityInput);
-    for (const name of COLORMAPS) {
-      const option = h("option", undefined, name);
-      option.value = name;
-      this.cmapSelect.append(option);
-    }
+    const opacity = labelled("opacity", this.opacityInput);
+    fillSelect(this.cmapSelect, COLORMAPS);
     this.cmapSelect.addEventListener("change", () => this.update({ cmap: this.cmapSelect.value }));
     const cmap = h("label", "mmviz-control");
     cmap.append(h("span", undefined, "colormap"), this.cmapSelect);
@@ -254,18 +240,7 @@ export class AttributionApp {
   ): DecodedImage {
     const image = decodeTensor(payload);
     const [ih = 1, iw = 1] = image.shape;
-    const base = document.createElement("canvas");
-    base.width = iw;
-    base.height = ih;
-    const bctx = base.getContext("2d");
-    if (bctx) {
-      const rgba = bctx.createImageData(iw, ih);
-      for (let i = 0; i < iw * ih; i++) {
-        for (let c = 0; c < 3; c++) rgba.data[i * 4 + c] = image.data[i * 3 + c] ?? 0;
-        rgba.data[i * 4 + 3] = 255;
-      }
-      bctx.putImageData(rgba, 0, 0);
-    }
+    const base = rgbCanvas(image.data, ih, iw);
     const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
     const width = Math.max(32, Math.round(iw * f));
     const height = Math.max(32, Math.round(ih * f));

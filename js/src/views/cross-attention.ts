@@ -13,7 +13,8 @@ import { createLink, type LinkState, type LinkStore, paneId } from "../link";
 import { COLORMAPS, lut } from "../render/colormap";
 import css from "./cross-attention.css";
 import { decodeGroup, type GroupPayload, heatRGBA, type MapGroup, wordMap } from "./cross-attention-maps";
-import { h, sizeCanvas } from "./dom";
+import { fillSelect, h, labelled, rgbCanvas, sizeCanvas } from "./dom";
+import { onChanges, paneHeading } from "./pane";
 
 /** The synced state, mirroring `CrossAttentionView`'s traits. */
 export interface CrossAttentionState {
@@ -89,11 +90,7 @@ export class CrossAttentionApp {
     private readonly model: Model,
     private readonly link: LinkStore = createLink(),
   ) {
-    const style = h("style");
-    style.textContent = css;
-    this.root.append(style);
-    const title = model.get("_title");
-    if (title) this.root.append(h("div", "mmviz-title", title));
+    paneHeading(this.root, model.get("_title"), css);
     this.state = {
       word: model.get("word"),
       step: model.get("step"),
@@ -120,17 +117,13 @@ export class CrossAttentionApp {
     body.append(figure, this.previewFigure, side);
     this.root.append(body);
     this.load();
-    for (const key of SYNCED) {
-      const handler = () => this.fromModel();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
-    this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
-    for (const key of ["_groups", "_image", "_words", "_timesteps", "_previews"] as const) {
-      const handler = () => this.load();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
+    this.cleanups.push(
+      onChanges(model, SYNCED, () => this.fromModel()),
+      onChanges(model, ["_groups", "_image", "_words", "_word_positions", "_timesteps", "_previews"], () =>
+        this.load(),
+      ),
+      link.subscribe((state, changed) => this.fromLink(state, changed)),
+    );
   }
 
   destroy(): void {
@@ -161,13 +154,8 @@ export class CrossAttentionApp {
     this.opacityInput.addEventListener("input", () =>
       this.update({ opacity: Number(this.opacityInput.value) }, true),
     );
-    const opacity = h("label", "mmviz-control");
-    opacity.append(h("span", undefined, "opacity"), this.opacityInput);
-    for (const name of COLORMAPS) {
-      const option = h("option", undefined, name);
-      option.value = name;
-      this.cmapSelect.append(option);
-    }
+    const opacity = labelled("opacity", this.opacityInput);
+    fillSelect(this.cmapSelect, COLORMAPS);
     this.cmapSelect.value = this.state.cmap;
     this.cmapSelect.addEventListener("change", () => this.update({ cmap: this.cmapSelect.value }, true));
     const cmap = h("label", "mmviz-control");
@@ -403,23 +391,4 @@ function imageCanvas(payload: TensorPayload): HTMLCanvasElement {
   const t = decodeTensor(payload);
   const [ih = 1, iw = 1] = t.shape;
   return rgbCanvas(t.data, ih, iw);
-}
-
-function rgbCanvas(data: Float32Array, ih: number, iw: number): HTMLCanvasElement {
-  const t = { data };
-  const canvas = document.createElement("canvas");
-  canvas.width = iw;
-  canvas.height = ih;
-  const ctx = canvas.getContext("2d");
-  if (ctx) {
-    const rgba = ctx.createImageData(iw, ih);
-    for (let i = 0, n = iw * ih; i < n; i++) {
-      rgba.data[i * 4] = t.data[i * 3] ?? 0;
-      rgba.data[i * 4 + 1] = t.data[i * 3 + 1] ?? 0;
-      rgba.data[i * 4 + 2] = t.data[i * 3 + 2] ?? 0;
-      rgba.data[i * 4 + 3] = 255;
-    }
-    ctx.putImageData(rgba, 0, 0);
-  }
-  return canvas;
 }
