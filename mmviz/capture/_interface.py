@@ -31,7 +31,6 @@ IMPLEMENTATION = "mmviz_record"
 ACTIVE: ContextVar[list[Recorder] | None] = ContextVar("mmviz_active_recorders", default=None)
 
 
-
 def active_recorder() -> Recorder | None:
     """The innermost active recorder, or ``None`` outside captures."""
     stack = ACTIVE.get()

@@ -425,37 +425,16 @@ class CrossAttentionTrace(Shown):
         return total
 
     # -- display -----------------------------------------------------------------------------------
-    def figure(
-        self,
-        words: Sequence[str | int] | None = None,
-        timesteps: StepSelection = None,
-        layers: LayerSelection = None,
-        batch_index: int = 0,
-        cmap: str = "viridis",
-        alpha: float = 0.5,
-        ncols: int | None = None,
-        panel_size: float = 2.2,
-    ) -> Figure | SubFigure:
+    def figure(self, **options: Any) -> Figure | SubFigure:
         """A matplotlib figure: the image, then each word's heat map over it (min-max normalised per word).
 
-        Drawn by ``mmviz.export.cross_attention_figure`` (see it for the arguments).
-
-        Returns:
-            A ``matplotlib.figure.Figure``.
+        Args:
+            **options: ``words=``, ``timesteps=``, ``layers=``, ``batch_index=``, ``cmap=``, ``alpha=``,
+                ``ncols=``, ``panel_size=``, ``title=`` (see ``mmviz.export.cross_attention_figure``).
         """
         from mmviz.export.cross_attention_figures import cross_attention_figure
 
-        return cross_attention_figure(
-            self,
-            words=words,
-            timesteps=timesteps,
-            layers=layers,
-            batch_index=batch_index,
-            cmap=cmap,
-            alpha=alpha,
-            ncols=ncols,
-            panel_size=panel_size,
-        )
+        return cross_attention_figure(self, **options)
 
     def show(self, **options: Any) -> CrossAttentionView:
         """An interactive ``CrossAttentionView`` of this trace."""

@@ -326,9 +326,14 @@ def attention_figure(
             notes.append(f"colour scale clipped at the 99.5th percentile ({vmax:.3g}; max {data_max:.3g})")
         if batch_index:
             notes.append(f"batch item {batch_index}")
-        if notes:
-            fig.supxlabel("; ".join(notes), fontsize=7, alpha=0.75, parse_math=False)
+        footnote(fig, notes)
     return fig
+
+
+def footnote(fig: Any, notes: list[str]) -> None:
+    """Writes what a reader must know about a figure (clipping, batch item, ...) small, under it."""
+    if notes:
+        fig.supxlabel("; ".join(notes), fontsize=7, alpha=0.75, parse_math=False)
 
 
 def _draw_overlay(
