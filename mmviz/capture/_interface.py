@@ -44,18 +44,22 @@ def register() -> None:
 
 
 def _record_mask(*args: Any, **kwargs: Any) -> Any:
-    """Builds the 4D mask: float additive (as for eager) when dense, boolean (as for sdpa) for ``qk``.
+    """Builds the 4D mask: sdpa's (boolean, or ``None`` for plain causal attention) unless the model ran eager.
 
-    Dense captures take eager's mask, which is never left out for causal attention, so recorded layers
-    see exactly what ``attn_implementation="eager"`` sees (an sdpa mask may be ``None`` and leave
-    causality to a flag that eager does not read). Unrecorded sdpa layers accept the float mask.
+    Layers that are not recorded then keep sdpa's own fast path (its causal kernel with no ``N × N``
+    mask, where sdpa would take it); recorded layers turn the same mask into eager's additive float mask
+    (``additive_mask``: a missing mask becomes causal where sdpa's rule says so), so they see exactly
+    what ``attn_implementation="eager"`` sees. A model that ran eager before the capture gets eager's
+    float mask, built once for every layer, as it would without the capture.
     """
     from transformers.masking_utils import eager_mask, sdpa_mask
 
     recorder = active_recorder()
     if recorder is not None and recorder.wants_qk(kwargs.get("kv_length", args[2] if len(args) > 2 else 0)):
         return sdpa_mask(*args, **kwargs)
-    return eager_mask(*args, **kwargs)
+    if recorder is not None and recorder.default_implementation == "eager":
+        return eager_mask(*args, **kwargs)
+    return sdpa_mask(*args, **kwargs)
 
 
 CHUNK_FROM = 4 << 20
