@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io, reductions
 from mmviz.data._shown import Shown
-from mmviz.data.qk import QKAttention
+from mmviz.data.qk import Progress, QKAttention, qk_block_means
 from mmviz.data.tokens import TokenTable
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ class ModuleAttention:
     key_table: str
     dense: np.ndarray | None = None
     qk: QKAttention | None = None
+    _blocks: dict[tuple[int, int, int, int, tuple[int, ...]], tuple[np.ndarray, np.ndarray | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if (self.dense is None) == (self.qk is None):
@@ -127,9 +130,98 @@ class ModuleAttention:
         area = np.diff(q_edges)[:, None] * np.diff(k_edges)[None, :]
         return (sums / area).astype(np.float32)
 
+    def block_means(
+        self,
+        batch_index: int = 0,
+        q_step: int = 1,
+        k_step: int = 1,
+        layers: int | Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        head_max: bool = False,
+        progress: bool | Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Block means of each captured head's map, and of the maximum over heads: what thumbnails show.
+
+        Computed once per batch item, layer, head set and block size, and kept on this object, so a view,
+        its export and a second view of the same trace share the work. For ``store="qk"`` the maps are
+        recomputed exactly a chunk of rows at a time (N × N never exists), layers in parallel threads.
+
+        Args:
+            batch_index: batch item.
+            q_step: query rows per block (edge blocks may be smaller).
+            k_step: key columns per block.
+            layers: model layer indices (default: all captured).
+            heads: model head indices (default: all captured); ``head_max`` is over these.
+            head_max: also the block means of the maximum over ``heads``.
+            progress: ``True`` for a ``tqdm`` progress bar (when tqdm is installed and the work is not
+                already cached), or a callback ``progress(done, total)``.
+
+        Returns:
+            ``([layers, heads, rows, cols], [layers, rows, cols] or None)`` float32, with
+            ``rows = ceil(query / q_step)`` and ``cols = ceil(key / k_step)``.
+        """
+        self._check_batch(batch_index)
+        if q_step < 1 or k_step < 1:
+            raise ValueError(f"q_step and k_step must be at least 1, not {q_step} and {k_step}")
+        ls, hs = self._layer_slots(layers), self._head_slots(heads)
+        key = (batch_index, int(q_step), int(k_step))
+        cached = {li: self._blocks.get((*key, li, tuple(hs))) for li in ls}
+        missing = [li for li, hit in cached.items() if hit is None or (head_max and hit[1] is None)]
+        if missing:
+            if self.qk is not None:
+                with _progress_bar(progress, f"{self.name} thumbnails") as report:
+                    computed = qk_block_means(self.qk, batch_index, missing, hs, q_step, k_step, head_max, report)
+            else:
+                assert self.dense is not None
+                computed = [self._dense_blocks(batch_index, li, hs, q_step, k_step, head_max) for li in missing]
+            for li, value in zip(missing, computed):
+                self._blocks[(*key, li, tuple(hs))] = value
+        found = [self._blocks[(*key, li, tuple(hs))] for li in ls]
+        maxed = np.stack([m for _, m in found]) if head_max else None  # type: ignore[misc]
+        return np.stack([p for p, _ in found]), maxed
+
+    def _dense_blocks(
+        self, batch: int, layer: int, heads: list[int], q_step: int, k_step: int, head_max: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        from mmviz.data.display import block_mean
+
+        assert self.dense is not None
+        p = self.dense[batch, layer][heads].astype(np.float32)
+        return block_mean(p, q_step, k_step), block_mean(p.max(axis=0), q_step, k_step) if head_max else None
+
     def _check_batch(self, batch_index: int) -> None:
         if not 0 <= batch_index < self.shape[0]:
             raise IndexError(f"batch_index {batch_index} is out of range: the trace holds {self.shape[0]} item(s)")
+
+
+class _progress_bar:
+    """``progress=`` of ``block_means`` as a callback: a tqdm bar for ``True``, the callback itself, or none."""
+
+    def __init__(self, progress: bool | Progress | None, desc: str) -> None:
+        self.progress, self.desc = progress, desc
+        self.bar: Any = None
+
+    def __enter__(self) -> Progress | None:
+        if callable(self.progress):
+            return self.progress
+        if not self.progress:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        self.bar = tqdm(total=1, desc=self.desc, leave=False)
+
+        def report(done: int, total: int) -> None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+
+        return report
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _slots(labels: tuple[int, ...], wanted: int | Sequence[int] | None, what: str, module: str) -> list[int]:
@@ -242,6 +334,24 @@ class AttentionTrace(Shown):
     def thumbnails(self, module: str | None = None, batch_index: int = 0, size: int = 64) -> np.ndarray:
         """``[layers, heads, rows, cols]`` block-mean thumbnails of every captured layer and head."""
         return self.module(module).thumbnails(batch_index, size)
+
+    def block_means(
+        self,
+        module: str | None = None,
+        batch_index: int = 0,
+        q_step: int = 1,
+        k_step: int = 1,
+        layers: int | Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        head_max: bool = False,
+        progress: bool | Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Block means of each head's map and of the head maximum, computed once (see ``ModuleAttention.block_means``).
+
+        Returns:
+            ``([layers, heads, rows, cols], [layers, rows, cols] or None)`` float32.
+        """
+        return self.module(module).block_means(batch_index, q_step, k_step, layers, heads, head_max, progress)
 
     def head_mean(
         self, module: str | None = None, batch_index: int = 0, layers: int | Sequence[int] | None = None

@@ -12,7 +12,7 @@ float32, and a query that may attend to no key gets a uniform row (as eager's ad
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +24,14 @@ __all__ = ["QKAttention"]
 
 _CHUNK_ELEMENTS = 1 << 22
 """Logits computed at once (``rows × keys``, float32: 16 MiB)."""
+
+_BLOCK_ROWS = 64
+"""Query rows recomputed at once by ``block_means``: ``64 × keys`` float32 stays in a core's cache at 4k keys."""
+_SAFE_LOGIT = 80.0
+"""Below this bound on ``|logits|``, ``exp`` can neither overflow nor underflow to 0 in float32: no max pass."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called as work units (a chunk of rows of one layer) finish."""
 
 DENSE_BUDGET = 2 << 30
 """Largest array (bytes) ``QKAttention.dense`` materialises; past it, it raises ``BudgetError``."""
@@ -316,3 +324,148 @@ class QKAttention:
                 per_cell[dead] = cell_widths[kc0:kc1] / nk
             out[c0:c1, kc0:kc1] += np.add.reduceat(per_cell, q_edges[c0:c1] - q_edges[c0], axis=0)
         return out
+
+
+def _block_edges(start: int, stop: int, step: int) -> tuple[int, np.ndarray]:
+    """First cell and the cell starts (relative to ``start``) of columns ``[start, stop)`` in cells of ``step``."""
+    first = start // step
+    last = -(-stop // step)
+    starts = np.arange(first, last, dtype=np.int64) * step
+    return first, np.maximum(starts, start) - start
+
+
+class _BlockSweep:
+    """Block sums of some heads' probabilities (and of their maximum) over one layer, a chunk of rows at a time.
+
+    The recomputation of ``QKAttention._weights`` without its max pass where a bound on the logits makes it
+    safe, and with the columns and rows summed into blocks as each chunk is made, so a layer costs about
+    one matrix product, one ``exp`` and one sum per visible cell.
+    """
+
+    def __init__(
+        self, qk: QKAttention, batch: int, layer: int, heads: list[int], q_step: int, k_step: int, head_max: bool
+    ) -> None:
+        self.qk, self.batch, self.layer, self.heads = qk, batch, layer, heads
+        self.q_step, self.k_step, self.head_max = q_step, k_step, head_max
+        _, _, _, nq, nk = qk.shape
+        rows, cols = -(-nq // q_step), -(-nk // k_step)
+        self.sums = np.zeros((len(heads), rows, cols), dtype=np.float64)
+        self.max_sums = np.zeros((rows, cols), dtype=np.float64) if head_max else None
+        scale = float(qk.scaling[layer])
+        keys = qk.key[batch, layer].astype(np.float32)
+        self.keys = keys
+        key_norm = np.sqrt((keys * keys).sum(-1)).max(axis=-1) if nk else np.zeros(keys.shape[0])
+        query_norm = np.sqrt((qk.query[batch, layer].astype(np.float32) ** 2).sum(-1)).max(axis=-1)
+        self.no_max = [
+            bool(qk.softcap and abs(qk.softcap) < _SAFE_LOGIT)
+            or float(query_norm[h]) * abs(scale) * float(key_norm[qk._key_head(h)]) < _SAFE_LOGIT
+            for h in heads
+        ]
+        self.scale = np.float32(scale)
+
+    def rows(self, queries: np.ndarray) -> None:
+        """Adds the blocks of one chunk of query rows."""
+        qk, nk = self.qk, self.qk.key.shape[3]
+        start, stop = qk._key_range(self.batch, self.layer, queries)
+        first, edges = _block_edges(start, stop, self.k_step)
+        allowed = qk._allowed(self.batch, self.layer, queries, start, stop)
+        top = None
+        for slot, head in enumerate(self.heads):
+            q = qk.query[self.batch, self.layer, head, queries].astype(np.float32) * self.scale
+            w = q @ self.keys[qk._key_head(head), start:stop].T
+            if qk.softcap:
+                cap = np.float32(qk.softcap)
+                w /= cap
+                np.tanh(w, out=w)
+                w *= cap
+            if allowed is not None:
+                np.copyto(w[:, allowed[0] :], np.float32(-np.inf), where=~allowed[1])
+            if not self.no_max[slot] and w.shape[1]:
+                peak = w.max(axis=1, keepdims=True)
+                peak[~np.isfinite(peak)] = 0.0
+                w -= peak
+            np.exp(w, out=w)
+            cells = np.add.reduceat(w, edges, axis=1) if w.shape[1] else np.zeros((len(queries), 0), np.float32)
+            total = cells.sum(axis=1)
+            dead = total <= 0  # a query that may see no key: uniform over every key, as eager gives
+            total[dead] = 1.0
+            cells /= total[:, None]
+            if dead.any():
+                cells[dead] = np.diff(np.append(edges, stop - start)) / nk
+            self._add_rows(self.sums[slot], queries, first, cells)
+            if self.head_max:
+                w /= total[:, None]
+                if dead.any():
+                    w[dead] = np.float32(1.0 / nk)
+                top = w if top is None else np.maximum(top, w, out=top)
+        if self.max_sums is not None and top is not None:
+            cells = np.add.reduceat(top, edges, axis=1) if top.shape[1] else top
+            self._add_rows(self.max_sums, queries, first, cells)
+
+    def _add_rows(self, out: np.ndarray, queries: np.ndarray, first: int, cells: np.ndarray) -> None:
+        """Adds per-row cell sums into the row blocks they belong to (a chunk may straddle blocks)."""
+        block = queries // self.q_step
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+        out[block[starts], first : first + cells.shape[1]] += np.add.reduceat(cells, starts, axis=0)
+
+    def means(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``([heads, rows, cols], [rows, cols] or None)`` float32 block means."""
+        _, _, _, nq, nk = self.qk.shape
+        rows, cols = self.sums.shape[1:]
+        q_count = np.minimum(self.q_step, nq - np.arange(rows) * self.q_step)
+        k_count = np.minimum(self.k_step, nk - np.arange(cols) * self.k_step)
+        area = (q_count[:, None] * k_count[None, :]).astype(np.float64)
+        maxed = None if self.max_sums is None else (self.max_sums / area).astype(np.float32)
+        return (self.sums / area).astype(np.float32), maxed
+
+
+def qk_block_means(
+    qk: QKAttention,
+    batch: int,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    q_step: int,
+    k_step: int,
+    head_max: bool = False,
+    progress: Progress | None = None,
+    workers: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Block means of some layers' and heads' probabilities (and of the maximum over those heads).
+
+    Exact: each block is the mean of the probabilities ``rows`` gives, recomputed a chunk of
+    ``_BLOCK_ROWS`` query rows at a time over the keys those rows can see.
+
+    Args:
+        qk: the stored queries and keys.
+        batch: batch item.
+        layers: indices into the stored layers.
+        heads: indices into the stored heads.
+        q_step: query rows per block (the last block may be smaller).
+        k_step: key columns per block.
+        head_max: also the block means of the maximum over ``heads`` (the "max" aggregate).
+        progress: ``progress(done, total)`` after each chunk of rows of a layer.
+        workers: threads, one layer each (``0``: one per CPU core; numpy releases the GIL).
+
+    Returns:
+        Per layer, ``([heads, rows, cols] float32, [rows, cols] float32 or None)``.
+    """
+    nq = qk.shape[3]
+    chunk = max(1, _BLOCK_ROWS)
+    starts = list(range(0, nq, chunk))
+    total = len(layers) * len(starts)
+    done = [0]
+
+    def one(layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        sweep = _BlockSweep(qk, batch, int(layer), [int(h) for h in heads], q_step, k_step, head_max)
+        for start in starts:
+            sweep.rows(np.arange(start, min(start + chunk, nq)))
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+        return sweep.means()
+
+    n_workers = min(len(layers), workers if workers > 0 else os.cpu_count() or 1)
+    if n_workers <= 1:
+        return [one(layer) for layer in layers]
+    with ThreadPoolExecutor(n_workers) as pool:
+        return list(pool.map(one, layers))
