@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmviz.data._blas import single_threaded_blas
 from mmviz.errors import BudgetError
 
 __all__ = ["QKAttention"]
@@ -465,7 +466,8 @@ def qk_block_means(
         return sweep.means()
 
     n_workers = min(len(layers), workers if workers > 0 else os.cpu_count() or 1)
-    if n_workers <= 1:
-        return [one(layer) for layer in layers]
-    with ThreadPoolExecutor(n_workers) as pool:
-        return list(pool.map(one, layers))
+    with single_threaded_blas():  # small products, one layer a thread: BLAS threads would only contend
+        if n_workers <= 1:
+            return [one(layer) for layer in layers]
+        with ThreadPoolExecutor(n_workers) as pool:
+            return list(pool.map(one, layers))

@@ -127,3 +127,16 @@ def test_block_means_check_arguments() -> None:
         m.block_means(0, 4, 4, layers=[5])
     with pytest.raises(IndexError, match="batch_index 1 is out of range"):
         m.block_means(1, 4, 4)
+
+
+def test_single_threaded_blas_restores_the_thread_count() -> None:
+    from mmviz.data import _blas
+
+    api = _blas._openblas()
+    if api is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS here")
+    getter, _ = api
+    before = getter()
+    with _blas.single_threaded_blas():
+        assert getter() == 1
+    assert getter() == before
