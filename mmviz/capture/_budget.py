@@ -9,9 +9,9 @@ buffer is allocated, not after.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from mmviz._memory import memory_budget
 from mmviz.errors import BudgetError
 
 MAX_BYTES_ENV = "MMVIZ_MAX_CAPTURE_BYTES"
@@ -20,25 +20,7 @@ MAX_BYTES_ENV = "MMVIZ_MAX_CAPTURE_BYTES"
 
 def default_max_bytes() -> int:
     """``$MMVIZ_MAX_CAPTURE_BYTES`` when set, else half the machine's memory (at most half of ``ulimit -v``)."""
-    env = os.environ.get(MAX_BYTES_ENV)
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise ValueError(f"{MAX_BYTES_ENV}={env!r} is not a number of bytes") from None
-    try:
-        budget = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a fixed 8 GiB
-        budget = 8 << 30
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft != resource.RLIM_INFINITY and soft > 0:
-            budget = min(budget, soft // 2)
-    except (ImportError, OSError, ValueError):
-        pass
-    return budget
+    return memory_budget(MAX_BYTES_ENV)
 
 
 def _size(n: float) -> str:

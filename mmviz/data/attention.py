@@ -335,24 +335,6 @@ class AttentionTrace(Shown):
         """``[layers, heads, rows, cols]`` block-mean thumbnails of every captured layer and head."""
         return self.module(module).thumbnails(batch_index, size)
 
-    def block_means(
-        self,
-        module: str | None = None,
-        batch_index: int = 0,
-        q_step: int = 1,
-        k_step: int = 1,
-        layers: int | Sequence[int] | None = None,
-        heads: Sequence[int] | None = None,
-        head_max: bool = False,
-        progress: bool | Progress | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Block means of each head's map and of the head maximum, computed once (see ``ModuleAttention.block_means``).
-
-        Returns:
-            ``([layers, heads, rows, cols], [layers, rows, cols] or None)`` float32.
-        """
-        return self.module(module).block_means(batch_index, q_step, k_step, layers, heads, head_max, progress)
-
     def head_mean(
         self, module: str | None = None, batch_index: int = 0, layers: int | Sequence[int] | None = None
     ) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 from numpy.lib import format as npy_format
 
+from mmviz._memory import memory_budget
 from mmviz.errors import TraceFileError
 
 __all__ = [
@@ -164,25 +165,10 @@ def default_max_bytes() -> int:
     ``$MMVIZ_MAX_FILE_BYTES`` when set; else half the machine's memory, and at most half the address
     space the process may use (``ulimit -v``).
     """
-    env = os.environ.get(MAX_BYTES_ENV)
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise TraceFileError(f"{MAX_BYTES_ENV}={env!r} is not a number of bytes") from None
     try:
-        budget = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a fixed 8 GiB
-        budget = 8 << 30
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft != resource.RLIM_INFINITY and soft > 0:
-            budget = min(budget, soft // 2)
-    except (ImportError, OSError, ValueError):
-        pass
-    return budget
+        return memory_budget(MAX_BYTES_ENV)
+    except ValueError as exc:
+        raise TraceFileError(str(exc)) from None
 
 
 def save(obj: Saveable, path: str | os.PathLike[str], type_name: str) -> None:

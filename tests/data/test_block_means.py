@@ -107,11 +107,11 @@ def test_computed_once_and_shared(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(attention_module, "qk_block_means", counting)
     reports: list[tuple[int, int]] = []
-    first, _ = trace.block_means(q_step=8, k_step=8, layers=[1], progress=lambda d, t: reports.append((d, t)))
-    both, _ = trace.block_means(q_step=8, k_step=8)  # layer 1 is reused, only layer 0 is computed
-    again, maxed = trace.block_means(q_step=8, k_step=8, head_max=True)  # the max needs another sweep
-    trace.block_means(q_step=8, k_step=8, head_max=True)
-    trace.block_means(q_step=8, k_step=8)
+    first, _ = trace.module().block_means(q_step=8, k_step=8, layers=[1], progress=lambda d, t: reports.append((d, t)))
+    both, _ = trace.module().block_means(q_step=8, k_step=8)  # layer 1 is reused, only layer 0 is computed
+    again, maxed = trace.module().block_means(q_step=8, k_step=8, head_max=True)  # the max needs another sweep
+    trace.module().block_means(q_step=8, k_step=8, head_max=True)
+    trace.module().block_means(q_step=8, k_step=8)
     assert calls == [[1], [0], [0, 1]]
     assert reports[-1][0] == reports[-1][1] and len(reports) == reports[-1][1]
     np.testing.assert_array_equal(first[0], both[1])
