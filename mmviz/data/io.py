@@ -444,6 +444,8 @@ def _array_spec(zf: zipfile.ZipFile, name: str, path: str) -> ArraySpec:
         raise TraceFileError(
             f"{path!r}: {what} holds pickled Python objects; mmviz refuses to load it, because unpickling can run code"
         )
+    if any(int(n) < 0 for n in shape):
+        raise TraceFileError(f"{path!r} is damaged: {what} announces a negative dimension {list(shape)}")
     spec = ArraySpec(name, tuple(int(n) for n in shape), dtype, bool(fortran), offset)
     if offset + spec.nbytes != info.file_size:
         raise TraceFileError(

@@ -154,6 +154,14 @@ def header_disagrees_with_meta(path: Path) -> str:
     return r"'scores'.*meta\.json lists"
 
 
+def negative_dimensions(path: Path) -> str:
+    """Two negative dimensions whose product (6) matches the member's size."""
+    data = _npy_header((-2, -3)) + bytes(6)
+    meta = _meta_for({"scores": ((-2, -3), "|u1")})
+    _raw_zip(path, [_stored("meta.json", meta), _stored("arrays/scores.npy", data)])
+    return r"'scores'.*negative dimension"
+
+
 def huge_npy_header(path: Path) -> str:
     data = b"\x93NUMPY\x01\x00" + struct.pack("<H", 60000) + b" " * 60000
     meta = _meta_for({"scores": ((1,), "|u1")})
@@ -242,6 +250,7 @@ FILE_CASES: dict[str, Callable[[Path], str]] = {
         meta_bomb,
         header_claims_7_tib,
         header_disagrees_with_meta,
+        negative_dimensions,
         huge_npy_header,
         tables_as_a_list,
         modules_without_prefix,
