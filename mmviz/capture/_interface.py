@@ -66,6 +66,8 @@ CHUNK_FROM = 4 << 20
 """Recorded layers whose float32 scores take more bytes than this are computed in blocks of query rows."""
 CHUNKS = 64
 """Blocks per such layer: the transient scores stay near 1/64 of the layer (3% of its float16 store)."""
+CHUNK_MIN_ROWS = 64
+"""Fewest query rows per block: below 4096 tokens, fewer blocks (each eager call has a fixed cost)."""
 
 
 def chunk_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict[str, Any]) -> int | None:
@@ -84,7 +86,8 @@ def chunk_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
         return None
     if any(isinstance(v, torch.Tensor) and v.ndim >= 3 for v in kwargs.values()):
         return None
-    return -(-n // CHUNKS)
+    rows = max(-(-n // CHUNKS), CHUNK_MIN_ROWS)
+    return rows if rows < n else None
 
 
 def attentions_returned() -> bool:

@@ -29,6 +29,7 @@ def _blocked(model: Any, inputs: dict[str, Any], processor: Any, monkeypatch: An
 
     monkeypatch.setattr(_interface, "CHUNK_FROM", 0)
     monkeypatch.setattr(_interface, "CHUNKS", 3)
+    monkeypatch.setattr(_interface, "CHUNK_MIN_ROWS", 1)
     monkeypatch.setattr(_interface, "chunk_rows", spy)
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
         out = model(**inputs)
