@@ -90,6 +90,9 @@ class Recorder:
         self._expected: dict[str, int] = {}
         self.calls_seen = 0
         self.groups_seen: set[str] = set()
+        self._interface_modules: set[int] = set()
+        self.warned_dense = False
+        """Whether a legacy module was stored densely under ``store="qk"`` (warned once per capture)."""
 
     # -- decisions ---------------------------------------------------------------------------------
     def owns(self, module: torch.nn.Module) -> bool:
@@ -103,9 +106,21 @@ class Recorder:
         impl = impl or self.default_implementation
         return impl if impl in ("eager", "sdpa") else "sdpa"
 
-    def target(self, module: torch.nn.Module) -> Target | None:
-        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model."""
+    def used_interface(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` called the recording attention function during this capture."""
+        return id(module) in self._interface_modules
+
+    def target(self, module: torch.nn.Module, interface: bool = True) -> Target | None:
+        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model.
+
+        Args:
+            module: the attention module.
+            interface: whether the call came through the attention interface (``False``: a legacy module's
+                returned probabilities, see ``mmviz.capture._legacy``).
+        """
         self.calls_seen += 1
+        if interface:
+            self._interface_modules.add(id(module))
         entry = self.names.get(id(module))
         if entry is None:
             return None

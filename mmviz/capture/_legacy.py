@@ -1,0 +1,269 @@
+"""Capture for attention modules that compute attention themselves instead of calling the attention interface.
+
+Older transformers models (BLOOM, GPT-Neo, DeBERTa, XLNet, FSMT, LED, BLIP, Data2Vec-Vision, ...) keep
+their attention in a module of their own. They do not call ``mmviz_record``, but their eager path
+hands the probabilities back when the forward call is given ``output_attentions=True``. For such a
+model a capture:
+
+* switches the configs that only these modules read to ``"eager"`` (the configs of modules that do call
+  the interface stay on ``mmviz_record``);
+* forces ``output_attentions=True`` on every forward call of the captured model (``return_dict=True``
+  too, so that the attentions can be found by name);
+* notes, with a forward hook on every submodule, which module first returned each tensor (the attention
+  module itself; the layers and the model only pass it on), which names its stack and layer;
+* after the forward call, hands each probability tensor among the outputs' ``*attentions`` to the
+  recorder, so traces are built by the same code as for the interface path;
+* gives the caller the outputs of the uncaptured call: attentions are removed unless the caller asked
+  for them, and a tuple is returned where the caller asked for one.
+
+Everything is undone on exit, also when the block raises. Probabilities are kept densely: such a module
+computes the whole matrix anyway, so ``store="qk"`` cannot apply (see ``docs/capture.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from mmviz.capture._recorder import Recorder
+
+_ATTENTION_CLASS = re.compile(r"attention|attn", re.IGNORECASE)
+_COMPUTES = ("softmax", "scaled_dot_product_attention", "flash_attn")
+_INTERFACE = "all_attention_functions"
+_source_kind: dict[type, str | None] = {}
+
+
+def _kind(cls: type) -> str | None:
+    """``"legacy"``, ``"interface"`` or ``None`` (not an attention class) for an attention module's class.
+
+    A class named like an attention module whose source computes attention (a softmax, a fused kernel)
+    without going through ``ALL_ATTENTION_FUNCTIONS`` is a legacy module; classes that only wrap others
+    (``BertAttention`` around ``BertSelfAttention``) compute nothing themselves and are neither.
+    """
+    if cls in _source_kind:
+        return _source_kind[cls]
+    kind = None
+    if _ATTENTION_CLASS.search(cls.__name__) and cls.__module__.split(".")[0] != "torch":
+        try:
+            source = inspect.getsource(cls).lower()
+        except (OSError, TypeError):
+            source = ""
+        if _INTERFACE in source:
+            kind = "interface"
+        elif any(word in source for word in _COMPUTES):
+            kind = "legacy"
+    _source_kind[cls] = kind
+    return kind
+
+
+def _owning_models(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, torch.nn.Module]]:
+    """``(submodule, nearest enclosing model with a config)`` for every submodule of ``model``."""
+    owners: dict[str, torch.nn.Module] = {"": model}
+    for path, sub in model.named_modules():
+        if not path:
+            continue
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        owner = owners.get(parent, model)
+        yield sub, owner
+        owners[path] = sub if hasattr(sub, "config") and hasattr(sub, "_can_set_attn_implementation") else owner
+
+
+def legacy_configs(model: torch.nn.Module) -> list[Any] | None:
+    """The configs to switch to ``"eager"`` if ``model`` has legacy attention modules, else ``None``.
+
+    A model has legacy attention when one of its attention classes computes attention itself, or when
+    transformers says that one of its (sub-)models cannot set its attention implementation. The configs
+    returned are those of the (sub-)models that hold legacy modules and no interface modules.
+    """
+    legacy: dict[int, Any] = {}
+    interface: set[int] = set()
+    found = False
+    for sub, owner in [(model, model), *_owning_models(model)]:
+        config = getattr(owner, "config", None)
+        kind = _kind(type(sub))
+        can_set = getattr(sub, "_can_set_attn_implementation", None)
+        if kind == "legacy" or (sub is owner and can_set is not None and not can_set()):
+            found = True
+            if config is not None:
+                legacy[id(config)] = config
+        elif kind == "interface" and config is not None:
+            interface.add(id(config))
+    if not found:
+        return None
+    return [c for key, c in legacy.items() if key not in interface and hasattr(c, "_attn_implementation_internal")]
+
+
+def _accepts(forward: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """The tensors of a module's output: itself, or the items of a tuple, list or ``ModelOutput``."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth < 2 and isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item, depth + 1)
+    elif depth < 2 and hasattr(value, "values") and hasattr(value, "to_tuple"):
+        for item in value.values():
+            yield from _tensors(item, depth + 1)
+
+
+def _attention_outputs(out: Any) -> Iterator[torch.Tensor]:
+    """The tensors under every ``*attentions`` field of a model output, nested outputs included, in order."""
+    if not hasattr(out, "items") or not hasattr(out, "to_tuple"):
+        return
+    for key, value in out.items():
+        if key.endswith("attentions") and isinstance(value, (tuple, list)):
+            for item in value:
+                if isinstance(item, torch.Tensor):
+                    yield item
+                elif isinstance(item, (tuple, list)):  # ProphetNet-style pairs per layer
+                    yield from (t for t in item if isinstance(t, torch.Tensor))
+        elif hasattr(value, "to_tuple"):
+            yield from _attention_outputs(value)
+
+
+def _without_attentions(out: Any) -> Any:
+    """A copy of a model output without its ``*attentions`` fields (nested outputs too), as an uncaptured call."""
+    if not hasattr(out, "items") or not hasattr(out, "to_tuple"):
+        return out
+    fields = {k: _without_attentions(v) for k, v in out.items() if not k.endswith("attentions")}
+    if len(fields) == len(out) and all(fields[k] is v for k, v in out.items()):
+        return out
+    return type(out)(**fields)
+
+
+def is_probabilities(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is ``[batch, heads, query, key]`` softmax rows (summing to 1, less where masked)."""
+    if tensor.ndim != 4 or not tensor.is_floating_point() or tensor.numel() == 0:
+        return False
+    sums = tensor.detach().float().sum(-1)
+    return bool(tensor.min() >= 0) and bool(sums.max() <= 1 + 1e-3)
+
+
+class LegacyHooks:
+    """The hooks on one model that collect the attention its legacy modules return, for every active capture.
+
+    One set of hooks per model however many captures of it are nested; each capture's recorder gets
+    every collected tensor (filtered by its own ``layers=``/``heads=``/``modules=``).
+    """
+
+    _by_model: weakref.WeakKeyDictionary[torch.nn.Module, LegacyHooks] = weakref.WeakKeyDictionary()
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.recorders: list[Recorder] = []
+        self._handles: list[Any] = []
+        self._first: dict[int, tuple[weakref.ref[torch.Tensor], torch.nn.Module]] = {}
+        self._asked: list[tuple[bool, bool]] = []  # per forward call in flight: (attentions, tuple)
+        forward = model.forward
+        self._set_attentions = _accepts(forward, "output_attentions")
+        self._set_return_dict = _accepts(forward, "return_dict")
+
+    # -- installing --------------------------------------------------------------------------------
+    @classmethod
+    def attach(cls, model: torch.nn.Module, recorder: Recorder) -> Callable[[], None]:
+        """Adds ``recorder`` to the model's hooks (installing them first); returns the undo."""
+        hooks = cls._by_model.get(model)
+        if hooks is None:
+            hooks = cls(model)
+            hooks._install()
+            cls._by_model[model] = hooks
+        hooks.recorders.append(recorder)
+        return functools.partial(hooks._detach, recorder)
+
+    def _install(self) -> None:
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._before, with_kwargs=True))
+            for sub in self.model.modules():
+                if sub is not self.model:
+                    self._handles.append(sub.register_forward_hook(self._note))
+            self._handles.append(self.model.register_forward_hook(self._after, with_kwargs=True))
+        except BaseException:
+            self._remove()
+            raise
+
+    def _detach(self, recorder: Recorder) -> None:
+        if recorder in self.recorders:
+            self.recorders.remove(recorder)
+        if not self.recorders:
+            self._remove()
+            if self._by_model.get(self.model) is self:
+                del self._by_model[self.model]
+
+    def _remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self._first.clear()
+        self._asked.clear()
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _before(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        config = getattr(module, "config", None)
+        asked = kwargs.get("output_attentions")
+        asked = bool(getattr(config, "output_attentions", False)) if asked is None else bool(asked)
+        return_dict = kwargs.get("return_dict")
+        wants_tuple = return_dict is False or (return_dict is None and getattr(config, "return_dict", True) is False)
+        self._asked.append((asked, wants_tuple and self._set_return_dict))
+        if len(self._asked) == 1:
+            self._first.clear()
+        kwargs = dict(kwargs)
+        if self._set_attentions:
+            kwargs["output_attentions"] = True
+        if wants_tuple and self._set_return_dict:
+            kwargs["return_dict"] = True
+        return args, kwargs
+
+    def _note(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):  # an attention module hands back (output, probabilities)
+            return
+        for tensor in _tensors(output):
+            if tensor.ndim == 4 and id(tensor) not in self._first:
+                self._first[id(tensor)] = (weakref.ref(tensor), module)
+
+    def _after(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        asked, wants_tuple = self._asked.pop() if self._asked else (True, False)
+        for tensor in _attention_outputs(output):
+            if is_probabilities(tensor):
+                self._record(tensor)
+        if not self._asked:
+            self._first.clear()
+        if not asked:
+            output = _without_attentions(output)
+        if wants_tuple and hasattr(output, "to_tuple"):
+            output = output.to_tuple()
+        return output
+
+    def _record(self, tensor: torch.Tensor) -> None:
+        entry = self._first.get(id(tensor))
+        emitter = entry[1] if entry is not None and entry[0]() is tensor else None
+        for recorder in self.recorders:
+            if emitter is None or not recorder.owns(emitter) or recorder.used_interface(emitter):
+                continue
+            target = recorder.target(emitter, interface=False)
+            if target is None:
+                continue
+            if recorder.store == "qk" and not recorder.warned_dense:
+                recorder.warned_dense = True
+                warnings.warn(
+                    f"store='qk' cannot apply to {type(emitter).__name__}: it computes its attention in a module "
+                    "of its own and returns the whole probability matrix, which mmviz stores densely (float16)",
+                    stacklevel=2,
+                )
+            recorder.add_dense(target, tensor)
+
+
+__all__ = ["LegacyHooks", "is_probabilities", "legacy_configs"]
