@@ -17,6 +17,7 @@ import torch
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
 _SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
+_ATTENTION_WORD = re.compile(r"attn|attention", re.IGNORECASE)
 _GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
@@ -31,7 +32,9 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``("mask_decoder.cross_attn_token_to_image", 0)`` (a layer with several kinds of cross-attention);
     ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
     ``("mask_decoder.final_attn_token_to_image", 0)``;
-    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``.
+    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``;
+    ``layers.4.self_attn.1`` (the second of a layer's list of attentions, LongCat-Flash) →
+    ``("language_model.self_attn1", 4)``, the first keeping the stack's name.
 
     Args:
         path: the module's name in ``model.named_modules()``.
@@ -48,6 +51,10 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     if not digits and len(words) > 1:
         name = f"{words[0]}.{words[-1]}"
     inner = [i for i, p in enumerate(rest) if p.isdigit()]
+    if len(rest) == 2 and inner == [1] and _ATTENTION_WORD.search(rest[0]):  # a layer's list of attentions
+        index = int(rest[1])
+        name = name if index == 0 else f"{name}.{rest[0]}{index}"
+        return name, layer
     if inner and (inner[0] == 0 or rest[inner[0] - 1] != "layer"):  # "layer.N" is T5's sub-layer slot
         name, layer, rest = f"{name}.stage{layer}", int(rest[inner[0]]), rest[inner[0] + 1 :]
     suffix = ".".join(rest)

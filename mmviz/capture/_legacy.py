@@ -10,7 +10,8 @@ model a capture:
 * forces ``output_attentions=True`` on every forward call of the captured model (``return_dict=True``
   too, so that the attentions can be found by name);
 * notes, with a forward hook on every submodule, which module first returned each tensor (the attention
-  module itself; the layers and the model only pass it on), which names its stack and layer;
+  module itself; the layers and the model only pass it on, or views of it), which names its stack and
+  layer;
 * after the forward call, hands each probability tensor among the outputs' ``*attentions`` to the
   recorder, so traces are built by the same code as for the interface path;
 * gives the caller the outputs of the uncaptured call: attentions are removed unless the caller asked
@@ -28,9 +29,11 @@ import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
+from mmviz.errors import CaptureError
 
 if TYPE_CHECKING:
     from mmviz.capture._recorder import Recorder
@@ -101,6 +104,40 @@ def legacy_configs(model: torch.nn.Module) -> list[Any] | None:
     return [c for key, c in legacy.items() if key not in interface and hasattr(c, "_attn_implementation_internal")]
 
 
+_FAST_KERNEL = re.compile(r"sdpa|flash", re.IGNORECASE)
+
+
+def _eager_base(cls: type) -> type | None:
+    """The eager class a legacy sdpa/flash attention class derives from (``XSdpaSelfAttention(XSelfAttention)``)."""
+    if not _FAST_KERNEL.search(cls.__name__):
+        return None
+    base = cls.__bases__[0] if cls.__bases__ else None
+    if base is None or _FAST_KERNEL.search(base.__name__) or _kind(base) != "legacy":
+        return None
+    return base
+
+
+def use_eager_classes(model: torch.nn.Module) -> Callable[[], None]:
+    """Turns legacy sdpa/flash attention modules into their eager base class (same parameters); returns the undo.
+
+    Older models pick their attention class when they are built (``DATA2VEC_VISION_SELF_ATTENTION_CLASSES
+    [config._attn_implementation]``); the sdpa class cannot return probabilities, its eager base computes
+    the same outputs and returns them.
+    """
+    swapped: list[tuple[torch.nn.Module, type]] = []
+    for sub in model.modules():
+        base = _eager_base(type(sub))
+        if base is not None:
+            swapped.append((sub, type(sub)))
+            sub.__class__ = base
+
+    def undo() -> None:
+        for sub, cls in reversed(swapped):
+            sub.__class__ = cls
+
+    return undo
+
+
 def _accepts(forward: Callable[..., Any], name: str) -> bool:
     try:
         parameters = inspect.signature(forward).parameters
@@ -146,12 +183,35 @@ def _without_attentions(out: Any) -> Any:
     return type(out)(**fields)
 
 
+def _storage(tensor: torch.Tensor) -> int:
+    return int(tensor.untyped_storage().data_ptr())
+
+
 def is_probabilities(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is ``[batch, heads, query, key]`` softmax rows (summing to 1, less where masked)."""
     if tensor.ndim != 4 or not tensor.is_floating_point() or tensor.numel() == 0:
         return False
     sums = tensor.detach().float().sum(-1)
     return bool(tensor.min() >= 0) and bool(sums.max() <= 1 + 1e-3)
+
+
+def unband(probs: torch.Tensor, window: int) -> torch.Tensor:
+    """Sliding-window probabilities (Longformer, LED's encoder) laid out over key positions.
+
+    Args:
+        probs: ``[batch, heads, query, 2 · window + 1]``: the attention of query ``i`` to keys
+            ``i - window … i + window``.
+        window: keys on each side of the query.
+
+    Returns:
+        ``[batch, heads, query, query]`` with every probability at its key's position (keys beyond the
+        sequence ends, which the model masks, are dropped).
+    """
+    b, h, n, band = probs.shape
+    offsets = torch.arange(n, device=probs.device)[:, None] + torch.arange(band, device=probs.device)[None, :]
+    padded = probs.new_zeros((b, h, n, n + 2 * window))
+    padded.scatter_(-1, offsets.expand(b, h, n, band), probs)
+    return padded[..., window : window + n].clone()
 
 
 class LegacyHooks:
@@ -161,13 +221,18 @@ class LegacyHooks:
     every collected tensor (filtered by its own ``layers=``/``heads=``/``modules=``).
     """
 
-    _by_model: weakref.WeakKeyDictionary[torch.nn.Module, LegacyHooks] = weakref.WeakKeyDictionary()
+    _by_model: ClassVar[weakref.WeakKeyDictionary[torch.nn.Module, LegacyHooks]] = weakref.WeakKeyDictionary()
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.recorders: list[Recorder] = []
         self._handles: list[Any] = []
-        self._first: dict[int, tuple[weakref.ref[torch.Tensor], torch.nn.Module]] = {}
+        self._first: dict[int, tuple[torch.Tensor, torch.nn.Module]] = {}
+        """Storage address → (the first tensor returned on it, the module that returned it), for one forward call.
+
+        Keyed by storage, so that a view made further up (Longformer's encoder transposes each layer's
+        probabilities) is still named after the attention module; the tensors are held until the call ends
+        so that no address is reused meanwhile."""
         self._asked: list[tuple[bool, bool]] = []  # per forward call in flight: (attentions, tuple)
         forward = model.forward
         self._set_attentions = _accepts(forward, "output_attentions")
@@ -228,11 +293,11 @@ class LegacyHooks:
         return args, kwargs
 
     def _note(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):  # an attention module hands back (output, probabilities)
+        if isinstance(output, torch.Tensor) or not self._asked:  # attention modules hand back tuples
             return
         for tensor in _tensors(output):
-            if tensor.ndim == 4 and id(tensor) not in self._first:
-                self._first[id(tensor)] = (weakref.ref(tensor), module)
+            if tensor.ndim == 4 and tensor.is_floating_point():
+                self._first.setdefault(_storage(tensor), (tensor, module))
 
     def _after(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         asked, wants_tuple = self._asked.pop() if self._asked else (True, False)
@@ -248,8 +313,8 @@ class LegacyHooks:
         return output
 
     def _record(self, tensor: torch.Tensor) -> None:
-        entry = self._first.get(id(tensor))
-        emitter = entry[1] if entry is not None and entry[0]() is tensor else None
+        entry = self._first.get(_storage(tensor))
+        emitter = entry[1] if entry is not None else None
         for recorder in self.recorders:
             if emitter is None or not recorder.owns(emitter) or recorder.used_interface(emitter):
                 continue
@@ -263,7 +328,20 @@ class LegacyHooks:
                     "of its own and returns the whole probability matrix, which mmviz stores densely (float16)",
                     stacklevel=2,
                 )
-            recorder.add_dense(target, tensor)
+            recorder.add_dense(target, self._over_positions(emitter, tensor))
+
+    def _over_positions(self, emitter: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        """The probabilities with keys at their positions (sliding-window modules return them per offset)."""
+        window = getattr(emitter, "one_sided_attn_window_size", None)
+        if not isinstance(window, int) or tensor.shape[-1] == tensor.shape[-2]:
+            return tensor
+        if tensor.shape[-1] != 2 * window + 1:
+            raise CaptureError(
+                f"{type(emitter).__name__} attended with global tokens: mmviz lays out its sliding-window "
+                "attention, not the global part (returned separately as global_attentions). Capture without "
+                "global_attention_mask, or read output_attentions=True yourself."
+            )
+        return unband(tensor, window)
 
 
-__all__ = ["LegacyHooks", "is_probabilities", "legacy_configs"]
+__all__ = ["LegacyHooks", "is_probabilities", "legacy_configs", "unband", "use_eager_classes"]

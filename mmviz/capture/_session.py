@@ -10,7 +10,7 @@ import torch
 
 from mmviz._hf.modules import all_configs
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
-from mmviz.capture._legacy import LegacyHooks, legacy_configs
+from mmviz.capture._legacy import LegacyHooks, legacy_configs, use_eager_classes
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
@@ -107,6 +107,7 @@ class Capture:
             self._restore.append(handle.remove)
             self._wrap_generate()
             if self._legacy is not None:
+                self._restore.append(use_eager_classes(model))
                 self._restore.append(LegacyHooks.attach(model, self.recorder))
             stack = list(_interface.ACTIVE.get() or [])
             token = _interface.ACTIVE.set([*stack, self.recorder])

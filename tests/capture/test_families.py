@@ -455,6 +455,8 @@ def test_hierarchical_stages_are_separate_stacks():
         ("mask_decoder.transformer.layers.0.cross_attn_token_to_image", ("mask_decoder.cross_attn_token_to_image", 0)),
         ("mask_decoder.transformer.final_attn_token_to_image", ("mask_decoder.final_attn_token_to_image", 0)),
         ("layers.1.mlp_input", ("language_model.mlp_input", 1)),
+        ("model.layers.4.self_attn.0", ("language_model", 4)),
+        ("model.layers.4.self_attn.1", ("language_model.self_attn1", 4)),
     ],
 )
 def test_module_group_names(path, expected):
