@@ -17,6 +17,7 @@ import torch
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
 _SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
+_NAMED_LIST = re.compile(r"\w+_(layers|blocks)")
 _ATTENTION_WORD = re.compile(r"attn|attention", re.IGNORECASE)
 _GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
@@ -33,6 +34,8 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
     ``("mask_decoder.final_attn_token_to_image", 0)``;
     ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``;
+    ``video_model.vision_model.temporal_layers.1.attention`` (one of a sub-model's named lists of layers) →
+    ``("video_model.temporal_layers", 1)``;
     ``layers.4.self_attn.1`` (the second of a layer's list of attentions, LongCat-Flash) →
     ``("language_model.self_attn1", 4)``, the first keeping the stack's name.
 
@@ -48,8 +51,8 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
     words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
     name = words[0] if words else "language_model"
-    if not digits and len(words) > 1:
-        name = f"{words[0]}.{words[-1]}"
+    if len(words) > 1 and (not digits or _NAMED_LIST.fullmatch(words[-1])):
+        name = f"{words[0]}.{words[-1]}"  # one of several named stacks (VideoPrism's spatial_layers, ...)
     inner = [i for i, p in enumerate(rest) if p.isdigit()]
     if len(rest) == 2 and inner == [1] and _ATTENTION_WORD.search(rest[0]):  # a layer's list of attentions
         index = int(rest[1])

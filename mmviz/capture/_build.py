@@ -124,11 +124,11 @@ def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | 
     shapes = [(int(s.shape[2]), int(s.shape[3])) for s in steps]
     if len(steps) == 1:
         return [steps[0].numpy()]
-    if _chunked(shapes, packed):
+    if len({s.shape[:2] for s in steps}) == 1 and _chunked(shapes, packed):
         return [_block_diagonal(steps)]
     if forwards is None:
-        if len({s.shape for s in steps}) == 1:
-            return [s.numpy() for s in steps]
+        if len({s.shape for s in steps}) == 1 or len({s.shape[:2] for s in steps}) > 1:
+            return [s.numpy() for s in steps]  # applications (of other batch sizes: split by shape later)
         return [assemble_dense(steps)]
     per_forward = len(steps) // forwards if forwards and len(steps) % forwards == 0 else 1
     return [assemble_dense(steps[a::per_forward]) for a in range(per_forward)]
