@@ -153,7 +153,9 @@ def test_restored_after_an_exception_in_the_block(bloom: Any) -> None:
 
 def test_encoder_deberta_v2() -> None:
     torch.manual_seed(0)
-    cfg = transformers.DebertaV2Config(num_hidden_layers=2, relative_attention=True, pos_att_type=["p2c", "c2p"], **SMALL)
+    cfg = transformers.DebertaV2Config(
+        num_hidden_layers=2, relative_attention=True, pos_att_type=["p2c", "c2p"], **SMALL
+    )
     model = transformers.DebertaV2Model(cfg).eval()
     check(model, {"input_ids": ids(2)}, {"attentions": "encoder"})
 
@@ -167,7 +169,11 @@ def test_encoder_decoder_fsmt() -> None:
     )  # fmt: skip
     model = transformers.FSMTModel(cfg).eval()
     inputs = {"input_ids": ids(1, 7), "decoder_input_ids": ids(1, 4, seed=1)}
-    expected = {"encoder_attentions": "encoder", "decoder_attentions": "decoder", "cross_attentions": "decoder.cross_attention"}
+    expected = {
+        "encoder_attentions": "encoder",
+        "decoder_attentions": "decoder",
+        "cross_attentions": "decoder.cross_attention",
+    }
     trace = check(model, inputs, expected)
     assert trace.modules["decoder.cross_attention"].shape[-2:] == (4, 7)
 

@@ -39,7 +39,9 @@ def git(ctx: LayoutContext) -> None:
     for b, text in enumerate(texts):
         prefix: TokenTable | None = None
         for i in range(images):
-            tower = patch_table(per_image, grid, ctx.image(b * images + i), [f"<image {i} CLS>" if images > 1 else "[CLS]"])
+            tower = patch_table(
+                per_image, grid, ctx.image(b * images + i), [f"<image {i} CLS>" if images > 1 else "[CLS]"]
+            )
             prefix = tower if prefix is None else prefix.concat(tower)
         assert prefix is not None
         tables.append(prefix.concat(text))
