@@ -138,12 +138,21 @@ def use_eager_classes(model: torch.nn.Module) -> Callable[[], None]:
     return undo
 
 
-def _accepts(forward: Callable[..., Any], name: str) -> bool:
+def _keyword_slot(forward: Callable[..., Any], name: str) -> int | None:
+    """How many positional arguments may come before keyword ``name`` can be added to a call.
+
+    ``None`` if ``forward`` takes no such argument (nor ``**kwargs``).
+    """
     try:
-        parameters = inspect.signature(forward).parameters
+        parameters = list(inspect.signature(forward).parameters.values())
     except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        return None
+    for i, p in enumerate(parameters):
+        if p.name == name:
+            return i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else len(parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return len(parameters)
+    return None
 
 
 def _tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
@@ -235,8 +244,8 @@ class LegacyHooks:
         so that no address is reused meanwhile."""
         self._asked: list[tuple[bool, bool]] = []  # per forward call in flight: (attentions, tuple)
         forward = model.forward
-        self._set_attentions = _accepts(forward, "output_attentions")
-        self._set_return_dict = _accepts(forward, "return_dict")
+        self._attentions_slot = _keyword_slot(forward, "output_attentions")
+        self._return_dict_slot = _keyword_slot(forward, "return_dict")
 
     # -- installing --------------------------------------------------------------------------------
     @classmethod
@@ -282,13 +291,14 @@ class LegacyHooks:
         asked = bool(getattr(config, "output_attentions", False)) if asked is None else bool(asked)
         return_dict = kwargs.get("return_dict")
         wants_tuple = return_dict is False or (return_dict is None and getattr(config, "return_dict", True) is False)
-        self._asked.append((asked, wants_tuple and self._set_return_dict))
+        set_return_dict = wants_tuple and self._return_dict_slot is not None and len(args) <= self._return_dict_slot
+        self._asked.append((asked, set_return_dict))
         if len(self._asked) == 1:
             self._first.clear()
         kwargs = dict(kwargs)
-        if self._set_attentions:
+        if self._attentions_slot is not None and len(args) <= self._attentions_slot:
             kwargs["output_attentions"] = True
-        if wants_tuple and self._set_return_dict:
+        if set_return_dict:
             kwargs["return_dict"] = True
         return args, kwargs
 
