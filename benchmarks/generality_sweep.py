@@ -316,10 +316,15 @@ def eager_copy(model: Any) -> Any:
         eager = type(model)(config).eval()
         eager.load_state_dict(model.state_dict())
         return eager
-    except Exception:  # a model that cannot be built again that way: switch a copy
-        eager = copy.deepcopy(model)
-        eager.set_attn_implementation("eager")
-        return eager
+    except Exception:  # a model that cannot be built again that way
+        return switched_copy(model)
+
+
+def switched_copy(model: Any) -> Any:
+    """A copy of the model switched to ``attn_implementation="eager"``."""
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    return eager
 
 
 def band_matches(stored: torch.Tensor, part: torch.Tensor) -> bool:
@@ -335,8 +340,16 @@ def band_matches(stored: torch.Tensor, part: torch.Tensor) -> bool:
     return max_rel_diff(gathered, part * inside) <= 1e-3
 
 
-class Timeout(Exception):
-    pass
+def folds(value: torch.Tensor) -> list[torch.Tensor]:
+    """The ways mmviz may store an attention tensor: as is, or with the extra axis of a five-axis one
+    (Hiera's windows, ProphetNet's n-gram streams) folded into the batch, beside the heads."""
+    if value.ndim != 5:
+        return [value]
+    return [value.reshape(-1, *value.shape[2:]), value.movedim(2, 1).reshape(-1, value.shape[1], *value.shape[3:])]
+
+
+class Timeout(BaseException):
+    """The per-architecture time limit: a limit of the sweep (counted as skipped), so no handler catches it."""
 
 
 @contextlib.contextmanager
@@ -387,12 +400,15 @@ def check(model_type: str, class_name: str) -> tuple[str, str, dict[str, Any]]:
         return "skipped", failures[0], {"failures": failures}
     facts: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "level": level}
     try:
-        eager_model = eager_copy(model)
-        with torch.no_grad():
-            torch.manual_seed(0)
-            eager_out = eager_model(**inputs, output_attentions=True)
-        eager = {k: v for k, v in attention_fields(eager_out).items() if is_probabilities(v)}
-        del eager_model
+        for make in (eager_copy, switched_copy):  # built as eager; or, if that returns none, switched
+            eager_model = make(model)
+            with torch.no_grad():
+                torch.manual_seed(0)
+                eager_out = eager_model(**inputs, output_attentions=True)
+            eager = {k: v for k, v in attention_fields(eager_out).items() if is_probabilities(v)}
+            del eager_model
+            if eager:
+                break
     except Exception as e:
         return "skipped", f"eager: {type(e).__name__}: {str(e)[:160]}", facts
     if not eager:
@@ -441,7 +457,7 @@ def check(model_type: str, class_name: str) -> tuple[str, str, dict[str, Any]]:
             (
                 j
                 for j, (_, s) in enumerate(stored)
-                if j not in used and s.shape == value.shape and max_rel_diff(s, value) <= 1e-3
+                if j not in used and any(s.shape == v.shape and max_rel_diff(s, v) <= 1e-3 for v in folds(value))
             ),
             None,
         )
@@ -475,12 +491,13 @@ def main() -> None:
     hf_logging.disable_progress_bar()
 
     only = {s for s in args.only.split(",") if s}
-    todo = [(t, c if isinstance(c, str) else c[0]) for t, c in MODEL_MAPPING_NAMES.items() if not only or t in only]
+    every = [(t, c if isinstance(c, str) else c[0]) for t, c in MODEL_MAPPING_NAMES.items()]
+    todo = [(t, c) for t, c in every if not only or t in only]
     results: dict[str, dict[str, Any]] = {}
-    if args.resume:
+    if args.resume:  # keep the earlier results, except those cut off and those named by --only
         earlier = json.loads(Path(args.resume).read_text())
-        results = {t: r for t, r in earlier.items() if "budget exhausted" not in r["message"]}
-        todo = [(t, c) for t, c in todo if t not in results]
+        results = {t: r for t, r in earlier.items() if "budget exhausted" not in r["message"] and t not in only}
+        todo = [(t, c) for t, c in every if t not in results]
     start = time.perf_counter()
     for i, (model_type, class_name) in enumerate(todo):
         if time.perf_counter() - start > args.budget:

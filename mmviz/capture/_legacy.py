@@ -167,19 +167,55 @@ def _tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
             yield from _tensors(item, depth + 1)
 
 
-def _attention_outputs(out: Any) -> Iterator[torch.Tensor]:
-    """The tensors under every ``*attentions`` field of a model output, nested outputs included, in order."""
+def _attention_outputs(out: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(field, tensor)`` for every tensor under a ``*attentions`` field of a model output, in order.
+
+    Nested outputs (a dual-tower model's ``vision_model_output``) are included.
+    """
     if not hasattr(out, "items") or not hasattr(out, "to_tuple"):
         return
     for key, value in out.items():
         if key.endswith("attentions") and isinstance(value, (tuple, list)):
             for item in value:
                 if isinstance(item, torch.Tensor):
-                    yield item
-                elif isinstance(item, (tuple, list)):  # ProphetNet-style pairs per layer
-                    yield from (t for t in item if isinstance(t, torch.Tensor))
+                    yield key, item
+                elif isinstance(item, (tuple, list)):  # pairs per layer
+                    yield from ((key, t) for t in item if isinstance(t, torch.Tensor))
         elif hasattr(value, "to_tuple"):
             yield from _attention_outputs(value)
+
+
+_PLAIN_FIELD_WORDS = {"", "encoder", "decoder", "cross", "text", "vision", "image", "self"}
+
+
+def _stream(field: str) -> str | None:
+    """The extra name of a field holding another attention stream, or ``None`` for the usual fields.
+
+    ``decoder_ngram_attentions`` → ``"ngram"``; ``attentions``, ``encoder_attentions``, ``cross_attentions``
+    → ``None``.
+    """
+    words = [w for w in field.removesuffix("attentions").split("_") if w not in _PLAIN_FIELD_WORDS]
+    return "_".join(words) or None
+
+
+_HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_attn_heads")
+
+
+def _fold(emitter: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
+    """``[batch, heads, X, query, key]`` or ``[batch, X, heads, query, key]`` → ``[batch · X, heads, query, key]``.
+
+    Windows (Hiera's mask units) or streams (ProphetNet's n-grams) go to the batch axis, as Swin's windows
+    do; the heads axis is the one whose size is the module's head count. ``None`` where that is ambiguous.
+    """
+    heads = next((v for a in _HEAD_COUNTS if isinstance(v := getattr(emitter, a, None), int)), None)
+    axes = [a for a in (1, 2) if tensor.shape[a] == heads]
+    if len(axes) == 2 and getattr(emitter, "ngram", None) == tensor.shape[1]:
+        axes = [2]  # ProphetNet: [batch, ngram, heads, ...]
+    if len(axes) != 1:
+        return None
+    other = 3 - axes[0]
+    moved = tensor.movedim(other, 1)
+    return moved.reshape(-1, *moved.shape[2:])
 
 
 def _without_attentions(out: Any) -> Any:
@@ -197,8 +233,11 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def is_probabilities(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is ``[batch, heads, query, key]`` softmax rows (summing to 1, less where masked)."""
-    if tensor.ndim != 4 or not tensor.is_floating_point() or tensor.numel() == 0:
+    """Whether ``tensor`` is ``[batch, heads, query, key]`` softmax rows (summing to 1, less where masked).
+
+    Five axes: windows or streams beside the heads (see ``_fold``).
+    """
+    if tensor.ndim not in (4, 5) or not tensor.is_floating_point() or tensor.numel() == 0:
         return False
     sums = tensor.detach().float().sum(-1)
     return bool(tensor.min() >= 0) and bool(sums.max() <= 1 + 1e-3)
@@ -306,14 +345,14 @@ class LegacyHooks:
         if isinstance(output, torch.Tensor) or not self._asked:  # attention modules hand back tuples
             return
         for tensor in _tensors(output):
-            if tensor.ndim == 4 and tensor.is_floating_point():
+            if tensor.ndim in (4, 5) and tensor.is_floating_point():
                 self._first.setdefault(_storage(tensor), (tensor, module))
 
     def _after(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         asked, wants_tuple = self._asked.pop() if self._asked else (True, False)
-        for tensor in _attention_outputs(output):
+        for field, tensor in _attention_outputs(output):
             if is_probabilities(tensor):
-                self._record(tensor)
+                self._record(tensor, _stream(field))
         if not self._asked:
             self._first.clear()
         if not asked:
@@ -322,15 +361,22 @@ class LegacyHooks:
             output = output.to_tuple()
         return output
 
-    def _record(self, tensor: torch.Tensor) -> None:
+    def _record(self, tensor: torch.Tensor, stream: str | None) -> None:
         entry = self._first.get(_storage(tensor))
         emitter = entry[1] if entry is not None else None
+        if emitter is not None and tensor.ndim == 5:
+            folded = _fold(emitter, tensor)
+            if folded is None:
+                return
+            tensor = folded
         for recorder in self.recorders:
             if emitter is None or not recorder.owns(emitter) or recorder.used_interface(emitter):
                 continue
             target = recorder.target(emitter, interface=False)
             if target is None:
                 continue
+            if stream is not None:  # another stream of the same module: a stack of its own
+                target = type(target)(f"{target.group}.{stream}", target.layer)
             if recorder.store == "qk" and not recorder.warned_dense:
                 recorder.warned_dense = True
                 warnings.warn(

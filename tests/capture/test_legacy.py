@@ -216,3 +216,19 @@ def test_longformer_sliding_window_laid_out_over_key_positions() -> None:
     assert torch.equal(unband(torch.ones(1, 1, 3, 3), 1)[0, 0], torch.tensor([[1.0, 1, 0], [1, 1, 1], [0, 1, 1]]))
     with pytest.raises(CaptureError, match="global tokens"), torch.no_grad(), mmviz.capture(model):
         model(input_ids=ids(1, 10), global_attention_mask=torch.tensor([[1] + [0] * 9]))
+
+
+def test_five_axis_attention_folds_windows_into_the_batch_and_names_streams() -> None:
+    from mmviz.capture._legacy import _fold, _stream
+
+    module = torch.nn.Module()
+    module.num_heads = 2  # type: ignore[assignment]
+    windows = torch.arange(2 * 2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 2, 3, 4, 4)  # [b, heads, win, q, k]
+    folded = _fold(module, windows)
+    assert folded is not None and folded.shape == (6, 2, 4, 4)
+    assert torch.equal(folded[1 * 3 + 2, 1], windows[1, 1, 2])  # batch 1, window 2, head 1
+    module.ngram = 2  # type: ignore[assignment]
+    streams = windows[:, :, :2]  # [b, ngram, heads, q, k] with ngram == heads: the ngram attribute decides
+    assert torch.equal(_fold(module, streams)[1 * 2 + 0, 1], streams[1, 0, 1])  # type: ignore[index]
+    assert _stream("decoder_ngram_attentions") == "ngram"
+    assert _stream("attentions") is None and _stream("cross_attentions") is None
