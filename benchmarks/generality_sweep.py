@@ -341,8 +341,11 @@ def band_matches(stored: torch.Tensor, part: torch.Tensor) -> bool:
 
 
 def folds(value: torch.Tensor) -> list[torch.Tensor]:
-    """The ways mmviz may store an attention tensor: as is, or with the extra axis of a five-axis one
-    (Hiera's windows, ProphetNet's n-gram streams) folded into the batch, beside the heads."""
+    """The ways mmviz may store an attention tensor: as is, with the extra axis of a five-axis one
+    (Hiera's windows, ProphetNet's n-gram streams) folded into the batch, or with a three-axis one's
+    batch and heads apart (SAM; the sweep's models have ``HEADS`` heads)."""
+    if value.ndim == 3:  # [batch · heads, query, key] (SAM), split by mmviz into batch and heads
+        return [value, value.reshape(-1, HEADS, *value.shape[1:])] if value.shape[0] % HEADS == 0 else [value]
     if value.ndim != 5:
         return [value]
     return [value.reshape(-1, *value.shape[2:]), value.movedim(2, 1).reshape(-1, value.shape[1], *value.shape[3:])]

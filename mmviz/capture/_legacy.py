@@ -204,10 +204,14 @@ _HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads"
 def _fold(emitter: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
     """``[batch, heads, X, query, key]`` or ``[batch, X, heads, query, key]`` → ``[batch · X, heads, query, key]``.
 
+    Three axes, ``[batch · heads, query, key]``, are split into ``[batch, heads, query, key]``.
+
     Windows (Hiera's mask units) or streams (ProphetNet's n-grams) go to the batch axis, as Swin's windows
     do; the heads axis is the one whose size is the module's head count. ``None`` where that is ambiguous.
     """
     heads = next((v for a in _HEAD_COUNTS if isinstance(v := getattr(emitter, a, None), int)), None)
+    if tensor.ndim == 3:  # [batch · heads, query, key] (SAM's vision attention)
+        return tensor.reshape(-1, heads, *tensor.shape[1:]) if heads and tensor.shape[0] % heads == 0 else None
     axes = [a for a in (1, 2) if tensor.shape[a] == heads]
     if len(axes) == 2 and getattr(emitter, "ngram", None) == tensor.shape[1]:
         axes = [2]  # ProphetNet: [batch, ngram, heads, ...]
@@ -235,9 +239,9 @@ def _storage(tensor: torch.Tensor) -> int:
 def is_probabilities(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is ``[batch, heads, query, key]`` softmax rows (summing to 1, less where masked).
 
-    Five axes: windows or streams beside the heads (see ``_fold``).
+    Five axes: windows or streams beside the heads; three: batch and heads in one axis (see ``_fold``).
     """
-    if tensor.ndim not in (4, 5) or not tensor.is_floating_point() or tensor.numel() == 0:
+    if tensor.ndim not in (3, 4, 5) or not tensor.is_floating_point() or tensor.numel() == 0:
         return False
     sums = tensor.detach().float().sum(-1)
     return bool(tensor.min() >= 0) and bool(sums.max() <= 1 + 1e-3)
@@ -344,8 +348,9 @@ class LegacyHooks:
     def _note(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor) or not self._asked:  # attention modules hand back tuples
             return
+        three = _kind(type(module)) == "legacy"  # [batch · heads, query, key] only from attention modules
         for tensor in _tensors(output):
-            if tensor.ndim in (4, 5) and tensor.is_floating_point():
+            if (tensor.ndim in (4, 5) or (three and tensor.ndim == 3)) and tensor.is_floating_point():
                 self._first.setdefault(_storage(tensor), (tensor, module))
 
     def _after(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
@@ -364,7 +369,7 @@ class LegacyHooks:
     def _record(self, tensor: torch.Tensor, stream: str | None) -> None:
         entry = self._first.get(_storage(tensor))
         emitter = entry[1] if entry is not None else None
-        if emitter is not None and tensor.ndim == 5:
+        if emitter is not None and tensor.ndim != 4:
             folded = _fold(emitter, tensor)
             if folded is None:
                 return
