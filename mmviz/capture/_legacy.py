@@ -68,15 +68,17 @@ def _kind(cls: type) -> str | None:
 
 
 def _owning_models(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, torch.nn.Module]]:
-    """``(submodule, nearest enclosing model with a config)`` for every submodule of ``model``."""
-    owners: dict[str, torch.nn.Module] = {"": model}
+    """``(module, the model it belongs to)`` for ``model`` and every submodule.
+
+    The model a module belongs to is the nearest enclosing transformers model; a (sub-)model belongs to itself.
+    """
+    owners: dict[str, torch.nn.Module] = {}
     for path, sub in model.named_modules():
-        if not path:
-            continue
         parent = path.rsplit(".", 1)[0] if "." in path else ""
-        owner = owners.get(parent, model)
+        is_model = sub is model or (hasattr(sub, "config") and hasattr(sub, "_can_set_attn_implementation"))
+        owner = sub if is_model else owners.get(parent, model)
+        owners[path] = owner
         yield sub, owner
-        owners[path] = sub if hasattr(sub, "config") and hasattr(sub, "_can_set_attn_implementation") else owner
 
 
 def legacy_configs(model: torch.nn.Module) -> list[Any] | None:
@@ -89,7 +91,7 @@ def legacy_configs(model: torch.nn.Module) -> list[Any] | None:
     legacy: dict[int, Any] = {}
     interface: set[int] = set()
     found = False
-    for sub, owner in [(model, model), *_owning_models(model)]:
+    for sub, owner in _owning_models(model):
         config = getattr(owner, "config", None)
         kind = _kind(type(sub))
         can_set = getattr(sub, "_can_set_attn_implementation", None)
