@@ -68,12 +68,19 @@ def ours(hook: Any) -> bool:
 
 
 def check(model: Any, inputs: dict[str, Any], expected: dict[str, str]) -> mmviz.AttentionTrace:
-    """Captures one forward; ``expected`` maps an eager ``*attentions`` field to the trace's stack name."""
+    """Captures one forward; ``expected`` maps an eager ``*attentions`` field to the trace's stack name.
+
+    Also checks that the model is restored after a block that raises.
+    """
     before = state(model)
     with torch.no_grad():
         reference = model(**inputs)
         with mmviz.capture(model) as cap:
             out = model(**inputs)
+        assert state(model) == before
+        with pytest.raises(RuntimeError, match="boom"), mmviz.capture(model):
+            model(**inputs)
+            raise RuntimeError("boom")
     assert state(model) == before
     assert list(out.keys()) == list(reference.keys())  # no attentions handed back unasked
     for key, value in reference.items():
@@ -139,6 +146,18 @@ def test_asked_attentions_tuples_filters_and_qk(bloom: Any) -> None:
     assert module.layers == (1,) and module.heads == (0, 2)
     assert np.abs(module.dense[0, 0] - eager.attentions[1][0, [0, 2]].numpy()).max() <= 1e-3
     assert qk.attention.module().dense is not None
+
+
+def test_nested_captures_share_the_hooks(bloom: Any) -> None:
+    before = state(bloom)
+    with torch.no_grad(), mmviz.capture(bloom) as outer:
+        with mmviz.capture(bloom, layers=[0]) as inner:
+            out = bloom(input_ids=ids())
+        assert state(bloom) != before  # the outer capture is still active
+    assert state(bloom) == before
+    assert "attentions" not in out
+    assert inner.attention.module().layers == (0,) and outer.attention.module().layers == (0, 1)
+    assert np.array_equal(inner.attention.probs(layers=[0]), outer.attention.probs(layers=[0]))
 
 
 def test_restored_after_an_exception_in_the_block(bloom: Any) -> None:
