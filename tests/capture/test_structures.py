@@ -1,5 +1,5 @@
 """Traces of models with unusual structure: looped blocks (HRM), several named stacks in a sub-model
-(VideoPrism), and an image prefix in a text decoder (GIT)."""
+(VideoPrism), an image prefix in a text decoder (GIT), a layer's list of attentions (LongCat-Flash)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,26 @@ def test_git_decoder_sequence_has_the_image_prefix_laid_out() -> None:
     with torch.no_grad(), mmviz.capture(model) as gen:
         sequences = model.generate(input_ids=ids[:1], pixel_values=pixels[:1], max_new_tokens=3, do_sample=False)
     assert len(gen.attention.tokens("encoder", 0)) == 17 + sequences.shape[1] - 1
+
+
+def test_a_layers_list_of_attentions_gives_one_stack_per_slot() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.LongcatFlashConfig(
+        vocab_size=64, hidden_size=32, num_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, head_dim=8,
+        v_head_dim=8, qk_head_dim=16, moe_topk=2, n_routed_experts=4, zero_expert_num=2, expert_ffn_hidden_size=16,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = transformers.LongcatFlashModel(cfg).eval()
+    ids = torch.randint(3, 60, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), mmviz.capture(model) as cap:
+        model(input_ids=ids)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(input_ids=ids, output_attentions=True).attentions  # layer 0: slot 0, slot 1; layer 1: ...
+    model.set_attn_implementation("sdpa")
+    first, second = cap.attention.modules["language_model"], cap.attention.modules["language_model.self_attn1"]
+    assert first.layers == second.layers == (0, 1)
+    for layer in range(2):
+        assert np.abs(first.dense[0, layer] - eager[2 * layer][0].numpy()).max() <= 1e-3
+        assert np.abs(second.dense[0, layer] - eager[2 * layer + 1][0].numpy()).max() <= 1e-3
