@@ -116,7 +116,8 @@ def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | 
       times (ALBERT's shared layer, recurrent blocks), one array each;
     * during generation, a module applied ``a`` times per forward call (looped blocks such as HRM's, each
       application with its own cache) makes ``a`` calls per decoding step: call ``i`` belongs to application
-      ``i % a``, and each application's steps are joined into one causal matrix.
+      ``i % a``, and each application's steps are joined into one causal matrix (``forwards``: the forward
+      calls of the captured model; 0 where ``generate`` called a sub-model only, taken as one application).
 
     (The same probabilities computed twice in one call, as DiffLlama does for its two value halves, are
     stored once by the recorder.)
@@ -140,7 +141,7 @@ def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[
     Repeated applications are numbered in the order a loop over the stack would run them: application
     ``r`` of layer ``l`` becomes layer ``r · (last layer + 1) + l``.
     """
-    forwards = max(len(run.calls) - 1, 1) if run.generate else None
+    forwards = len(run.calls) - 1 if run.generate else None  # 0: generate never called the model itself
     split = [_split_calls(run.dense[t], packed, forwards) for t in targets]
     if all(len(a) == 1 for a in split):
         return [t.layer for t in targets], [a[0] for a in split]

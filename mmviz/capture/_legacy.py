@@ -7,13 +7,15 @@ model a capture:
 
 * switches the configs that only these modules read to ``"eager"`` (the configs of modules that do call
   the interface stay on ``mmviz_record``);
-* forces ``output_attentions=True`` on every forward call of the captured model (``return_dict=True``
-  too, so that the attentions can be found by name);
+* forces ``output_attentions=True`` on every forward call of the captured model and of its sub-models
+  (``return_dict=True`` too, so that the attentions can be found by name; ``generate`` may call a
+  sub-model only);
 * notes, with a forward hook on every submodule, which module first returned each tensor (the attention
   module itself; the layers and the model only pass it on, or views of it), which names its stack and
   layer;
-* after the forward call, hands each probability tensor among the outputs' ``*attentions`` to the
-  recorder, so traces are built by the same code as for the interface path;
+* after each such call, hands each probability tensor among the outputs' ``*attentions`` to the
+  recorder (once, however many models pass it on), so traces are built by the same code as for the
+  interface path;
 * gives the caller the outputs of the uncaptured call: attentions are removed unless the caller asked
   for them, and a tuple is returned where the caller asked for one.
 
@@ -288,9 +290,10 @@ class LegacyHooks:
         probabilities) is still named after the attention module; the tensors are held until the call ends
         so that no address is reused meanwhile."""
         self._asked: list[tuple[bool, bool]] = []  # per forward call in flight: (attentions, tuple)
-        forward = model.forward
-        self._attentions_slot = _keyword_slot(forward, "output_attentions")
-        self._return_dict_slot = _keyword_slot(forward, "return_dict")
+        self._slots: dict[int, tuple[int | None, int | None]] = {}
+        """Per hooked (sub-)model: where ``output_attentions`` and ``return_dict`` may be added by keyword."""
+        self._recorded: set[int] = set()
+        """Storages recorded during the outermost call (a sub-model's attentions come back through its parent)."""
 
     # -- installing --------------------------------------------------------------------------------
     @classmethod
@@ -305,12 +308,22 @@ class LegacyHooks:
         return functools.partial(hooks._detach, recorder)
 
     def _install(self) -> None:
+        """Hooks the calls of every (sub-)model and notes what every other module returns.
+
+        ``generate`` may call a sub-model only (BLIP's calls its text decoder's ``generate``).
+        """
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._before, with_kwargs=True))
-            for sub in self.model.modules():
-                if sub is not self.model:
+            for sub, owner in _owning_models(self.model):
+                if sub is owner:
+                    forward = sub.forward
+                    self._slots[id(sub)] = (
+                        _keyword_slot(forward, "output_attentions"),
+                        _keyword_slot(forward, "return_dict"),
+                    )
+                    self._handles.append(sub.register_forward_pre_hook(self._before, with_kwargs=True))
+                    self._handles.append(sub.register_forward_hook(self._after, with_kwargs=True))
+                else:
                     self._handles.append(sub.register_forward_hook(self._note))
-            self._handles.append(self.model.register_forward_hook(self._after, with_kwargs=True))
         except BaseException:
             self._remove()
             raise
@@ -328,6 +341,7 @@ class LegacyHooks:
             self._handles.pop().remove()
         self._first.clear()
         self._asked.clear()
+        self._recorded.clear()
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _before(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -336,12 +350,14 @@ class LegacyHooks:
         asked = bool(getattr(config, "output_attentions", False)) if asked is None else bool(asked)
         return_dict = kwargs.get("return_dict")
         wants_tuple = return_dict is False or (return_dict is None and getattr(config, "return_dict", True) is False)
-        set_return_dict = wants_tuple and self._return_dict_slot is not None and len(args) <= self._return_dict_slot
+        attentions_slot, return_dict_slot = self._slots.get(id(module), (None, None))
+        set_return_dict = wants_tuple and return_dict_slot is not None and len(args) <= return_dict_slot
         self._asked.append((asked, set_return_dict))
         if len(self._asked) == 1:
             self._first.clear()
+            self._recorded.clear()
         kwargs = dict(kwargs)
-        if self._attentions_slot is not None and len(args) <= self._attentions_slot:
+        if attentions_slot is not None and len(args) <= attentions_slot:
             kwargs["output_attentions"] = True
         if set_return_dict:
             kwargs["return_dict"] = True
@@ -358,10 +374,12 @@ class LegacyHooks:
     def _after(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         asked, wants_tuple = self._asked.pop() if self._asked else (True, False)
         for field, tensor in _attention_outputs(output):
-            if is_probabilities(tensor):
+            if _storage(tensor) not in self._recorded and is_probabilities(tensor):
+                self._recorded.add(_storage(tensor))
                 self._record(tensor, _stream(field))
         if not self._asked:
             self._first.clear()
+            self._recorded.clear()
         if not asked:
             output = _without_attentions(output)
         if wants_tuple and hasattr(output, "to_tuple"):

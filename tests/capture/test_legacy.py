@@ -251,3 +251,23 @@ def test_five_axis_attention_folds_windows_into_the_batch_and_names_streams() ->
     assert torch.equal(_fold(module, streams)[1 * 2 + 0, 1], streams[1, 0, 1])  # type: ignore[index]
     assert _stream("decoder_ngram_attentions") == "ngram"
     assert _stream("attentions") is None and _stream("cross_attentions") is None
+
+
+def test_blip_generate_which_calls_its_sub_models_only() -> None:
+    torch.manual_seed(0)
+    text = {"num_hidden_layers": 2, **SMALL, "bos_token_id": 5, "eos_token_id": 6, "pad_token_id": 0, "sep_token_id": 6}
+    vision = {"num_hidden_layers": 2, "image_size": 32, "patch_size": 8, **SMALL}
+    model = transformers.BlipForConditionalGeneration(transformers.BlipConfig(text_config=text, vision_config=vision))
+    model.eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.generate(pixel_values=pixels, input_ids=ids(1, 4), max_new_tokens=3, do_sample=False)
+        with mmviz.capture(model) as gen:
+            sequences = model.generate(pixel_values=pixels, input_ids=ids(1, 4), max_new_tokens=3, do_sample=False)
+        with mmviz.capture(model) as forced:  # teacher-forced over what was generated
+            model(pixel_values=pixels, input_ids=sequences[:, :-1])
+    assert torch.equal(sequences, plain)
+    assert set(gen.attention.modules) == {"vision_model", "text_decoder", "text_decoder.cross_attention"}
+    for stack in gen.attention.modules:
+        got, want = gen.attention.modules[stack].dense, forced.attention.modules[stack].dense
+        assert got.shape == want.shape and np.abs(got.astype(np.float32) - want).max() <= 2e-3, stack
