@@ -36,6 +36,8 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``;
     ``video_model.vision_model.temporal_layers.1.attention`` (one of a sub-model's named lists of layers) →
     ``("video_model.temporal_layers", 1)``;
+    ``encoder.cross_attention.attention.self`` (a single cross-attention, Perceiver) →
+    ``("encoder.cross_attention", 0)``;
     ``layers.4.self_attn.1`` (the second of a layer's list of attentions, LongCat-Flash) →
     ``("language_model.self_attn1", 4)``, the first keeping the stack's name.
 
@@ -51,7 +53,10 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
     words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
     name = words[0] if words else "language_model"
-    if len(words) > 1 and (not digits or _NAMED_LIST.fullmatch(words[-1])):
+    cross = next((w for w in words[1:] if _CROSS.search(w)), None) if not digits else None
+    if cross is not None:  # a single cross-attention outside any list (Perceiver's encoder)
+        name = f"{words[0]}.cross_attention" if _GENERIC_CROSS.fullmatch(cross) else f"{words[0]}.{cross}"
+    elif len(words) > 1 and (not digits or _NAMED_LIST.fullmatch(words[-1])):
         name = f"{words[0]}.{words[-1]}"  # one of several named stacks (VideoPrism's spatial_layers, ...)
     inner = [i for i, p in enumerate(rest) if p.isdigit()]
     if len(rest) == 2 and inner == [1] and _ATTENTION_WORD.search(rest[0]):  # a layer's list of attentions

@@ -459,6 +459,7 @@ def test_hierarchical_stages_are_separate_stacks():
         ("video_model.vision_model.temporal_layers.1.attention", ("video_model.temporal_layers", 1)),
         ("video_model.auxiliary_layers.0.attention", ("video_model.auxiliary_layers", 0)),
         ("spatial_layers.0.attention", ("spatial_layers", 0)),
+        ("encoder.cross_attention.attention.self", ("encoder.cross_attention", 0)),
         ("model.layers.4.self_attn.1", ("language_model.self_attn1", 4)),
     ],
 )

@@ -271,3 +271,26 @@ def test_blip_generate_which_calls_its_sub_models_only() -> None:
     for stack in gen.attention.modules:
         got, want = gen.attention.modules[stack].dense, forced.attention.modules[stack].dense
         assert got.shape == want.shape and np.abs(got.astype(np.float32) - want).max() <= 2e-3, stack
+
+
+def test_perceiver_latents_and_their_cross_attention() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.PerceiverConfig(
+        num_latents=8, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=2,
+        num_self_attention_heads=2, num_cross_attention_heads=2, vocab_size=64,
+    )  # fmt: skip
+    model = transformers.PerceiverModel(cfg).eval()
+    expected = {"attentions": "encoder", "cross_attentions": "encoder.cross_attention"}
+    trace = check(model, {"inputs": torch.randn(1, 7, 32)}, expected)
+    assert trace.modules["encoder.cross_attention"].shape[-2:] == (8, 7)  # latents × inputs
+
+
+def test_gpt_neo_local_and_global_layers() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.GPTNeoConfig(
+        hidden_size=32, num_layers=2, attention_types=[[["global", "local"], 1]], num_heads=4, vocab_size=64,
+        window_size=4, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    trace = check(transformers.GPTNeoModel(cfg).eval(), {"input_ids": ids(1, 9)}, {"attentions": "language_model"})
+    local = trace.probs(layers=[1])[0]
+    assert np.all(local[:, 8, :5] == 0) and local[:, 8, 5:].sum(-1) == pytest.approx(1, abs=2e-3)  # window 4
