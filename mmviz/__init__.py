@@ -26,8 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.data import (
+    AttentionTrace,
+    Attribution,
+    CrossAttentionTrace,
+    ModuleAttention,
+    PatchingTrace,
+    TokenTable,
+    load,
+)
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.patching import patch
 
 __version__ = "0.1.0"
 
@@ -40,12 +49,14 @@ __all__ = [
     "Dashboard",
     "MMVizError",
     "ModuleAttention",
+    "PatchingTrace",
     "TokenTable",
     "TraceFileError",
     "__version__",
     "attribute",
     "capture",
     "load",
+    "patch",
     "save_html",
 ]
 
