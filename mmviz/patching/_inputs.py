@@ -290,7 +290,8 @@ def _token_id(token: Any, model: Any, tokenizer: Any) -> int:
     if not isinstance(token, str):
         raise TypeError(f"mmviz.patch: a metric token is a string or an id, got {type(token).__name__}")
     if "Classification" in type(model).__name__:
-        labels = dict(getattr(model.config, "label2id", None) or {})
+        id2label = getattr(model.config, "id2label", None) or {}
+        labels = {str(name): int(i) for i, name in id2label.items()}
         if token not in labels:
             raise ValueError(
                 f"mmviz.patch: {token!r} is not a label of this classifier; its labels are {sorted(labels)}"
