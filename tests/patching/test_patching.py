@@ -78,6 +78,30 @@ def hand_patch(model, clean, corrupt, module, pre, positions, metric, head=None,
             h.remove()
 
 
+def hand_gradient(model, clean, corrupt, module, pre, metric):
+    """The activation in the clean and corrupted runs, and the metric's gradient w.r.t. it in the corrupted run."""
+    acts = {}
+
+    def leaf(x, key):
+        acts[key] = x.detach().requires_grad_(key == "corrupt")
+        return acts[key]
+
+    for key, inputs in (("clean", clean), ("corrupt", corrupt)):
+        if pre:
+            h = module.register_forward_pre_hook(lambda m, a, k=key: (leaf(a[0], k), *a[1:]))
+        else:
+            h = module.register_forward_hook(
+                lambda m, a, o, k=key: (leaf(o[0], k), *o[1:]) if isinstance(o, tuple) else leaf(o, k)
+            )
+        try:
+            with torch.enable_grad():
+                value = metric(model(**inputs))
+        finally:
+            h.remove()
+    (grad,) = torch.autograd.grad(value, [acts["corrupt"]])
+    return acts["clean"], acts["corrupt"].detach(), grad
+
+
 @pytest.fixture
 def prompts(tok):
     return tok("the red square is left of the", return_tensors="pt"), tok(
@@ -87,7 +111,7 @@ def prompts(tok):
 
 @pytest.fixture
 def images(llava):
-    model, processor = llava
+    _model, processor = llava
     clean = processor(images=random_image(16, 0), text="<image> what shape", return_tensors="pt")
     corrupt = processor(images=random_image(16, 5), text="<image> what shape", return_tensors="pt")
     return clean, corrupt
@@ -193,7 +217,7 @@ def test_logit_difference_and_callable_metrics(gpt2, tok, prompts):
 
 def test_batch_size_does_not_change_the_answer(gpt2, tok, prompts):
     clean, corrupt = prompts
-    kw = dict(metric="square", processor=tok, sites=["residual", "head"], progress=False)
+    kw = {"metric": "square", "processor": tok, "sites": ["residual", "head"], "progress": False}
     one = mmviz.patch(gpt2, clean, corrupt, batch_size=1, **kw)
     many = mmviz.patch(gpt2, clean, corrupt, batch_size=13, **kw)
     np.testing.assert_allclose(one.patched, many.patched, atol=1e-5)
@@ -207,30 +231,8 @@ def test_attribution_equals_gradient_times_difference(kind, gpt2, tok, prompts):
     res = mmviz.patch(gpt2, clean, corrupt, metric="square", processor=tok, sites=kind, method="attribution")
     for layer in (0, 1):
         module, pre = gpt2_module(gpt2, kind, layer)
-        acts = {}
-
-        def grab(m, args, out=None, key=""):
-            x = args[0] if pre else (out[0] if isinstance(out, tuple) else out)
-            if key == "corrupt":
-                x = x.detach().requires_grad_(True)
-                acts[key] = x
-                if pre:
-                    return (x, *args[1:])
-                return (x, *out[1:]) if isinstance(out, tuple) else x
-            acts[key] = x.detach()
-            return None
-
-        for key, inputs in (("clean", clean), ("corrupt", corrupt)):
-            fn = (lambda m, a, k=key: grab(m, a, key=k)) if pre else (lambda m, a, o, k=key: grab(m, a, o, key=k))
-            h = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
-            try:
-                with torch.enable_grad():
-                    value = last_logprob(square)(gpt2(**inputs))
-                    if key == "corrupt":
-                        (grad,) = torch.autograd.grad(value, [acts["corrupt"]])
-            finally:
-                h.remove()
-        change = (grad * (acts["clean"] - acts["corrupt"].detach()))[0]  # [seq, features]
+        clean_act, corrupt_act, grad = hand_gradient(gpt2, clean, corrupt, module, pre, last_logprob(square))
+        change = (grad * (clean_act - corrupt_act))[0]  # [seq, features]
         if kind == "head":
             change = change.reshape(change.shape[0], 4, -1).sum(-1)  # [seq, heads]
             want = res.corrupt_metric + change.T.numpy()  # [heads, seq]
@@ -243,7 +245,7 @@ def test_attribution_equals_gradient_times_difference(kind, gpt2, tok, prompts):
 
 def test_attribution_on_a_vlm_tracks_exact_at_the_embeddings(llava, images):
     model, processor = llava
-    kw = dict(metric="red", processor=processor, layers=[0], positions="image", progress=False)
+    kw = {"metric": "red", "processor": processor, "layers": [0], "positions": "image", "progress": False}
     exact = mmviz.patch(model, *images, method="exact", **kw)
     approx = mmviz.patch(model, *images, method="attribution", **kw)
     assert approx.corrupt_metric == pytest.approx(exact.corrupt_metric, abs=1e-5)
@@ -253,7 +255,7 @@ def test_attribution_on_a_vlm_tracks_exact_at_the_embeddings(llava, images):
 # -- corruptions ----------------------------------------------------------------------------------
 def test_noise_corrupts_the_chosen_embeddings_and_restoring_them_undoes_it(gpt2, tok, prompts):
     clean, _ = prompts
-    kw = dict(metric="square", processor=tok, corrupt_positions=[2, 3], progress=False)
+    kw = {"metric": "square", "processor": tok, "corrupt_positions": [2, 3], "progress": False}
     res = mmviz.patch(gpt2, clean, "noise", layers=[0], **kw)
     again = mmviz.patch(gpt2, clean, "noise", layers=[0], **kw)
     np.testing.assert_array_equal(res.patched, again.patched)  # one seeded draw
@@ -327,5 +329,5 @@ def test_bad_input_is_refused_early(gpt2, tok, prompts):
         mmviz.patch(gpt2, clean, corrupt, metric=3, layers=[5])
     with pytest.raises(ValueError, match="outside"):
         mmviz.patch(gpt2, clean, corrupt, metric=3, positions=[9])
-    with pytest.raises(ValueError, match="no image tokens|pixel_values"):
+    with pytest.raises(ValueError, match=r"no image tokens|pixel_values"):
         mmviz.patch(gpt2, clean, "mask", metric=3)

@@ -57,7 +57,7 @@ def test_reading_by_site_layer_and_patch():
     assert res.layer_index(-1) == 1
     with pytest.raises(KeyError, match="layer 1 was not patched"):
         res.position_effects("residual", 1)
-    with pytest.raises(KeyError, match="site 'head.0' was not patched"):
+    with pytest.raises(KeyError, match=r"site 'head\.0' was not patched"):
         res.patch_map("head.0", 0)
 
 
