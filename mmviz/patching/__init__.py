@@ -144,11 +144,11 @@ def patch(
                 f"mmviz.patch: the patched stack {stack.name} holds {sweep.seq} positions but the input's token "
                 f"table has {len(tokens)}; this model's layout is not supported yet"
             )
-        corrupt_value = sweep.corrupt_metric()
         if method == "exact":
+            corrupt_value = sweep.corrupt_metric()
             patched = sweep.exact(batch_size, progress)
         else:
-            patched = sweep.attribution()
+            corrupt_value, patched = sweep.attribution()
     info = {
         "model": type(model).__name__,
         "model_type": getattr(getattr(model, "config", None), "model_type", ""),
@@ -208,22 +208,27 @@ def _device(model: Any) -> Any:
 
 
 def _table(model: Any, processor: Any, inputs: dict[str, Any]) -> Any:
-    """The token table of the patched sequence, from ``mmviz.capture`` (first layer only, one forward)."""
+    """The token table of the patched sequence.
+
+    Text alone is read from the ids; with images, from ``mmviz.capture`` (first layer only, one forward).
+    """
     import torch
 
     from mmviz._hf.tokens import position_table, text_table, tokenizer_of
     from mmviz.capture import capture
     from mmviz.errors import CaptureError
 
-    try:
-        with torch.no_grad(), capture(model, processor, layers=[0], store="dense") as cap:
-            model(**inputs)
-        tables = cap.attention.tables
-    except CaptureError:
-        tables = {}
+    ids = inputs.get("input_ids")
+    tables: dict[str, Any] = {}
+    if not isinstance(ids, torch.Tensor) or any(k.startswith("pixel_values") for k in inputs):
+        try:  # image tokens: their (image, row, col) come from capture's layout of this model family
+            with torch.no_grad(), capture(model, processor, layers=[0], store="dense") as cap:
+                model(**inputs)
+            tables = cap.attention.tables
+        except CaptureError:
+            tables = {}
     if "text" in tables:
         return tables["text"][0]
-    ids = inputs.get("input_ids")
     if isinstance(ids, torch.Tensor):
         mask = inputs.get("attention_mask")
         return text_table(ids[0].cpu(), None if mask is None else mask[0].cpu(), tokenizer_of(processor))

@@ -192,10 +192,11 @@ class Sweep:
         return plan
 
     # -- attribution: gradient × difference ------------------------------------------------------
-    def attribution(self) -> np.ndarray:
-        """``[sites, layers, columns]`` first-order estimates of every patched run's metric.
+    def attribution(self) -> tuple[float, np.ndarray]:
+        """The corrupted run's metric and ``[sites, layers, columns]`` first-order estimates of every patched run's.
 
-        ``corrupt + ∇metric · (clean − corrupt)``, the gradient taken at the corrupted run.
+        ``corrupt + ∇metric · (clean − corrupt)``, the gradient taken at the corrupted run (one forward and
+        one backward for the whole grid).
         """
         acts: dict[Key, torch.Tensor] = {}
 
@@ -230,4 +231,4 @@ class Sweep:
                     contrib = contrib[:, site.head]
                 for c, group in enumerate(self.grid.columns):
                     out[s, li, c] = base + float(contrib[torch.as_tensor(group)].sum())
-        return out
+        return base, out

@@ -299,7 +299,7 @@ def test_model_is_restored_after_an_error_or_interrupt(error, method, gpt2, tok,
 
         def metric(out):
             calls["n"] += 1
-            if calls["n"] > 2:  # clean and corrupted runs pass; the sweep fails
+            if calls["n"] > (2 if method == "exact" else 1):  # the clean (and corrupted) runs pass; the sweep fails
                 raise error("stop")
             return out.logits[:, -1, 3]
 
