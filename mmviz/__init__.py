@@ -35,7 +35,7 @@ from mmviz.data import (
     TokenTable,
     load,
 )
-from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.patching import patch
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
     "PatchingTrace",
