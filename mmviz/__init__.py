@@ -15,6 +15,8 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    lens = mmviz.logit_lens(model, inputs, processor, tokens=[" red"])  # each layer read out as logits
+    lens.prob(" red")                                        # [layers, positions]
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, LensTrace, ModuleAttention, TokenTable, load
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.lens import logit_lens
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "LensTrace",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
@@ -46,6 +50,7 @@ __all__ = [
     "attribute",
     "capture",
     "load",
+    "logit_lens",
     "save_html",
 ]
 
