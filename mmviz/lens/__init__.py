@@ -78,7 +78,7 @@ def logit_lens(
         generate: ``True`` or ``model.generate`` keyword arguments (``{"max_new_tokens": 8}``): run generation
             and lens the prompt and every generated position (the last generated token is never fed back, so
             it has no hidden state).
-        chunk: rows of the ``[rows, vocabulary]`` logits held at once (default: 16 M logits' worth).
+        chunk: rows of the ``[rows, vocabulary]`` logits held at once (default: 8 M logits' worth).
 
     Returns:
         A ``LensTrace``: ``top_ids`` / ``top_probs`` ``[batch, layers, positions, k]``, ``entropy``,

@@ -15,8 +15,11 @@ import torch
 
 __all__ = ["CHUNK_ELEMENTS", "Stats", "chunked_stats"]
 
-CHUNK_ELEMENTS = 1 << 24
-"""Scores held at once (16 M float32: 64 MB): rows per chunk = ``CHUNK_ELEMENTS // outputs``."""
+CHUNK_ELEMENTS = 1 << 23
+"""Scores held at once (8 M float32: 32 MB; 166 rows of a 50k vocabulary): rows per chunk = this // outputs.
+
+Smaller chunks re-read the unembedding matrix more often; larger ones fall out of the caches between the
+passes over each chunk (top-k, softmax, entropy). Measured on CPU at d256 and 50k outputs: 128 rows best."""
 
 
 @dataclass
@@ -77,17 +80,20 @@ def chunked_stats(
     for start in range(0, rows, chunk):
         h = hidden[start : start + chunk]
         logits = logits_of(h).float()  # [n, outputs]
-        lse = torch.logsumexp(logits, dim=-1)
         top_logits, top_ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+        softmax = torch.softmax(logits, dim=-1)
+        # logsumexp from the most probable output (p = exp(z − lse) ≥ 1/outputs there: no underflow)
+        lse = top_logits[:, 0] - softmax.gather(1, top_ids[:, :1]).squeeze(1).log()
+        entropy = lse - torch.linalg.vecdot(softmax, logits)  # H = lse − Σ p·z
+        masked = entropy.isnan()  # outputs at z = −inf (p = 0) make 0·(−inf): they add nothing
+        if masked.any():
+            entropy[masked] = lse[masked] - torch.nansum(softmax[masked] * logits[masked], dim=-1)
         named_logits = logits[:, named]
         if probs_of is None:
             top_probs = (top_logits - lse[:, None]).exp()
             named_probs = (named_logits - lse[:, None]).exp()
         else:
             top_probs, named_probs = probs_of(top_logits), probs_of(named_logits)
-        softmax = (logits - lse[:, None]).exp_()
-        # H = logsumexp − Σ p·z; masked outputs (z = −inf, p = 0) add nothing
-        entropy = lse - torch.nansum(softmax.mul_(logits), dim=-1)
         scores = named_logits if scores_of is None else scores_of(h, logits).float()
         parts.append((top_ids, top_probs, entropy, named_probs, scores))
     columns = [torch.cat([p[i] for p in parts]).cpu() for i in range(5)]

@@ -176,6 +176,19 @@ def _text_tables(
     return [text_table(ids[b], masks[b], tokenizer, start) for b in range(ids.shape[0])]
 
 
+def _last_logits_only(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``logits_to_keep=1`` where the model takes it: the lens makes every layer's logits itself."""
+    import inspect
+
+    if "logits_to_keep" in inputs:
+        return {}
+    try:
+        accepted = "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": 1} if accepted else {}
+
+
 def _check_readout(readout: Readout, last: torch.Tensor, out: Any) -> None:
     """The last state's lens must reproduce the model's own last logits (a readout found wrongly fails here).
 
@@ -225,7 +238,7 @@ def logit_lens_of_lm(
     with evaluating(model), _tables_of_run(model, processor, inputs, tables):
         with record_residual(readout.blocks, wanted) as seen:
             if generate is None:
-                out = model(**inputs)
+                out = model(**inputs, **_last_logits_only(model, inputs))
                 sequences = inputs.get("input_ids")
             else:
                 out = model.generate(**inputs, **{"return_dict_in_generate": True, **generate})
