@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mmviz.attribution import attribute
 from mmviz.capture import capture
 from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, LensTrace, ModuleAttention, TokenTable, load
-from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.lens import logit_lens
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "InputMismatchError",
     "LensTrace",
     "MMVizError",
     "ModuleAttention",
