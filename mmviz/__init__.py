@@ -15,6 +15,8 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    lens = mmviz.logit_lens(model, inputs, processor, tokens=[" red"])  # each layer read out as logits
+    lens.prob(" red")                                        # [layers, positions]
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -30,12 +32,14 @@ from mmviz.data import (
     AttentionTrace,
     Attribution,
     CrossAttentionTrace,
+    LensTrace,
     ModuleAttention,
     PatchingTrace,
     TokenTable,
     load,
 )
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.lens import logit_lens
 from mmviz.patching import patch
 
 __version__ = "0.1.0"
@@ -48,6 +52,7 @@ __all__ = [
     "CrossAttentionTrace",
     "Dashboard",
     "InputMismatchError",
+    "LensTrace",
     "MMVizError",
     "ModuleAttention",
     "PatchingTrace",
@@ -57,6 +62,7 @@ __all__ = [
     "attribute",
     "capture",
     "load",
+    "logit_lens",
     "patch",
     "save_html",
 ]
