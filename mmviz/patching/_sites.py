@@ -21,6 +21,15 @@ from typing import Any
 
 import torch
 
+from mmviz._hf.residual import (
+    _block_input,
+    _layer_lists,
+    _with_block_input,
+    block_hidden,
+    find_readout,
+    with_block_hidden,
+)
+
 __all__ = ["SITE_KINDS", "Point", "Stack", "find_stack"]
 
 SITE_KINDS = ("residual", "attention", "mlp", "head")
@@ -44,29 +53,21 @@ class Point:
 
     def read(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> torch.Tensor:
         """The activation, ``[batch, seq, features]``, from what a hook receives."""
-        if self.pre:
-            value = args[0] if args else kwargs["hidden_states"]
-        else:
-            value = output[0] if isinstance(output, (tuple, list)) else output
+        try:
+            value = _block_input(args, kwargs) if self.pre else block_hidden(output)
+        except TypeError:
+            value = None
         if not isinstance(value, torch.Tensor) or value.ndim != 3:
             where = "input" if self.pre else "output"
             raise RuntimeError(
                 f"patching expects the {where} of {type(self.module).__name__} ({self.kind}, layer {self.layer}) "
-                f"to be a [batch, seq, features] tensor, got {getattr(value, 'shape', type(value))}"
+                f"to hold a [batch, seq, features] tensor, got {getattr(value, 'shape', type(value))}"
             )
         return value
 
     def write(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, value: torch.Tensor) -> Any:
         """What the hook returns so that the module sees (``pre``) or gives (else) ``value`` instead."""
-        if self.pre:
-            if args:
-                return (value, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": value}
-        if isinstance(output, tuple):
-            return (value, *output[1:])
-        if isinstance(output, list):
-            return [value, *output[1:]]
-        return value
+        return _with_block_input(args, kwargs, value) if self.pre else with_block_hidden(output, value)
 
     def hook(self, fn: Any) -> torch.utils.hooks.RemovableHandle:
         """Registers ``fn(args, kwargs, output) -> replacement or None`` on the module."""
@@ -120,31 +121,34 @@ class Stack:
 def find_stack(model: torch.nn.Module) -> Stack:
     """The model's main stack of blocks.
 
-    The candidates are the ``ModuleList`` s whose entries all share one class; stacks inside a vision tower
-    are dropped when another stack exists (a VLM's language model carries the answer), and of the rest the
-    one holding the most parameters wins.
+    A language model's (or a VLM's language model's) blocks are the ones the logit lens reads
+    (``mmviz._hf.residual.find_readout``), so layer ``l`` means the same in both. A model without an output
+    embedding (a classifier, a vision model) uses its lists of repeated blocks: stacks inside a vision tower
+    are dropped when another exists, and of the rest the one holding the most parameters wins.
 
     Raises:
         ValueError: the model has no list of blocks.
     """
-    candidates = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(m) for m in module}) != 1 or not any(True for _ in module[0].parameters()):
-            continue
-        size = sum(p.numel() for p in module.parameters())
-        vision = any(word in name.lower() for word in _VISION_WORDS)
-        candidates.append((vision, -size, name, module))
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no list of transformer blocks (a ModuleList of one block class); "
-            "mmviz.patch works on transformers models whose blocks are kept in one"
-        )
-    if any(not c[0] for c in candidates):
-        candidates = [c for c in candidates if not c[0]]
-    _, _, name, blocks = min(candidates, key=lambda c: (c[1], c[2]))
-    return Stack(name=name, blocks=tuple(blocks), heads=_heads(blocks[0], model))
+    try:
+        readout = find_readout(model)
+    except ValueError:
+        readout = None
+    if readout is not None:
+        name, blocks = readout.blocks_path, readout.blocks
+    else:
+        candidates = [
+            (any(word in path.lower() for word in _VISION_WORDS), -sum(p.numel() for p in m.parameters()), path, m)
+            for path, m in _layer_lists(model)
+        ]
+        if not candidates:
+            raise ValueError(
+                f"{type(model).__name__} has no list of transformer blocks (a ModuleList of one block class); "
+                "mmviz.patch works on transformers models whose blocks are kept in one"
+            )
+        if any(not c[0] for c in candidates):
+            candidates = [c for c in candidates if not c[0]]
+        _, _, name, blocks = min(candidates, key=lambda c: (c[1], c[2]))
+    return Stack(name=name, blocks=tuple(blocks), heads=_heads(blocks[0]))
 
 
 def _child(block: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module | None:
@@ -171,7 +175,7 @@ def _out_projection(attention: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def _heads(block: torch.nn.Module, model: torch.nn.Module) -> int | None:
+def _heads(block: torch.nn.Module) -> int | None:
     attention = _child(block, _ATTENTION_NAMES)
     for module in [] if attention is None else list(attention.modules()):
         for attr in _HEAD_ATTRS:
