@@ -154,13 +154,16 @@ def _nnsight(model: Any, clean: dict[str, Any], corrupt: dict[str, Any], answer:
     from nnsight import NNsight
 
     net = NNsight(model)
-    with torch.no_grad(), net.trace(**clean, logits_to_keep=1):
-        saved = [net.transformer.h[i].input.save() for i in layers]
+    saved = []
     with torch.no_grad():
+        with net.trace(**clean, logits_to_keep=1):
+            for layer in layers:
+                saved.append(net.transformer.h[layer].input.save())
         for i, layer in enumerate(layers):
+            clean_state = saved[i]
             for pos in range(clean["input_ids"].shape[1]):
                 with net.trace(**corrupt, logits_to_keep=1):
-                    net.transformer.h[layer].input[:, pos] = saved[i][:, pos]
+                    net.transformer.h[layer].input[:, pos] = clean_state[:, pos]
                     net.lm_head.output[:, -1].log_softmax(-1)[:, answer].save()
 
 
@@ -228,7 +231,7 @@ def main() -> None:
     if nn and ours:
         print(f"  nnsight, one trace per pair: {nn:.2f} s: {nn / ours:.2f}× mmviz's time")
     elif "nnsight" in runs:
-        print("  nnsight: not timed (not importable here; pass --nnsight-path)")
+        print("  nnsight: not timed (it failed above; pass --nnsight-path DIR where it is not installed)")
     attr, one = median("attribution"), median("forward1")
     if attr and one:
         print(f"  attribution patching: {attr:.3f} s = {attr / one:.2f} forward-equivalents (goal ≤ 3)")
