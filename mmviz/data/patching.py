@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from mmviz.widgets.patching_view import PatchingView
 
 __all__ = ["PatchingTrace", "normalise_effects"]
 
@@ -43,7 +47,7 @@ def normalise_effects(patched: np.ndarray, clean: float, corrupt: float) -> np.n
 
 
 @dataclass(eq=False)
-class PatchingTrace:
+class PatchingTrace(Shown):
     """Effects of restoring clean activations into a corrupted run, per site, layer and position.
 
     Attributes:
@@ -195,8 +199,12 @@ class PatchingTrace:
             f"metric={self.metric!r}, clean={self.clean_metric:.4g}, corrupt={self.corrupt_metric:.4g})"
         )
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": repr(self)}
+    # -- showing ---------------------------------------------------------------------------------
+    def show(self, **options: Any) -> PatchingView:
+        """A ``PatchingView`` of this trace (``site=``, ``layer=``, ``opacity=``, ``title=``, ``budget=``)."""
+        from mmviz.widgets.patching_view import PatchingView
+
+        return PatchingView(self, **options)
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:

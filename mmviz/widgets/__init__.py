@@ -12,6 +12,7 @@ from mmviz.widgets.attention_view import AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
+from mmviz.widgets.patching_view import PatchingView
 
 __all__ = [
     "COLORMAPS",
@@ -20,5 +21,6 @@ __all__ = [
     "CrossAttentionView",
     "Dashboard",
     "MissingBundleError",
+    "PatchingView",
     "View",
 ]
