@@ -36,10 +36,11 @@ def as_dict(inputs: Any, what: str) -> dict[str, Any]:
 
 
 def _batch_size(inputs: dict[str, Any]) -> int:
+    """Examples in an input: the rows of its ids (or embeddings), else its images (a vision model's input)."""
     for key in ("input_ids", "inputs_embeds", "pixel_values"):
         value = inputs.get(key)
         if isinstance(value, torch.Tensor):
-            return int(value.shape[0]) if key != "pixel_values" or "input_ids" not in inputs else 1
+            return int(value.shape[0])
     return 1
 
 

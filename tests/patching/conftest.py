@@ -1,4 +1,4 @@
-"""Tiny offline models for the patching tests: the attribution tests' builders (GPT-2, BERT, LLaVA)."""
+"""Tiny offline models for the patching tests: the attribution tests' builders (GPT-2, BERT, LLaVA, Qwen2-VL, ViT)."""
 
 from __future__ import annotations
 
@@ -9,5 +9,7 @@ from tests.attribution.conftest import (  # noqa: F401  (fixtures re-exported fo
     gpt2,
     image_processor,
     llava,
+    qwen2_vl,
     tok,
+    vit,
 )

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import mmviz
 from tests.attribution.conftest import model_state, random_image
@@ -221,6 +222,28 @@ def test_batch_size_does_not_change_the_answer(gpt2, tok, prompts):
     one = mmviz.patch(gpt2, clean, corrupt, batch_size=1, **kw)
     many = mmviz.patch(gpt2, clean, corrupt, batch_size=13, **kw)
     np.testing.assert_allclose(one.patched, many.patched, atol=1e-5)
+
+
+def test_other_layouts_qwen2_vl_and_vit(qwen2_vl, vit):
+    model, processor, clean = qwen2_vl
+    pixels = clean["pixel_values"]
+    corrupt = {**clean, "pixel_values": pixels.flip(0)}  # the same patches in another order: another image
+    n = clean["input_ids"].shape[1]
+    res = mmviz.patch(model, clean, corrupt, metric="red", processor=processor, layers=[0], positions=[list(range(n))])
+    assert res.clean_metric != pytest.approx(res.corrupt_metric, abs=1e-6)
+    assert res.effects[0, 0, 0] == pytest.approx(1.0, abs=1e-3)
+    assert (res.tokens.kind == "image").sum() == 4
+    red = processor.tokenizer.convert_tokens_to_ids("red")
+    cells = mmviz.patch(model, clean, corrupt, metric="red", processor=processor, sites="mlp", positions="image")
+    block = model.model.language_model.layers[1]
+    image = [int(p) for p in np.flatnonzero(res.tokens.kind == "image")]
+    want = hand_patch(model, clean, corrupt, block.mlp, False, [image[2]], last_logprob(red))
+    assert cells.patched[0, 1, 2] == pytest.approx(want, abs=1e-5)
+    processor = transformers.ViTImageProcessor(size={"height": 16, "width": 16})
+    x = processor(images=random_image(16, 0), return_tensors="pt")
+    res = mmviz.patch(vit, x, "mask", metric=1, processor=processor, layers=[0], positions=[list(range(17))])
+    assert res.tokens.grids == ((4, 4),) and res.corrupt_metric != pytest.approx(res.clean_metric, abs=1e-6)
+    assert res.effects[0, 0, 0] == pytest.approx(1.0, abs=1e-4)
 
 
 # -- attribution patching -------------------------------------------------------------------------
