@@ -13,9 +13,19 @@ import type { TableState } from "../model";
 import { formatValue } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { scoreColor } from "./attribution";
-import { h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { h, labelled, sizeCanvas, themeColors } from "./dom";
 import { onChanges, paneHeading } from "./pane";
 import css from "./patching.css";
+import {
+  type ColorOf,
+  drawBase,
+  outlinePatch,
+  paintSpans,
+  patchOverlay,
+  type ScoreImage,
+  scoreImage,
+  tokenStrip,
+} from "./score-panes";
 
 /** The synced state, mirroring `PatchingView`'s traits. */
 export interface PatchingState {
@@ -41,14 +51,8 @@ const IMAGE_SIDE = 220;
 const ROW_HEIGHT = 16;
 const NO_COLOR = new Uint8ClampedArray(0);
 
-interface PatchImage {
-  base: HTMLCanvasElement;
-  grid: [number, number];
-  positions: Int32Array;
-  canvas: HTMLCanvasElement;
+interface PatchImage extends ScoreImage {
   caption: HTMLElement;
-  width: number;
-  height: number;
 }
 
 /** Colour scale limit of a site's effects: at least 1 (the clean answer), more when effects overshoot. */
@@ -150,30 +154,21 @@ export class PatchingApp {
         return option;
       }),
     );
-    this.spans = [];
-    const children: HTMLElement[] = [];
-    const chipped = new Set<number>();
-    tokens.text.forEach((text, pos) => {
-      const kind = tokens.kind[pos] ?? "text";
-      if (kind === "image") {
-        const image = table.imageIndex[pos] ?? 0;
-        if (!chipped.has(image)) {
-          chipped.add(image);
-          children.push(h("span", "mmviz-chip", `image ${image}`));
-        }
-        this.spans.push(null);
-        return;
-      }
-      const span = h("span", `mmviz-patching-tok mmviz-kind-${kind}`);
-      span.textContent = text;
-      span.dataset.pos = String(pos);
-      this.spans.push(span);
-      children.push(span);
-    });
-    this.strip.replaceChildren(...children);
-    this.images = tokens.images.map((payload, i) =>
-      this.buildImage(payload, table.grids[i] ?? [1, 1], table, i),
-    );
+    const strip = tokenStrip(tokens, table, "mmviz-patching-tok");
+    this.spans = strip.spans;
+    this.strip.replaceChildren(...strip.children);
+    this.images = tokens.images.map((payload, i) => ({
+      ...scoreImage(
+        payload,
+        table.grids[i] ?? [1, 1],
+        gridPositions(table, i),
+        i,
+        "mmviz-patching-image-canvas",
+        IMAGE_SIDE,
+        (pos) => this.setHover(pos, pos >= 0 ? this.hoverLayer : -1, true),
+      ),
+      caption: h("figcaption", "mmviz-pane-title"),
+    }));
     this.imagesEl.replaceChildren(
       ...this.images.map((im) => {
         const figure = h("figure", "mmviz-patching-image");
@@ -182,38 +177,6 @@ export class PatchingApp {
       }),
     );
     this.fromModel();
-  }
-
-  private buildImage(
-    payload: TensorPayload,
-    grid: [number, number],
-    table: ReturnType<typeof decodeTable>,
-    index: number,
-  ): PatchImage {
-    const image = decodeTensor(payload);
-    const [ih = 1, iw = 1] = image.shape;
-    const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
-    const canvas = h("canvas", "mmviz-patching-image-canvas");
-    canvas.dataset.image = String(index);
-    const im: PatchImage = {
-      base: rgbCanvas(image.data, ih, iw),
-      grid,
-      positions: gridPositions(table, index),
-      canvas,
-      caption: h("figcaption", "mmviz-pane-title"),
-      width: Math.max(32, Math.round(iw * f)),
-      height: Math.max(32, Math.round(ih * f)),
-    };
-    canvas.addEventListener("mousemove", (e) => {
-      const box = canvas.getBoundingClientRect();
-      const [rows, cols] = im.grid;
-      const c = Math.floor(((e.clientX - box.left) / box.width) * cols);
-      const r = Math.floor(((e.clientY - box.top) / box.height) * rows);
-      const pos = r >= 0 && c >= 0 && r < rows && c < cols ? (im.positions[r * cols + c] ?? -1) : -1;
-      this.setHover(pos, this.hoverLayer, true);
-    });
-    canvas.addEventListener("mouseleave", () => this.setHover(-1, -1, true));
-    return im;
   }
 
   // -- state -----------------------------------------------------------------------------------------
@@ -293,15 +256,9 @@ export class PatchingApp {
     const shownRow = this.hoverLayer >= 0 ? this.hoverLayer : this.layer;
     const row = this.row(shownRow);
     this.paintGrid(site, layers, positions, vmax);
-    this.spans.forEach((span, pos) => {
-      if (!span) return;
-      const [r, g, b, a] = scoreColor(row[pos] ?? Number.NaN, vmax, true, NO_COLOR);
-      span.style.backgroundColor = a > 0 ? `rgba(${r},${g},${b},${a.toFixed(3)})` : "";
-      span.style.color = a > 0.6 ? "#ffffff" : "";
-      span.dataset.value = String(row[pos] ?? Number.NaN);
-      span.classList.toggle("mmviz-active", pos === this.hover);
-    });
-    for (const im of this.images) this.paintImage(im, row, vmax, shownRow);
+    const colorOf: ColorOf = (value) => scoreColor(value, vmax, true, NO_COLOR);
+    paintSpans(this.spans, row, colorOf, this.hover);
+    for (const im of this.images) this.paintImage(im, row, colorOf, shownRow);
     const pos = this.hover;
     if (pos >= 0 && pos < positions) {
       const layerRow = this.hoverLayer >= 0 ? this.hoverLayer : this.layer;
@@ -336,38 +293,13 @@ export class PatchingApp {
       ctx.strokeRect(this.hover * cell + 1, 1, cell - 2, height - 2);
   }
 
-  private paintImage(im: PatchImage, row: Float32Array, vmax: number, shownRow: number): void {
-    const ctx = sizeCanvas(im.canvas, im.width, im.height);
-    ctx.clearRect(0, 0, im.width, im.height);
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(im.base, 0, 0, im.width, im.height);
-    const [rows, cols] = im.grid;
-    const overlay = document.createElement("canvas");
-    overlay.width = cols;
-    overlay.height = rows;
-    const octx = overlay.getContext("2d");
-    if (octx) {
-      const rgba = octx.createImageData(cols, rows);
-      for (let i = 0; i < rows * cols; i++) {
-        const pos = im.positions[i] ?? -1;
-        const [r, g, b, a] =
-          pos >= 0 ? scoreColor(row[pos] ?? Number.NaN, vmax, true, NO_COLOR) : [0, 0, 0, 0];
-        rgba.data.set([r, g, b, Math.round(a * 255)], i * 4);
-      }
-      octx.putImageData(rgba, 0, 0);
-    }
+  private paintImage(im: PatchImage, row: Float32Array, colorOf: ColorOf, shownRow: number): void {
+    const ctx = drawBase(im);
     ctx.globalAlpha = this.opacity;
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(overlay, 0, 0, im.width, im.height);
+    ctx.drawImage(patchOverlay(im, row, colorOf), 0, 0, im.width, im.height);
     ctx.globalAlpha = 1;
-    const cell = this.hover >= 0 ? im.positions.indexOf(this.hover) : -1;
-    if (cell >= 0) {
-      const cw = im.width / cols;
-      const ch = im.height / rows;
-      ctx.strokeStyle = themeColors(this.root).accent;
-      ctx.lineWidth = 2.5;
-      ctx.strokeRect((cell % cols) * cw + 1, Math.floor(cell / cols) * ch + 1, cw - 2, ch - 2);
-    }
+    outlinePatch(ctx, im, this.hover, themeColors(this.root).accent);
     im.caption.textContent = `image ${im.canvas.dataset.image} · layer ${this.layers[shownRow] ?? ""}`;
     im.canvas.dataset.layer = String(this.layers[shownRow] ?? -1);
   }
