@@ -72,7 +72,7 @@ export function scoreColor(
 }
 
 /** Largest absolute finite value. */
-function absMax(values: ArrayLike<number>, from = 0, to = values.length): number {
+export function absMax(values: ArrayLike<number>, from = 0, to = values.length): number {
   let m = 0;
   for (let i = from; i < to; i++) {
     const v = Math.abs(values[i] ?? 0);

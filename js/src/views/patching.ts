@@ -12,7 +12,7 @@ import { createLink, type LinkState, type LinkStore, linkedPosition, type PatchI
 import type { TableState } from "../model";
 import { formatValue } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
-import { scoreColor } from "./attribution";
+import { absMax, scoreColor } from "./attribution";
 import { h, labelled, sizeCanvas, themeColors } from "./dom";
 import { onChanges, paneHeading } from "./pane";
 import css from "./patching.css";
@@ -57,12 +57,7 @@ interface PatchImage extends ScoreImage {
 
 /** Colour scale limit of a site's effects: at least 1 (the clean answer), more when effects overshoot. */
 export function effectLimit(values: ArrayLike<number>): number {
-  let m = 1;
-  for (let i = 0; i < values.length; i++) {
-    const v = Math.abs(values[i] ?? 0);
-    if (Number.isFinite(v) && v > m) m = v;
-  }
-  return m;
+  return Math.max(1, absMax(values));
 }
 
 export class PatchingApp {
