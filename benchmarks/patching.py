@@ -12,8 +12,8 @@ the config) at 64 tokens; residual patching of all 12 × 64 = 768 (layer, positi
   transformers model refuses several invokes in one trace, so it cannot batch the pairs).
 * ``mmviz.patch(method="attribution")`` over the whole grid, in forward-equivalents (its time over one
   plain batch-1 forward). Goal: ≤ 3.
-* peak memory: peak RSS above the model's of a fresh process running ``mmviz.patch`` on a grid of 8 cells
-  and on the full 768-cell grid (same batch size). Goal: the same.
+* peak memory: peak RSS above the model's of a fresh process running ``mmviz.patch`` on one batch of cells
+  (64) and on the full grid, at the same batch size. Goal: the same.
 
 Times are CPU times of the child (``time.process_time``; with one thread the steadiest figure on a shared
 machine). Every figure comes from a fresh child process (one per configuration and round), rounds interleave the
@@ -105,9 +105,16 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         return {"seconds": (time.process_time() - t0) / 5, "peak_mib": _peak_mib() - base}
     elif args.child in ("mmviz", "memory_full"):
         mmviz.patch(model, clean, corrupt, metric=answer, layers=grid_layers, batch_size=args.batch, progress=False)
-    elif args.child == "memory_small":
+    elif args.child == "memory_small":  # one batch of cells: the same batch size as the full grid's
         mmviz.patch(
-            model, clean, corrupt, metric=answer, batch_size=args.batch, layers=[0], positions=range(8), progress=False
+            model,
+            clean,
+            corrupt,
+            metric=answer,
+            batch_size=args.batch,
+            layers=[0],
+            positions=range(min(args.batch, args.tokens)),
+            progress=False,
         )
     elif args.child == "attribution":
         mmviz.patch(model, clean, corrupt, metric=answer, layers=grid_layers, method="attribution", progress=False)
@@ -237,8 +244,8 @@ def main() -> None:
         print(f"  attribution patching: {attr:.3f} s = {attr / one:.2f} forward-equivalents (goal ≤ 3)")
     small, full = median("memory_small", "peak_mib"), median("memory_full", "peak_mib")
     if small is not None and full is not None:
-        cells = n_grid * args.tokens
-        print(f"  peak RSS above the model: 8-cell grid +{small:.0f} MiB, {cells}-cell grid +{full:.0f} MiB")
+        cells, one = n_grid * args.tokens, min(args.batch, args.tokens)
+        print(f"  peak RSS above the model: {one}-cell grid +{small:.0f} MiB, {cells}-cell grid +{full:.0f} MiB")
 
 
 if __name__ == "__main__":

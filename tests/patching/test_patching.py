@@ -207,7 +207,7 @@ def test_logit_difference_and_callable_metrics(gpt2, tok, prompts):
     ids = [tok.convert_tokens_to_ids(w) for w in ("square", "circle")]
     diff = mmviz.patch(gpt2, clean, corrupt, metric=("square", "circle"), processor=tok, progress=False)
     assert diff.metric == "logit('square') − logit('circle')"
-    logits = gpt2(**clean).logits[0, -1]
+    logits = gpt2(**clean).logits[0, -1].detach()
     assert diff.clean_metric == pytest.approx(float(logits[ids[0]] - logits[ids[1]]), abs=1e-5)
     call = mmviz.patch(
         gpt2, clean, corrupt, metric=lambda out: out.logits[:, -1, ids[0]] - out.logits[:, -1, ids[1]], progress=False
@@ -283,7 +283,8 @@ def test_noise_corrupts_the_chosen_embeddings_and_restoring_them_undoes_it(gpt2,
     again = mmviz.patch(gpt2, clean, "noise", layers=[0], **kw)
     np.testing.assert_array_equal(res.patched, again.patched)  # one seeded draw
     assert res.info["noise_scale"] == 3.0
-    emb = gpt2.transformer.wte(clean["input_ids"]) + gpt2.transformer.wpe(torch.arange(8))
+    with torch.no_grad():
+        emb = gpt2.transformer.wte(clean["input_ids"]) + gpt2.transformer.wpe(torch.arange(8))
     assert res.info["noise_std"] == pytest.approx(3 * float(emb[0, [2, 3]].std()), rel=1e-5)
     np.testing.assert_allclose(res.patched[0, 0, [0, 1, 4, 5, 6, 7]], res.corrupt_metric, atol=1e-6)
     both = mmviz.patch(gpt2, clean, "noise", layers=[0], positions=[[2, 3]], **kw)
