@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.attribution import attribute
+from mmviz.attribution import attribute, similarity_to
 from mmviz.capture import capture
 from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
@@ -47,6 +47,7 @@ __all__ = [
     "capture",
     "load",
     "save_html",
+    "similarity_to",
 ]
 
 if TYPE_CHECKING:
