@@ -126,7 +126,11 @@ def _as_similarity(model: Any, target: Any, kind: str) -> SimilarityTarget:
         return target
     if kind == "embedding" and not isinstance(target, (int, float, bool)) and target is not None:
         return similarity_to(target)
-    raise TypeError(f"unsupported target {target!r} for a bare model. {no_head_message(model)}")
+    if kind == "embedding":
+        raise TypeError(f"unsupported target {target!r} for a bare model. {no_head_message(model)}")
+    raise TypeError(
+        f"unsupported target {target!r} in a similarity contrast: pair two mmviz.similarity_to(...) targets"
+    )
 
 
 def _hidden(out: Any) -> torch.Tensor:

@@ -26,7 +26,7 @@ METRICS = ("cosine", "dot")
 """``"cosine"``: cosine similarity (sentence-transformers' default); ``"dot"``: the dot product."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SimilarityTarget:
     """The similarity of the input's pooled embedding to a reference (made by ``similarity_to``).
 

@@ -121,7 +121,7 @@ def test_dot_metric_and_classifier_hidden_states(bert_classifier):
     assert attr.info["f_input"][0] == pytest.approx(expected, rel=1e-5)
 
 
-def test_similarity_spec_errors(encoder, tok, clip):
+def test_similarity_spec_errors(encoder, tok, clip, gpt2):
     with pytest.raises(ValueError, match="unknown pooling"):
         similarity_to("x", pooling="max")
     with pytest.raises(ValueError, match="unknown metric"):
@@ -135,6 +135,8 @@ def test_similarity_spec_errors(encoder, tok, clip):
         attribute(encoder, inputs, processor=tok, target=similarity_to(torch.zeros(8)), **KW)
     with pytest.raises(ValueError, match="needs the tokenizer"):
         attribute(encoder, inputs, target="a blue circle", **KW)
+    with pytest.raises(TypeError, match=r"pair two mmviz\.similarity_to"):
+        attribute(gpt2, inputs, processor=tok, target=(similarity_to("a red square"), 3), **KW)
     model, _ = clip
     with pytest.raises(ValueError, match="CLIP and SigLIP explain their own"):
         attribute(model, {"pixel_values": torch.zeros(1, 3, 16, 16)}, target=similarity_to(torch.zeros(16)), **KW)

@@ -81,3 +81,6 @@ def test_real_minilm_sentence_pair_similarity(model_and_tokenizer):
     words = dict(attr.word_scores())
     assert max(words, key=lambda w: words[w]) in ("guitar", "playing")  # the shared meaning, not "a" or "."
     assert list(attr.tokens.tokens) == tok.convert_ids_to_tokens(inputs["input_ids"][0])
+    pytest.importorskip("anywidget")
+    dashboard = mmviz.Dashboard(cap.attention, attr)  # the docs' linked view of both
+    assert dashboard is not None
