@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from mmviz.widgets.lens_view import LensView
 
 __all__ = ["LensTrace"]
 
@@ -29,7 +33,7 @@ def _table_text(texts: Sequence[str]) -> np.ndarray:
 
 
 @dataclass(eq=False)
-class LensTrace:
+class LensTrace(Shown):
     """Per layer and position: the top outputs, their probabilities, the entropy and the named outputs.
 
     Attributes:
@@ -183,8 +187,16 @@ class LensTrace:
         return np.vectorize(self.text, otypes=[str])(ids) if ids.size else np.zeros(ids.shape, dtype=str)
 
     # -- showing ---------------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": repr(self)}
+    def show(self, **options: Any) -> LensView:
+        """A ``LensView`` of this lens (keyword arguments go to the view: ``token=``, ``layer=``, ...)."""
+        try:
+            from mmviz.widgets.lens_view import LensView
+        except ImportError as exc:
+            raise ImportError(
+                "LensTrace.show() needs anywidget and ipywidgets, which mmviz depends on: reinstall them "
+                "(pip install anywidget ipywidgets); the lens itself is plain numpy: see .prob(), .top() and .tokens"
+            ) from exc
+        return LensView(self, **options)
 
     def __repr__(self) -> str:
         batch, n_layers, n_positions, k = self.top_ids.shape
