@@ -1,4 +1,4 @@
-"""LensView: state, options, figure, files, Dashboard (the page in a browser: tests/lens/test_lens_page.py)."""
+"""LensView: state, options, figure, files, Dashboard (the page in a browser: tests/browser/test_lens_page.py)."""
 
 from __future__ import annotations
 
