@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmviz.data.lens import LensTrace
+from mmviz.data.lens import DiffusionLensTrace, LensTrace
 from mmviz.export.figures import _style, clean_label, colormap, footnote, tick_text
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["lens_figure", "lens_view_figure"]
+__all__ = ["diffusion_lens_figure", "lens_figure", "lens_view_figure"]
 
 MAX_WRITTEN = 48
 """Grids with at most this many positions (and layers) get each cell's top token written in it."""
@@ -170,3 +170,39 @@ def lens_view_figure(view: Any, **options: Any) -> Figure:
     }
     selection.update(options)
     return lens_figure(trace, **selection)
+
+
+def diffusion_lens_figure(
+    lens: DiffusionLensTrace,
+    *,
+    title: str | None = None,
+    columns: int = 8,
+    figsize: tuple[float, float] | None = None,
+    into: SubFigure | None = None,
+) -> Figure:
+    """Draws a Diffusion Lens: one image per text-encoder layer, in rows of ``columns``.
+
+    Args:
+        lens: the lens (``mmviz.logit_lens(pipe, prompt)``).
+        title: figure title (default: the prompt).
+        columns: images per row.
+        figsize: inches (default: 1.6 per image).
+        into: draw into this subfigure instead of a new figure.
+    """
+    from matplotlib.figure import Figure
+
+    n = len(lens.layers)
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    with _style():
+        fig: Any = Figure(figsize=figsize or (1.6 * cols + 0.4, 1.75 * rows + 0.6), layout="constrained")
+        fig = fig if into is None else into
+        for i, layer in enumerate(lens.layers):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.imshow(lens.images[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"layer {layer}", fontsize=8)
+        fig.suptitle(title or clean_label(lens.prompt, 80), fontsize=10, parse_math=False)
+        footnote(fig, [f"{lens.info['steps']} steps, seed {lens.info['seed']}"] if "steps" in lens.info else [])
+    return fig
