@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, LensTrace, ModuleAttention, TokenTable, load
+from mmviz.data import (
+    AttentionTrace,
+    Attribution,
+    CrossAttentionTrace,
+    DiffusionLensTrace,
+    LensTrace,
+    ModuleAttention,
+    TokenTable,
+    load,
+)
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.lens import logit_lens
 
@@ -41,6 +50,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "DiffusionLensTrace",
     "InputMismatchError",
     "LensTrace",
     "MMVizError",
