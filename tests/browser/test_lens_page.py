@@ -18,7 +18,7 @@ def test_grid_image_tooltip_and_token_choice(tmp_path: Any, page: Any, shots: An
     assert root.get_attribute("data-token") == "0" and root.get_attribute("data-layer") == "1"
     stats = grid.evaluate(CANVAS_STATS)
     assert stats["colours"] >= 12, stats  # 12 cells of different probabilities, labels
-    image = p.locator(".mmviz-lens-image-canvas")
+    image = p.locator(".mmviz-lens .mmviz-image-canvas")
     assert image.evaluate(CANVAS_STATS)["colours"] >= 2
     # hover the cell of layer 2 (top row), position 3: its top-k in the tooltip, as text
     box = grid.bounding_box()

@@ -20,23 +20,10 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def pipe() -> Any:
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    """The untrained teaching pipeline of ``mmviz demo --models random`` (random UNet and text encoder)."""
+    from mmviz.demo import _random_models
 
-    from mmviz.teaching._common import random_text_encoder
-    from mmviz.teaching._pipeline import ShapesDiffusionPipeline
-    from mmviz.teaching._tokenizer import build_tokenizer
-    from mmviz.teaching.train_diffusion import scheduler_config, unet_config
-
-    torch.manual_seed(0)
-    unet: Any = UNet2DConditionModel(**unet_config())
-    pipe: Any = ShapesDiffusionPipeline(
-        unet=unet.eval(),
-        text_encoder=random_text_encoder(),
-        tokenizer=build_tokenizer("clip"),
-        scheduler=DDIMScheduler(**scheduler_config()),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _random_models().pipe
 
 
 def draw(pipe: Any, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,8 @@ import { createLink, type LinkState, type LinkStore, linkedPosition, type PatchI
 import type { TableState } from "../model";
 import { COLORMAPS, formatValue, luminance, lut, lutIndex } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
-import { fillSelect, h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { fillSelect, h, labelled, sizeCanvas, themeColors } from "./dom";
+import { ImagePane } from "./image-pane";
 import css from "./lens.css";
 import { onChanges, paneHeading } from "./pane";
 import { Tooltip } from "./tooltip";
@@ -47,18 +48,6 @@ type Model = AnyModel<LensState>;
 const SYNCED = ["token", "layer", "cmap"] as const;
 const LEFT = 40;
 const BOTTOM = 64;
-const IMAGE_SIDE = 220;
-
-interface LensImage {
-  base: HTMLCanvasElement;
-  canvas: HTMLCanvasElement;
-  caption: HTMLElement;
-  grid: [number, number];
-  /** Lens column of each patch cell, row-major (-1: not lensed). */
-  columns: Int32Array;
-  width: number;
-  height: number;
-}
 
 /** Cell size of a grid of `rows × cols` cells: wide enough for a word when there is room. */
 export function cellSize(rows: number, cols: number): [number, number] {
@@ -89,7 +78,7 @@ export class LensApp {
   private entropy: Float32Array = new Float32Array(0);
   private namedProbs: Tensor = { shape: [0, 0, 0], data: new Float32Array(0) };
   private vocab = new Map<number, string>();
-  private images: LensImage[] = [];
+  private images: ImagePane[] = [];
   private patches: PatchIndex | null = null;
   private token = -1;
   private layer = 0;
@@ -127,6 +116,7 @@ export class LensApp {
   }
 
   themeChanged(): void {
+    for (const pane of this.images) pane.resetTheme();
     this.paint();
   }
 
@@ -168,32 +158,25 @@ export class LensApp {
         return option;
       }),
     );
-    this.images = tokens.images.map((payload, i) => {
-      const picture = decodeTensor(payload);
-      const [ih = 1, iw = 1] = picture.shape;
-      const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
-      const cells = gridPositions(table, i);
-      const image: LensImage = {
-        base: rgbCanvas(picture.data, ih, iw),
-        canvas: h("canvas", "mmviz-lens-image-canvas"),
-        caption: h("figcaption", "mmviz-pane-title"),
-        grid: table.grids[i] ?? [1, 1],
-        columns: Int32Array.from(cells, (p) => (p >= 0 ? (this.columnOf.get(p) ?? -1) : -1)),
-        width: Math.max(32, Math.round(iw * f)),
-        height: Math.max(32, Math.round(ih * f)),
-      };
-      image.canvas.dataset.image = String(i);
-      image.canvas.addEventListener("mousemove", (e) => this.onImage(image, e));
-      image.canvas.addEventListener("mouseleave", () => this.leave());
-      return image;
+    const unitOfPos = new Int32Array(tokens.text.length).fill(-1);
+    this.positions.forEach((p, c) => {
+      if (p >= 0 && p < unitOfPos.length) unitOfPos[p] = c;
     });
-    this.imagesEl.replaceChildren(
-      ...this.images.map((im) => {
-        const figure = h("figure", "mmviz-lens-image");
-        figure.append(im.canvas, im.caption);
-        return figure;
-      }),
-    );
+    this.images = tokens.images.map((payload, i) => {
+      const pane = new ImagePane(
+        `image ${i}`,
+        decodeTensor(payload),
+        table.grids[i] ?? [1, 1],
+        gridPositions(table, i),
+        {
+          hover: (position, event) => this.onPatch(position ?? -1, event),
+          click: () => undefined,
+        },
+      );
+      pane.setUnits(unitOfPos);
+      return pane;
+    });
+    this.imagesEl.replaceChildren(...this.images.map((pane) => pane.el));
     this.fromModel();
   }
 
@@ -274,12 +257,8 @@ export class LensApp {
     this.tooltip.show(this.cellLines(r, c), e);
   }
 
-  private onImage(image: LensImage, e: MouseEvent): void {
-    const box = image.canvas.getBoundingClientRect();
-    const [rows, cols] = image.grid;
-    const c = Math.floor(((e.clientX - box.left) / box.width) * cols);
-    const r = Math.floor(((e.clientY - box.top) / box.height) * rows);
-    const column = r >= 0 && c >= 0 && r < rows && c < cols ? (image.columns[r * cols + c] ?? -1) : -1;
+  private onPatch(position: number, e: MouseEvent): void {
+    const column = position >= 0 ? (this.columnOf.get(position) ?? -1) : -1;
     this.point(column, -1, true);
     if (column >= 0) this.tooltip.show(this.cellLines(this.layer, column), e);
     else this.tooltip.hide();
@@ -356,9 +335,8 @@ export class LensApp {
     ctx.strokeRect(LEFT + 1, (rows - 1 - this.layer) * ch + 1, cols * cw - 2, ch - 2);
     if (this.column >= 0) ctx.strokeRect(LEFT + this.column * cw + 1, 1, cw - 2, rows * ch - 2);
     const shown = this.hoverRow >= 0 ? this.hoverRow : this.layer;
-    this.images.forEach((im, i) => {
-      this.paintImage(im, i, shown, vmax, table);
-    });
+    const row = Float32Array.from({ length: cols }, (_, c) => this.value(shown, c));
+    for (const pane of this.images) pane.paint(row, vmax, table, this.column);
     const position = this.column >= 0 ? (this.positions[this.column] ?? -1) : -1;
     const what = this.token < 0 ? "top-1 probability" : `p(${this.named[this.token]})`;
     this.status.textContent =
@@ -366,45 +344,6 @@ export class LensApp {
         ? `${JSON.stringify(this.text[position] ?? "")} (position ${position}) at layer ${this.layers[shown]}: ` +
           `${what} ${formatValue(this.value(shown, this.column))}, top ${JSON.stringify(this.topText(shown, this.column))}`
         : `${what}, colour scale 0 – ${formatValue(vmax)}; hover a cell for its top tokens, click a row to pin its layer`;
-  }
-
-  private paintImage(
-    im: LensImage,
-    index: number,
-    row: number,
-    vmax: number,
-    table: Uint8ClampedArray,
-  ): void {
-    const ctx = sizeCanvas(im.canvas, im.width, im.height);
-    ctx.clearRect(0, 0, im.width, im.height);
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(im.base, 0, 0, im.width, im.height);
-    const [rows, cols] = im.grid;
-    const overlay = document.createElement("canvas");
-    overlay.width = cols;
-    overlay.height = rows;
-    const octx = overlay.getContext("2d");
-    if (octx) {
-      const rgba = octx.createImageData(cols, rows);
-      for (let i = 0; i < rows * cols; i++) {
-        const column = im.columns[i] ?? -1;
-        if (column < 0) continue;
-        const k = lutIndex(this.value(row, column), vmax);
-        rgba.data.set([table[k * 3] ?? 0, table[k * 3 + 1] ?? 0, table[k * 3 + 2] ?? 0, 190], i * 4);
-      }
-      octx.putImageData(rgba, 0, 0);
-    }
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(overlay, 0, 0, im.width, im.height);
-    const cell = this.column >= 0 ? im.columns.indexOf(this.column) : -1;
-    if (cell >= 0) {
-      const cw = im.width / cols;
-      const ch = im.height / rows;
-      ctx.strokeStyle = themeColors(this.root).accent;
-      ctx.lineWidth = 2.5;
-      ctx.strokeRect((cell % cols) * cw + 1, Math.floor(cell / cols) * ch + 1, cw - 2, ch - 2);
-    }
-    im.caption.textContent = `image ${index} · layer ${this.layers[row]}`;
   }
 }
 
