@@ -26,20 +26,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from capture_overhead import _reset_peak, _status_mib  # benchmarks/ is on sys.path when run as a script
 
 
 def _peak_rise(fn: Callable[[], Any]) -> float:
     """MiB the peak RSS rises above the RSS before ``fn`` runs (Linux only)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mib("VmRSS")
+    before = _reset_peak()
     fn()
     return _status_mib("VmHWM") - before
 

@@ -9,6 +9,7 @@ recorded here is the raw residual stream, so one readout — final norm, then un
   model of a VLM, masked-LM encoders), as a ``Readout`` whose ``logits(hidden)`` maps states to logits;
 * ``find_vision_readout(model)`` — a CLIP/SigLIP vision tower's blocks, post-norm, pooling head and
   projection into the joint embedding space, as a ``VisionReadout``;
+* ``find_blocks(module)`` — the stack of blocks of any module (a diffusion pipeline's text encoder, ...);
 * ``record_residual(blocks, states)`` — records chosen hidden states while the model runs (also across the
   steps of ``generate``);
 * ``edit_residual(blocks, state, fn)`` — replaces one hidden state by ``fn(state)`` while the model runs;
@@ -33,6 +34,7 @@ __all__ = [
     "block_hidden",
     "edit_residual",
     "evaluating",
+    "find_blocks",
     "find_readout",
     "find_vision_readout",
     "record_residual",
@@ -88,6 +90,18 @@ def _layer_lists(root: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList]]
             continue
         found.append((path, module))
     return found
+
+
+def find_blocks(root: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The longest stack of repeated transformer blocks under ``root``: its dotted path and the list.
+
+    Raises:
+        ValueError: ``root`` holds no stack of blocks.
+    """
+    lists = _layer_lists(root)
+    if not lists:
+        raise ValueError(f"found no stack of transformer blocks in {type(root).__name__}")
+    return max(lists, key=lambda item: len(item[1]))
 
 
 def _path_of(root: torch.nn.Module, target: torch.nn.Module) -> str:
@@ -199,10 +213,7 @@ def find_readout(model: Any) -> Readout:
         trunk = getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
     if not isinstance(trunk, torch.nn.Module):
         trunk = model
-    lists = _layer_lists(trunk)
-    if not lists:
-        raise ValueError(f"found no stack of transformer blocks in {type(model).__name__}")
-    rel, blocks = max(lists, key=lambda item: len(item[1]))
+    rel, blocks = find_blocks(trunk)
     trunk_path = _path_of(model, trunk)
     blocks_path = f"{trunk_path}.{rel}" if trunk_path else rel
     parent = trunk.get_submodule(rel.rsplit(".", 1)[0]) if "." in rel else trunk

@@ -10,7 +10,7 @@ from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.io import load
-from mmviz.data.lens import LensTrace
+from mmviz.data.lens import DiffusionLensTrace, LensTrace
 from mmviz.data.patching import PatchingTrace
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
@@ -21,6 +21,7 @@ __all__ = [
     "Attribution",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
+    "DiffusionLensTrace",
     "LensTrace",
     "ModuleAttention",
     "PatchingTrace",

@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
 
-__all__ = ["LensTrace"]
+if TYPE_CHECKING:
+    from mmviz.widgets.lens_view import LensView
+
+__all__ = ["DiffusionLensTrace", "LensTrace"]
 
 METHODS = ("logit_lens", "text_lens")
 
@@ -29,7 +33,7 @@ def _table_text(texts: Sequence[str]) -> np.ndarray:
 
 
 @dataclass(eq=False)
-class LensTrace:
+class LensTrace(Shown):
     """Per layer and position: the top outputs, their probabilities, the entropy and the named outputs.
 
     Attributes:
@@ -183,8 +187,16 @@ class LensTrace:
         return np.vectorize(self.text, otypes=[str])(ids) if ids.size else np.zeros(ids.shape, dtype=str)
 
     # -- showing ---------------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": repr(self)}
+    def show(self, **options: Any) -> LensView:
+        """A ``LensView`` of this lens (keyword arguments go to the view: ``token=``, ``layer=``, ...)."""
+        try:
+            from mmviz.widgets.lens_view import LensView
+        except ImportError as exc:
+            raise ImportError(
+                "LensTrace.show() needs anywidget and ipywidgets, which mmviz depends on: reinstall them "
+                "(pip install anywidget ipywidgets); the lens itself is plain numpy: see .prob(), .top() and .tokens"
+            ) from exc
+        return LensView(self, **options)
 
     def __repr__(self) -> str:
         batch, n_layers, n_positions, k = self.top_ids.shape
@@ -242,3 +254,86 @@ class LensTrace:
 
 
 io.register_type("lens", LensTrace.from_payload)
+
+
+@dataclass(eq=False)
+class DiffusionLensTrace:
+    """The Diffusion Lens of a text-to-image pipeline: one image per text-encoder layer.
+
+    The image of layer ``l`` is what the denoiser draws when the text encoder's hidden state ``l`` (through
+    its final norm) conditions it in place of the last layer's, from the same initial noise; the last layer's
+    image is the pipeline's own.
+
+    Attributes:
+        images: ``[layers, height, width, 3]`` uint8 images.
+        layers: the text encoder's hidden state of each image (0: the embeddings; ``l``: block ``l - 1``).
+        prompt: the prompt drawn.
+        tokens: the prompt's token table.
+        info: JSON-able facts (pipeline class, steps, seed, ...).
+    """
+
+    images: np.ndarray
+    layers: tuple[int, ...]
+    prompt: str
+    tokens: TokenTable
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = np.asarray(self.images)
+        self.layers = tuple(int(layer) for layer in self.layers)
+        if self.images.ndim != 4 or self.images.shape[3] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                "DiffusionLensTrace: images must be uint8 [layers, height, width, 3], got "
+                f"{self.images.dtype} {self.images.shape}"
+            )
+        if len(self.layers) != self.images.shape[0]:
+            raise ValueError(f"DiffusionLensTrace: {len(self.layers)} layers label {self.images.shape[0]} images")
+
+    def image(self, layer: int) -> np.ndarray:
+        """``[height, width, 3]`` the image drawn from hidden state ``layer`` (``-1``: the last)."""
+        if layer < 0 and -len(self.layers) <= layer:
+            return self.images[len(self.layers) + layer]
+        if layer not in self.layers:
+            raise IndexError(f"layer {layer} was not drawn; this lens holds layers {list(self.layers)}")
+        return self.images[self.layers.index(layer)]
+
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib ``Figure``: the images in rows, each labelled with its layer.
+
+        Args:
+            **options: ``title=``, ``columns=``, ``figsize=``, ``into=`` (see
+                ``mmviz.export.lens_figures.diffusion_lens_figure``).
+        """
+        from mmviz.export.lens_figures import diffusion_lens_figure
+
+        return diffusion_lens_figure(self, **options)
+
+    def __repr__(self) -> str:
+        h, w = self.images.shape[1:3]
+        return f"DiffusionLensTrace({len(self.layers)} layers, {h}×{w} images, prompt={self.prompt!r})"
+
+    # -- files -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the lens to a ``.mmviz`` file (read it back with ``mmviz.load``)."""
+        io.save(self, path, "diffusion_lens")
+
+    def to_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Metadata and arrays for ``mmviz.data.io.save``."""
+        table_meta, arrays = self.tokens.to_payload("tokens")
+        arrays["images"] = self.images
+        meta = {"tokens": table_meta, "layers": list(self.layers), "prompt": self.prompt, "info": self.info}
+        return meta, arrays
+
+    @classmethod
+    def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> DiffusionLensTrace:
+        """Inverse of ``to_payload``."""
+        return cls(
+            images=arrays["images"],
+            layers=tuple(meta["layers"]),
+            prompt=str(meta["prompt"]),
+            tokens=TokenTable.from_payload(meta["tokens"], arrays),
+            info=dict(meta.get("info") or {}),
+        )
+
+
+io.register_type("diffusion_lens", DiffusionLensTrace.from_payload)

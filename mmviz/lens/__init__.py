@@ -47,6 +47,7 @@ def logit_lens(
     top_k: int = 10,
     generate: bool | dict[str, Any] | None = None,
     chunk: int | None = None,
+    max_steps: int | None = None,
 ) -> Any:
     """Reads every layer's hidden state at every position through the model's own output layer.
 
@@ -79,11 +80,26 @@ def logit_lens(
             and lens the prompt and every generated position (the last generated token is never fed back, so
             it has no hidden state).
         chunk: rows of the ``[rows, vocabulary]`` logits held at once (default: 8 M logits' worth).
+        max_steps: the Diffusion Lens's budget of denoising steps, layers × steps (default
+            ``mmviz.lens.diffusion.MAX_STEPS``, 400).
+
+    A diffusers pipeline with one text encoder (Stable Diffusion 1.x/2.x, the teaching pipeline) gets the
+    *Diffusion Lens*: ``inputs`` is the prompt, and each text-encoder layer's hidden state (through the
+    encoder's final norm) conditions the denoiser in place of the last layer's, from the same noise: one image
+    per layer. ``generate`` holds the pipeline's arguments (``num_inference_steps``, ``guidance_scale``, and
+    ``seed``, default 0). It returns a ``DiffusionLensTrace`` (``images [layers, H, W, 3]``, ``figure()``).
 
     Returns:
         A ``LensTrace``: ``top_ids`` / ``top_probs`` ``[batch, layers, positions, k]``, ``entropy``,
         ``named_probs`` ``[batch, layers, positions, named]``; ``prob``, ``top``, ``show``, ``save``.
     """
+    if hasattr(model, "components") and callable(model):  # a diffusers pipeline
+        from mmviz.lens.diffusion import diffusion_lens
+
+        if tokens is not None or texts is not None or positions is not None:
+            raise ValueError("the Diffusion Lens draws images: it takes layers=, generate= and max_steps= only")
+        pipeline_options = {} if not generate or generate is True else dict(generate)
+        return diffusion_lens(model, inputs, layers=layers, options=pipeline_options, max_steps=max_steps)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, not {top_k!r}")
     if chunk is not None and (not isinstance(chunk, int) or chunk < 1):

@@ -71,3 +71,17 @@ def test_captions_tokenized_here_or_given(clip: Any) -> None:
         mmviz.logit_lens(model, inputs, processor, texts=TEXTS[:3])
     with pytest.raises(ValueError, match="not tokens"):
         mmviz.logit_lens(model, inputs, processor, texts=TEXTS, tokens=[" red"])
+
+
+def test_view_and_dashboard_with_the_vision_tower_attention(clip: Any) -> None:
+    pytest.importorskip("anywidget")
+    model, processor = clip
+    inputs = joint_inputs(processor)
+    with torch.no_grad(), mmviz.capture(model, processor) as cap:
+        model(**inputs)
+    lens = mmviz.logit_lens(model, inputs, processor, texts=TEXTS)
+    assert list(lens.tables[0].text) == list(cap.attention.tables["vision_model.patches"][0].text)
+    second = lens.show(token="green", batch_index=1)
+    np.testing.assert_array_equal(second.values(), lens.named_probs[1, :, :, 2])
+    board = mmviz.Dashboard(cap.attention.show(module="vision_model"), lens.show(token="green"))
+    assert [p.KIND for p in board.panes] == ["attention", "lens"]

@@ -8,6 +8,7 @@ import { AttentionApp } from "../app";
 import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
+import { LensApp } from "./lens";
 import { PatchingApp } from "./patching";
 
 /** What every pane application is: a root element, a teardown, and an optional theme repaint. */
@@ -25,6 +26,7 @@ export const PANES: Record<string, PaneFactory> = {
   attention: (model, link) => new AttentionApp(model, link),
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
+  lens: (model, link) => new LensApp(model, link),
   patching: (model, link) => new PatchingApp(model, link),
 };
 
