@@ -69,6 +69,7 @@ export class PatchingApp {
   private readonly summary = h("div", "mmviz-patching-summary");
   private readonly status = h("div", "mmviz-patching-status");
   private readonly grid = h("canvas", "mmviz-patching-grid");
+  private readonly layerLabels = h("div", "mmviz-patching-layers");
   private readonly strip = h("div", "mmviz-patching-strip");
   private readonly imagesEl = h("div", "mmviz-patching-images");
   private spans: (HTMLSpanElement | null)[] = [];
@@ -93,7 +94,9 @@ export class PatchingApp {
     paneHeading(this.root, model.get("_title"), css);
     this.root.append(this.notes, this.buildControls(), this.summary, this.status);
     const gridFigure = h("figure", "mmviz-patching-figure");
-    gridFigure.append(this.grid, h("figcaption", "mmviz-pane-title", "layers × positions (click a row)"));
+    const gridRow = h("div", "mmviz-patching-grid-row");
+    gridRow.append(this.layerLabels, this.grid);
+    gridFigure.append(gridRow, h("figcaption", "mmviz-pane-title", "layers × positions (click a row)"));
     this.root.append(gridFigure, this.strip, this.imagesEl);
     this.grid.addEventListener("mousemove", (e) => this.onGrid(e, false));
     this.grid.addEventListener("mouseleave", () => this.setHover(-1, -1, true));
@@ -142,6 +145,13 @@ export class PatchingApp {
     this.effects = decodeTensor(m.get("_effects"));
     this.notes.replaceChildren(...m.get("_notes").map((n) => h("li", undefined, n)));
     this.summary.textContent = m.get("_summary");
+    this.layerLabels.replaceChildren(
+      ...this.layers.map((layer) => {
+        const label = h("div", "mmviz-patching-layer", `layer ${layer}`);
+        label.style.height = `${ROW_HEIGHT}px`;
+        return label;
+      }),
+    );
     this.siteSelect.replaceChildren(
       ...m.get("_sites").map((name, i) => {
         const option = h("option", undefined, name);
