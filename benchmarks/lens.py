@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.layers, args.dim, args.tokens = 4, 256, 256
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # glibc reads it at start: restart with it set, so that
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed blocks leave the heap and the peak follows live memory
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     import torch
     import transformers
