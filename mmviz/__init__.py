@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.data import (
+    AttentionTrace,
+    Attribution,
+    CrossAttentionTrace,
+    DecompositionTrace,
+    ModuleAttention,
+    TokenTable,
+    load,
+)
+from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
 
 __version__ = "0.1.0"
@@ -38,6 +47,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "DecompositionTrace",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
@@ -45,6 +55,7 @@ __all__ = [
     "__version__",
     "attribute",
     "capture",
+    "decompose",
     "load",
     "save_html",
 ]

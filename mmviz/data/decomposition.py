@@ -31,9 +31,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def textspan(
-    outputs: np.ndarray, texts: np.ndarray, k: int = 5
-) -> tuple[list[int], np.ndarray]:
+def textspan(outputs: np.ndarray, texts: np.ndarray, k: int = 5) -> tuple[list[int], np.ndarray]:
     """The TextSpan greedy basis: the texts whose directions explain most of the variance of ``outputs``.
 
     Each round picks the text whose direction (unit length, after the previous rounds' removals) carries
@@ -228,8 +226,12 @@ class DecompositionTrace:
         return self._share(self.heads, text)
 
     def shares(self, text: str | int) -> dict[str, np.ndarray]:
-        """Every term's share of the similarity: ``heads`` ``[layers, heads]``, ``mlp`` and ``bias``
-        ``[layers]``, ``embed``, ``constant`` and each ``extra`` (scalars); they sum to ``similarity(text)``."""
+        """Every term's share of the similarity; all of them sum to ``similarity(text)``.
+
+        Returns:
+            ``heads`` ``[layers, heads]``, ``mlp`` and ``bias`` ``[layers]``, ``embed``, ``constant`` and each
+            ``extra`` term (scalars).
+        """
         out = {"heads": self.scores(text), "mlp": self._share(self.mlp, text), "bias": self._share(self.bias, text)}
         out["embed"], out["constant"] = self._share(self.embed, text), self._share(self.constant, text)
         out.update({name: self._share(value, text) for name, value in self.extra.items()})
@@ -239,7 +241,9 @@ class DecompositionTrace:
         scale = float(np.linalg.norm(self.embedding.astype(np.float64)))
         return ((terms.astype(np.float64) @ self._unit_text(text)) / scale).astype(np.float32)
 
-    def patch_scores(self, text: str | int | None = None, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    def patch_scores(
+        self, text: str | int | None = None, layer: int | None = None, head: int | None = None
+    ) -> np.ndarray:
         """``[positions]`` each source position's share of the similarity (or of the embedding's norm).
 
         Args:
@@ -350,8 +354,17 @@ class DecompositionTrace:
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> DecompositionTrace:
         """Inverse of ``to_payload``."""
         return cls(
-            **{name: arrays[name] for name in cls._ARRAYS},
-            **{name: arrays.get(name) for name in cls._OPTIONAL},
+            embedding=arrays["embedding"],
+            embed=arrays["embed"],
+            mlp=arrays["mlp"],
+            heads=arrays["heads"],
+            bias=arrays["bias"],
+            constant=arrays["constant"],
+            patches=arrays["patches"],
+            maps=arrays["maps"],
+            detail=arrays.get("detail"),
+            text_embeddings=arrays.get("text_embeddings"),
+            batch_heads=arrays.get("batch_heads"),
             tokens=TokenTable.from_payload(meta["tokens"], arrays),
             extra={str(name): arrays[f"extra{i}"] for i, name in enumerate(meta["extra"])},
             detail_layers=tuple(meta["detail_layers"]),

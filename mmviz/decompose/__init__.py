@@ -10,7 +10,7 @@ is a ``DecompositionTrace`` (numpy only). See ``docs/decompose.md``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["decompose"]
 
@@ -68,7 +68,7 @@ def decompose(
     from mmviz.data.decomposition import DecompositionTrace
     from mmviz.decompose._run import decompose_image, run
     from mmviz.decompose._towers import find_tower
-    from mmviz.errors import BudgetError, CaptureError
+    from mmviz.errors import CaptureError
 
     tower = find_tower(model)
     pixels = _pixel_values(inputs, processor)
@@ -82,23 +82,15 @@ def decompose(
     finally:
         model.train(was_training)
     assert rec.embedding is not None and rec.stream0 is not None
-    n_pos, n_layers = rec.stream0.shape[1], len(tower.blocks)
-    n_heads, dim = int(getattr(tower.blocks[0].self_attn, "num_heads")), rec.embedding.shape[-1]
-    n_texts = len(texts or ())
-    base = 4 * (n_layers * n_pos * dim + (1 + n_texts) * n_layers * n_heads * n_pos + pixels.shape[0] * n_layers * n_heads * dim)
-    per_layer = 4 * n_heads * n_pos * dim
-    if layers is None:
-        keep: tuple[int, ...] = tuple(range(n_layers)) if base + n_layers * per_layer <= budget else ()
-    else:
-        keep = tuple(sorted({int(i) % n_layers for i in layers}))
-        if base + len(keep) * per_layer > budget:
-            raise BudgetError(
-                f"keeping layers {list(keep)} needs {(base + len(keep) * per_layer) / 2**20:.0f} MiB, over the "
-                f"budget of {budget / 2**20:.0f} MiB: keep fewer layers (layers=[...]) or raise budget="
-            )
+    first_attention: Any = tower.blocks[0].self_attn
+    n_pos, n_heads = rec.stream0.shape[1], int(first_attention.num_heads)
+    shape = _Shape(len(tower.blocks), n_heads, n_pos, rec.embedding.shape[-1], len(texts or ()), pixels.shape[0])
+    keep = _kept_layers(shape, layers, budget)
     with torch.no_grad():
         unit = rec.embedding[batch_index] / rec.embedding[batch_index].norm().clamp_min(1e-12)
-        directions = unit[None] if text_emb is None else torch.cat([unit[None], torch.nn.functional.normalize(text_emb, dim=-1)])
+        directions = (
+            unit[None] if text_emb is None else torch.cat([unit[None], torch.nn.functional.normalize(text_emb, dim=-1)])
+        )
         main = decompose_image(tower, rec, batch_index, directions=directions, detail_layers=keep)
         assert main.patches is not None and main.maps is not None
         batch_heads = [
@@ -132,6 +124,34 @@ def decompose(
             "computes something the decomposition does not model. Please report the model class."
         )
     return trace
+
+
+class _Shape(NamedTuple):
+    layers: int
+    heads: int
+    positions: int
+    dim: int
+    texts: int
+    images: int
+
+
+def _kept_layers(shape: _Shape, layers: Sequence[int] | None, budget: int) -> tuple[int, ...]:
+    """The layers whose full terms fit in ``budget`` bytes next to the reductions always kept."""
+    from mmviz.errors import BudgetError
+
+    s = shape
+    base = 4 * (s.layers * s.positions * s.dim + (1 + s.texts) * s.layers * s.heads * s.positions)
+    base += 4 * s.images * s.layers * s.heads * s.dim
+    per_layer = 4 * s.heads * s.positions * s.dim
+    if layers is None:
+        return tuple(range(s.layers)) if base + s.layers * per_layer <= budget else ()
+    keep = tuple(sorted({int(i) % s.layers for i in layers}))
+    if base + len(keep) * per_layer > budget:
+        raise BudgetError(
+            f"keeping layers {list(keep)} needs {(base + len(keep) * per_layer) / 2**20:.1f} MiB, over the "
+            f"budget of {budget / 2**20:.1f} MiB: keep fewer layers (layers=[...]) or raise budget="
+        )
+    return keep
 
 
 def _patch_size(tower: Any) -> int:

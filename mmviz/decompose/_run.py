@@ -71,9 +71,11 @@ def recording(tower: Tower) -> Iterator[Recording]:
             handles.append(attn.register_forward_pre_hook(keep_attn_in, with_kwargs=True))
             handles.append(attn.out_proj.register_forward_pre_hook(keep_heads_in))
             handles.append(attn.register_forward_hook(keep_attn_out))
-            handles.append(block.mlp.register_forward_hook(keep_mlp_out))
-        if tower.pooling is not None:
-            handles.append(tower.pooling.mlp.register_forward_hook(keep_pooling_mlp))
+            mlp: Any = block.mlp
+            handles.append(mlp.register_forward_hook(keep_mlp_out))
+        pooling: Any = tower.pooling
+        if pooling is not None:
+            handles.append(pooling.mlp.register_forward_hook(keep_pooling_mlp))
         yield rec
     finally:
         for handle in handles:
