@@ -37,6 +37,7 @@ from mmviz.data import (
 )
 from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
 
@@ -56,8 +57,10 @@ __all__ = [
     "attribute",
     "capture",
     "decompose",
+    "direction",
     "load",
     "save_html",
+    "steer",
 ]
 
 if TYPE_CHECKING:
