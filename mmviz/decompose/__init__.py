@@ -91,10 +91,11 @@ def decompose(
         directions = (
             unit[None] if text_emb is None else torch.cat([unit[None], torch.nn.functional.normalize(text_emb, dim=-1)])
         )
-        main = decompose_image(tower, rec, batch_index, directions=directions, detail_layers=keep)
+        main, folds = decompose_image(tower, rec, batch_index, directions=directions, detail_layers=keep)
         assert main.patches is not None and main.maps is not None
         batch_heads = [
-            main.heads if i == batch_index else decompose_image(tower, rec, i).heads for i in range(pixels.shape[0])
+            main.heads if i == batch_index else decompose_image(tower, rec, i, folds=folds)[0].heads
+            for i in range(pixels.shape[0])
         ]
     grid = (pixels.shape[-2] // _patch_size(tower), pixels.shape[-1] // _patch_size(tower))
     image = images_from_pixels(pixels[batch_index : batch_index + 1], processor)[0]

@@ -1,7 +1,8 @@
 """One forward pass of a vision tower with hooks, and the direct contributions computed from what they saw.
 
-The hooks only keep raw tensors (each block's attention input, attention output and MLP output, the
-stream entering the first block, the pooling head's MLP output); nothing is reduced while the model runs.
+The hooks only keep raw tensors (each block's query, key and value projections, the heads' outputs, the
+attention and MLP outputs, the stream entering the first block, the pooling head's MLP output); nothing is
+reduced while the model runs.
 ``decompose_image`` then writes one image's embedding as a sum of direct contributions, reducing each
 layer's ``[heads, positions, dim]`` attention terms at once into the sums the trace keeps.
 """
@@ -28,7 +29,7 @@ class Recording:
     """What the hooks saw in one forward pass (batch-first tensors, detached)."""
 
     stream0: torch.Tensor | None = None
-    attn_in: list[torch.Tensor] = field(default_factory=list)
+    qkv: list[list[torch.Tensor]] = field(default_factory=list)  # per block: [query, key, value] projections
     attn_out: list[torch.Tensor] = field(default_factory=list)
     heads_in: list[torch.Tensor] = field(default_factory=list)
     mlp_out: list[torch.Tensor] = field(default_factory=list)
@@ -49,8 +50,10 @@ def recording(tower: Tower) -> Iterator[Recording]:
     def keep_stream0(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         rec.stream0 = (args[0] if args else kwargs["hidden_states"]).detach()
 
-    def keep_attn_in(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        rec.attn_in.append((args[0] if args else kwargs["hidden_states"]).detach())
+    def keep_projection(_m: nn.Module, _a: Any, out: Any) -> None:
+        if not rec.qkv or len(rec.qkv[-1]) == 3:
+            rec.qkv.append([])
+        rec.qkv[-1].append(_first(out).detach())
 
     def keep_heads_in(_m: nn.Module, args: tuple[Any, ...]) -> None:
         rec.heads_in.append(args[0].detach())
@@ -68,7 +71,8 @@ def recording(tower: Tower) -> Iterator[Recording]:
         handles.append(tower.blocks[0].register_forward_pre_hook(keep_stream0, with_kwargs=True))
         for block in tower.blocks:
             attn: Any = block.self_attn
-            handles.append(attn.register_forward_pre_hook(keep_attn_in, with_kwargs=True))
+            for projection in (attn.q_proj, attn.k_proj, attn.v_proj):
+                handles.append(projection.register_forward_hook(keep_projection))
             handles.append(attn.out_proj.register_forward_pre_hook(keep_heads_in))
             handles.append(attn.register_forward_hook(keep_attn_out))
             mlp: Any = block.mlp
@@ -87,9 +91,10 @@ def run(tower: Tower, pixel_values: torch.Tensor, **kwargs: Any) -> Recording:
     with recording(tower) as rec, torch.no_grad():
         pooled = tower.vision(pixel_values=pixel_values, **kwargs).pooler_output
         rec.embedding = tower.projection(pooled) if tower.projection is not None else pooled
-    if rec.stream0 is None or len(rec.attn_in) != len(tower.blocks) or len(rec.mlp_out) != len(tower.blocks):
+    complete = len(rec.qkv) == len(tower.blocks) and all(len(p) == 3 for p in rec.qkv)
+    if rec.stream0 is None or not complete or len(rec.mlp_out) != len(tower.blocks):
         raise CaptureError(
-            f"decompose: the tower ran {len(rec.attn_in)} of its {len(tower.blocks)} blocks through their "
+            f"decompose: the tower ran {len(rec.attn_out)} of its {len(tower.blocks)} blocks through their "
             "attention; a block was skipped or called twice, which the decomposition cannot follow"
         )
     return rec
@@ -121,30 +126,52 @@ def _readout(tower: Tower, rec: Recording, item: int, last: torch.Tensor) -> Rea
     return siglip_readout(tower, last, rec.pooling_mlp[item].reshape(-1))
 
 
-def _attention_layer(
-    block: nn.Module, x: torch.Tensor, heads_in: torch.Tensor, readout: Readout, layer: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-(head, source) pre-output terms of one attention layer for one image.
+def fold_output(block: nn.Module, readout: Readout) -> torch.Tensor:
+    """``[heads, groups, width, head_dim]`` each head's output projection, centred and read out by ``readout``.
 
-    Args:
-        block: the encoder block.
-        x: ``[positions, d]`` the attention's input (after the block's first norm).
-        heads_in: ``[positions, d]`` what entered the output projection (the heads' outputs, concatenated).
-        readout: the image's readout.
-        layer: index, for messages.
-
-    Returns:
-        ``terms`` ``[heads, positions, groups·width]`` (source positions), ``head_sums`` ``[heads,
-        groups·width]`` and the output bias's pre-output term ``[groups·width]``.
+    It depends on the tower's weights only (the run's statistics sit in ``readout.weights``), so one fold
+    serves every image of a batch.
     """
     attn: Any = block.self_attn
     n_heads = int(attn.num_heads)
-    d = x.shape[-1]
+    w_out = attn.out_proj.weight.detach()
+    d = w_out.shape[0]
+    w_out = (w_out - w_out.mean(dim=0, keepdim=True)).view(d, n_heads, -1)  # the norm's centring, folded in
+    return torch.einsum("gkd,dhe->hgke", readout.inner, w_out)
+
+
+def _attention_layer(
+    block: nn.Module,
+    qkv: list[torch.Tensor],
+    heads_in: torch.Tensor,
+    readout: Readout,
+    folded: torch.Tensor,
+    layer: int,
+    per_source: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Pre-output terms of one attention layer for one image.
+
+    Args:
+        block: the encoder block.
+        qkv: ``[positions, d]`` the run's query, key and value projections.
+        heads_in: ``[positions, d]`` what entered the output projection (the heads' outputs, concatenated).
+        readout: the image's readout.
+        folded: ``fold_output(block, readout)``.
+        layer: index, for messages.
+        per_source: also return each (head, source position) term.
+
+    Returns:
+        ``terms`` ``[heads, positions, groups·width]`` (``None`` unless ``per_source``), ``head_sums``
+        ``[heads, groups·width]`` and the output bias's pre-output term ``[groups·width]``.
+    """
+    attn: Any = block.self_attn
+    n_heads = int(attn.num_heads)
+    d = heads_in.shape[-1]
     hd = d // n_heads
     rows = torch.nonzero(readout.weights.abs().sum(dim=0) > 0).flatten()  # query positions the readout reads
-    q = attn.q_proj(x[rows]).view(len(rows), n_heads, hd).transpose(0, 1)
-    k = attn.k_proj(x).view(-1, n_heads, hd).transpose(0, 1)
-    v = attn.v_proj(x).view(-1, n_heads, hd).transpose(0, 1)  # [heads, positions, hd]
+    q = qkv[0][rows].view(len(rows), n_heads, hd).transpose(0, 1)
+    k = qkv[1].view(-1, n_heads, hd).transpose(0, 1)
+    v = qkv[2].view(-1, n_heads, hd).transpose(0, 1)  # [heads, positions, hd]
     scale = float(getattr(attn, "scale", hd**-0.5))
     probs = torch.softmax(q @ k.transpose(1, 2) * scale, dim=-1)  # [heads, rows, positions]
     mine = (probs @ v).transpose(0, 1).reshape(len(rows), d)
@@ -157,13 +184,13 @@ def _attention_layer(
         )
     groups, width = readout.inner.shape[:2]
     weight_by_head = torch.einsum("gr,hrs->ghs", readout.weights[:, rows], probs)  # [groups, heads, positions]
-    w_out = attn.out_proj.weight.detach()
-    w_out = (w_out - w_out.mean(dim=0, keepdim=True)).view(d, n_heads, hd)  # the norm's centring, folded in
-    folded = torch.einsum("gkd,dhe->hgke", readout.inner, w_out)  # [heads, groups, width, hd]
+    bias = attn.out_proj.bias
+    bias_term = readout.of_vector(bias.detach()) if bias is not None else torch.zeros(groups * width).to(v)
+    if not per_source:
+        mixed = torch.einsum("ghs,hse->hge", weight_by_head, v)  # [heads, groups, hd]
+        return None, torch.einsum("hgke,hge->hgk", folded, mixed).reshape(n_heads, -1), bias_term
     terms = torch.einsum("hgke,hse->hsgk", folded, v) * weight_by_head.permute(1, 2, 0)[..., None]
     terms = terms.reshape(n_heads, -1, groups * width)
-    bias = attn.out_proj.bias
-    bias_term = readout.of_vector(bias.detach()) if bias is not None else torch.zeros(groups * width).to(x)
     return terms, terms.sum(dim=1), bias_term
 
 
@@ -172,15 +199,17 @@ def decompose_image(
     rec: Recording,
     item: int,
     *,
+    folds: list[torch.Tensor] | None = None,
     directions: torch.Tensor | None = None,
     detail_layers: tuple[int, ...] = (),
-) -> ImageTerms:
+) -> tuple[ImageTerms, list[torch.Tensor]]:
     """Writes batch item ``item``'s embedding as a sum of direct contributions.
 
     Args:
         tower: the tower that ran.
         rec: what its hooks saw.
         item: batch index.
+        folds: ``fold_output`` of each block (computed here when ``None``; returned for the next image).
         directions: ``[directions, dim]`` unit vectors to project each (layer, head, source) term on
             (``None``: keep no patch-level terms).
         detail_layers: layers whose full ``[heads, positions, dim]`` terms are kept.
@@ -195,12 +224,17 @@ def decompose_image(
     heads, bias, patches, maps = [], [], [], []
     detail: dict[int, torch.Tensor] = {}
     with torch.no_grad():
+        folds = folds if folds is not None else [fold_output(block, readout) for block in tower.blocks]
         for layer, block in enumerate(tower.blocks):
+            per_source = outer_dirs is not None or layer in detail_layers
+            qkv = [x[item] for x in rec.qkv[layer]]
             terms, head_sums, bias_term = _attention_layer(
-                block, rec.attn_in[layer][item], rec.heads_in[layer][item], readout, layer
+                block, qkv, rec.heads_in[layer][item], readout, folds[layer], layer, per_source
             )
             heads.append(readout.finish(head_sums))
             bias.append(readout.finish(bias_term))
+            if terms is None:
+                continue
             if outer_dirs is not None:
                 patches.append(readout.finish(terms.sum(dim=0)))
                 maps.append(torch.einsum("hsk,nk->nhs", terms, outer_dirs))
@@ -208,7 +242,7 @@ def decompose_image(
                 detail[layer] = readout.finish(terms)
         mlp = torch.stack([readout.finish(readout.of_stream(m[item])) for m in rec.mlp_out])
         embed = readout.finish(readout.of_stream(stream0))
-    return ImageTerms(
+    terms_of_image = ImageTerms(
         embedding=rec.embedding[item],
         embed=embed,
         mlp=mlp,
@@ -220,3 +254,4 @@ def decompose_image(
         maps=torch.stack(maps, dim=1) if maps else None,
         detail=detail,
     )
+    return terms_of_image, folds

@@ -59,6 +59,10 @@ def test_reductions_agree(name: str, request: pytest.FixtureRequest) -> None:
     np.testing.assert_allclose(dec.by_patch(layer=-1), dec.patches[1])
     np.testing.assert_allclose(dec.batch_heads[0], dec.heads)
     assert dec.batch_heads.shape[0] == 3
+    model, processor = request.getfixturevalue(name)
+    second = mmviz.decompose(model, _images(processor), processor, batch_index=2)  # image 2 by source position
+    np.testing.assert_allclose(second.heads, dec.batch_heads[2], atol=1e-5)
+    assert not np.allclose(second.heads, dec.heads)
 
 
 @contextlib.contextmanager
