@@ -71,7 +71,8 @@ def decompose(
     from mmviz.errors import CaptureError
 
     tower = find_tower(model)
-    pixels = _pixel_values(inputs, processor)
+    parameter = next(tower.vision.parameters())
+    pixels = _pixel_values(inputs, processor).to(parameter.device)
     if not 0 <= batch_index < pixels.shape[0]:
         raise IndexError(f"batch_index {batch_index} out of range: the inputs hold {pixels.shape[0]} image(s)")
     was_training = model.training
@@ -100,26 +101,26 @@ def decompose(
     grid = (pixels.shape[-2] // _patch_size(tower), pixels.shape[-1] // _patch_size(tower))
     image = images_from_pixels(pixels[batch_index : batch_index + 1], processor)[0]
     trace = DecompositionTrace(
-        embedding=main.embedding.numpy(),
-        embed=main.embed.numpy(),
-        mlp=main.mlp.numpy(),
-        heads=main.heads.numpy(),
-        bias=main.bias.numpy(),
-        constant=main.constant.numpy(),
+        embedding=main.embedding.cpu().numpy(),
+        embed=main.embed.cpu().numpy(),
+        mlp=main.mlp.cpu().numpy(),
+        heads=main.heads.cpu().numpy(),
+        bias=main.bias.cpu().numpy(),
+        constant=main.constant.cpu().numpy(),
         tokens=patch_table(n_pos, grid, image),
-        patches=main.patches.numpy(),
-        maps=main.maps.numpy(),
-        extra={k: v.numpy() for k, v in main.extra.items()},
-        detail=torch.stack([main.detail[i] for i in keep]).numpy() if keep else None,
+        patches=main.patches.cpu().numpy(),
+        maps=main.maps.cpu().numpy(),
+        extra={k: v.cpu().numpy() for k, v in main.extra.items()},
+        detail=torch.stack([main.detail[i] for i in keep]).cpu().numpy() if keep else None,
         detail_layers=keep,
         texts=tuple(texts or ()),
-        text_embeddings=text_emb.numpy() if text_emb is not None else None,
-        batch_heads=torch.stack(batch_heads).numpy(),
+        text_embeddings=text_emb.cpu().numpy() if text_emb is not None else None,
+        batch_heads=torch.stack(batch_heads).cpu().numpy(),
         info={"model": type(model).__name__, "family": tower.family, "batch_index": batch_index},
     )
     error = float(abs(trace.total().astype("float64") - trace.embedding).max() / max(abs(trace.embedding).max(), 1e-12))
     trace.info["relative_error"] = error
-    if error > 1e-3:
+    if error > max(1e-3, 8 * torch.finfo(parameter.dtype).eps):  # half-precision runs round more
         raise CaptureError(
             f"decompose: the contributions sum to the embedding only within {error:.1e} (relative); the tower "
             "computes something the decomposition does not model. Please report the model class."

@@ -21,7 +21,8 @@ from mmviz.decompose._towers import Readout, Tower, clip_readout, siglip_readout
 from mmviz.errors import CaptureError
 
 CHECK_TOLERANCE = 1e-3
-"""Largest relative gap between the attention recomputed from q/k/v and the model's own before mmviz refuses."""
+"""Largest relative gap between the attention recomputed from q/k/v and the model's own before mmviz refuses
+(float32 models; half-precision ones allow 8 × their machine epsilon)."""
 
 
 @dataclass
@@ -38,7 +39,8 @@ class Recording:
 
 
 def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    """The tensor in a module's output, detached, in float32 (half-precision runs decompose in float32)."""
+    return (output[0] if isinstance(output, tuple) else output).detach().float()
 
 
 @contextlib.contextmanager
@@ -48,24 +50,24 @@ def recording(tower: Tower) -> Iterator[Recording]:
     handles = []
 
     def keep_stream0(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        rec.stream0 = (args[0] if args else kwargs["hidden_states"]).detach()
+        rec.stream0 = _first(args[0] if args else kwargs["hidden_states"])
 
     def keep_projection(_m: nn.Module, _a: Any, out: Any) -> None:
         if not rec.qkv or len(rec.qkv[-1]) == 3:
             rec.qkv.append([])
-        rec.qkv[-1].append(_first(out).detach())
+        rec.qkv[-1].append(_first(out))
 
     def keep_heads_in(_m: nn.Module, args: tuple[Any, ...]) -> None:
-        rec.heads_in.append(args[0].detach())
+        rec.heads_in.append(_first(args[0]))
 
     def keep_attn_out(_m: nn.Module, _a: Any, out: Any) -> None:
-        rec.attn_out.append(_first(out).detach())
+        rec.attn_out.append(_first(out))
 
     def keep_mlp_out(_m: nn.Module, _a: Any, out: Any) -> None:
-        rec.mlp_out.append(_first(out).detach())
+        rec.mlp_out.append(_first(out))
 
     def keep_pooling_mlp(_m: nn.Module, _a: Any, out: Any) -> None:
-        rec.pooling_mlp = _first(out).detach()
+        rec.pooling_mlp = _first(out)
 
     try:
         handles.append(tower.blocks[0].register_forward_pre_hook(keep_stream0, with_kwargs=True))
@@ -90,7 +92,7 @@ def run(tower: Tower, pixel_values: torch.Tensor, **kwargs: Any) -> Recording:
     """Runs the tower once on ``pixel_values`` ``[batch, 3, H, W]`` and returns what the hooks saw."""
     with recording(tower) as rec, torch.no_grad():
         pooled = tower.vision(pixel_values=pixel_values, **kwargs).pooler_output
-        rec.embedding = tower.projection(pooled) if tower.projection is not None else pooled
+        rec.embedding = _first(tower.projection(pooled) if tower.projection is not None else pooled)
     complete = len(rec.qkv) == len(tower.blocks) and all(len(p) == 3 for p in rec.qkv)
     if rec.stream0 is None or not complete or len(rec.mlp_out) != len(tower.blocks):
         raise CaptureError(
@@ -134,7 +136,7 @@ def fold_output(block: nn.Module, readout: Readout) -> torch.Tensor:
     """
     attn: Any = block.self_attn
     n_heads = int(attn.num_heads)
-    w_out = attn.out_proj.weight.detach()
+    w_out = attn.out_proj.weight.detach().float()
     d = w_out.shape[0]
     w_out = (w_out - w_out.mean(dim=0, keepdim=True)).view(d, n_heads, -1)  # the norm's centring, folded in
     return torch.einsum("gkd,dhe->hgke", readout.inner, w_out)
@@ -177,7 +179,7 @@ def _attention_layer(
     mine = (probs @ v).transpose(0, 1).reshape(len(rows), d)
     theirs = heads_in[rows]
     gap = float((mine - theirs).norm() / theirs.norm().clamp_min(1e-12))
-    if gap > CHECK_TOLERANCE:
+    if gap > max(CHECK_TOLERANCE, 8 * torch.finfo(attn.out_proj.weight.dtype).eps):  # half precision rounds more
         raise CaptureError(
             f"decompose: layer {layer}'s attention is not softmax(q·kᵀ·scale)·v as the decomposition assumes "
             f"(relative gap {gap:.2e}); rotary embeddings, masks or custom attention are not supported"
@@ -185,7 +187,7 @@ def _attention_layer(
     groups, width = readout.inner.shape[:2]
     weight_by_head = torch.einsum("gr,hrs->ghs", readout.weights[:, rows], probs)  # [groups, heads, positions]
     bias = attn.out_proj.bias
-    bias_term = readout.of_vector(bias.detach()) if bias is not None else torch.zeros(groups * width).to(v)
+    bias_term = readout.of_vector(bias.detach().float()) if bias is not None else torch.zeros(groups * width).to(v)
     if not per_source:
         mixed = torch.einsum("ghs,hse->hge", weight_by_head, v)  # [heads, groups, hd]
         return None, torch.einsum("hgke,hge->hgk", folded, mixed).reshape(n_heads, -1), bias_term

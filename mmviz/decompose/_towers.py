@@ -150,7 +150,7 @@ def clip_readout(tower: Tower, last: torch.Tensor) -> Readout:
     """
     d = last.shape[-1]
     sigma = norm_scale(tower.final_norm, last[0])
-    weights = torch.zeros(1, last.shape[0], dtype=last.dtype)
+    weights = torch.zeros(1, last.shape[0], dtype=last.dtype, device=last.device)
     weights[0, 0] = 1.0 / sigma
     gamma, beta = _gamma(tower.final_norm, d, last), _beta(tower.final_norm, d, last)
     proj = tower.projection.weight.detach().to(last) if tower.projection is not None else torch.eye(d).to(last)

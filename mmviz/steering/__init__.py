@@ -204,16 +204,16 @@ def _mean_state(model: Any, inputs: Any, found: Any, positions: list[int] | None
         if len(seen[found.state]) != 1:
             raise ValueError(f"direction: the model ran {found.name} {len(seen[found.state])} times for one batch")
         hidden = seen[found.state][0].double()  # [batch, positions, d]
-        weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype)
+        weights = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
         mask = batch.get("attention_mask") if hasattr(batch, "get") else None
         if mask is not None and tuple(mask.shape) == tuple(hidden.shape[:2]):
-            weights = mask.to(hidden.dtype)
+            weights = mask.to(hidden)
         if positions is not None:
             n = hidden.shape[1]
             bad = [p for p in positions if not -n <= p < n]
             if bad:
                 raise ValueError(f"direction: positions {bad} do not exist at {found.name}, which has {n} positions")
-            keep = torch.zeros(n, dtype=hidden.dtype)
+            keep = torch.zeros(n, dtype=hidden.dtype, device=hidden.device)
             keep[[p % n for p in positions]] = 1.0
             weights = weights * keep
         part = (hidden * weights[..., None]).sum(dim=(0, 1))
@@ -222,4 +222,4 @@ def _mean_state(model: Any, inputs: Any, found: Any, positions: list[int] | None
     assert total is not None
     if count == 0:
         raise ValueError("direction: no position was averaged (all padding, or positions empty)")
-    return (total / count).numpy()
+    return (total / count).cpu().numpy()

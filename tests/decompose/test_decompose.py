@@ -223,3 +223,13 @@ def test_pil_images_and_model_mode_restored(clip: tuple[Any, Any]) -> None:
     finally:
         model.eval()
     assert dec.tokens.image_positions(0).shape == (4, 4)
+
+
+def test_half_precision_tower_decomposes_in_float32(clip: tuple[Any, Any]) -> None:
+    import copy
+
+    model, processor = clip
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    dec = mmviz.decompose(half, _images(processor, 1), processor)
+    assert dec.heads.dtype == np.float32
+    assert dec.info["relative_error"] < 1e-2  # the model's own bfloat16 rounding, nothing more
