@@ -36,7 +36,7 @@ from mmviz.data import (
     load,
 )
 from mmviz.decompose import decompose
-from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
@@ -49,6 +49,7 @@ __all__ = [
     "CrossAttentionTrace",
     "Dashboard",
     "DecompositionTrace",
+    "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
