@@ -16,12 +16,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure, SubFigure
+
+    from mmviz.widgets.decomposition_view import DecompositionView
 
 __all__ = ["DecompositionTrace", "textspan"]
 
@@ -69,7 +75,7 @@ def textspan(outputs: np.ndarray, texts: np.ndarray, k: int = 5) -> tuple[list[i
 
 
 @dataclass(eq=False)
-class DecompositionTrace:
+class DecompositionTrace(Shown):
     """An image embedding as the sum of the direct contributions of a vision tower's parts.
 
     Attributes:
@@ -320,8 +326,26 @@ class DecompositionTrace:
             parts.append(f"relative error {float(err):.1e}")
         return ", ".join(parts) + ")"
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": repr(self)}
+    # -- showing ---------------------------------------------------------------------------------
+    def show(self, **options: Any) -> DecompositionView:
+        """A ``DecompositionView`` of this trace (keyword arguments go to the view: ``text=``, ``layer=``, ...)."""
+        try:
+            from mmviz.widgets.decomposition_view import DecompositionView
+        except ImportError as exc:
+            raise ImportError(
+                "DecompositionTrace.show() needs anywidget and ipywidgets, which mmviz depends on: reinstall "
+                "them (pip install anywidget ipywidgets); the trace itself is plain numpy: see .heads, .maps"
+            ) from exc
+        return DecompositionView(self, **options)
+
+    def figure(self, **options: Any) -> Figure | SubFigure:
+        """A matplotlib ``Figure``: the head grid and a head's patch map for one text.
+
+        See ``mmviz.export.decomposition_figures.decomposition_figure`` (``text=``, ``layer=``, ``head=``, ...).
+        """
+        from mmviz.export.decomposition_figures import decomposition_figure
+
+        return decomposition_figure(self, **options)
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -12,26 +12,10 @@ import pytest
 import mmviz
 from mmviz.errors import BudgetError, CaptureError
 from tests.attribution.conftest import random_image
+from tests.decompose.conftest import TEXTS
+from tests.decompose.conftest import images as _images
 
 torch = pytest.importorskip("torch")
-
-TEXTS = ["a red square", "blue circle", "the green triangle"]
-
-
-def _images(processor: Any, n: int = 3) -> Any:
-    return processor(images=[random_image(16, seed) for seed in range(n)], return_tensors="pt")
-
-
-@pytest.fixture(scope="module")
-def clip_dec(clip: tuple[Any, Any]) -> Any:
-    model, processor = clip
-    return mmviz.decompose(model, _images(processor), processor, texts=TEXTS)
-
-
-@pytest.fixture(scope="module")
-def siglip_dec(siglip: tuple[Any, Any]) -> Any:
-    model, processor = siglip
-    return mmviz.decompose(model, _images(processor), processor, texts=TEXTS)
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
