@@ -74,7 +74,7 @@ def decomposition_figure(
             the_layer = trace._layer(layer)
             heads = range(trace.n_heads) if head is None else [trace._head(head)]
             for h in heads:
-                ax_grid.add_patch(Rectangle((h - 0.5, the_layer - 0.5), 1, 1, fill=False, lw=2, ec="#d1242f"))
+                ax_grid.add_patch(Rectangle((h - 0.5, the_layer - 0.5), 1, 1, fill=False, lw=2, ec="#1f2328"))
         bar = fig.colorbar(shown, ax=ax_grid, shrink=0.8, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         picture = trace.tokens.images[0]

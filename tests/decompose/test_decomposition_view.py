@@ -66,3 +66,20 @@ def test_figure_and_files(clip_dec: Any, tmp_path: Any) -> None:
         path = view.save(tmp_path / f"dec.{suffix}")
         assert path.stat().st_size > 1000
     assert "a red square" in (tmp_path / "dec.html").read_text(encoding="utf-8")
+
+
+def test_joins_a_dashboard_with_the_vision_towers_attention(clip: tuple[Any, Any], clip_dec: Any) -> None:
+    import mmviz
+    from tests.decompose.conftest import images
+
+    torch = pytest.importorskip("torch")
+    model, processor = clip
+    inputs = dict(images(processor))
+    inputs.update(processor.tokenizer(["a red square"] * 3, return_tensors="pt"))
+    with mmviz.capture(model, processor=processor) as cap, torch.no_grad():
+        model(**inputs)
+    board = mmviz.Dashboard(cap.attention.show(module="vision_model"), clip_dec.show())
+    assert [p.KIND for p in board.panes] == ["attention", "decomposition"]
+    other = mmviz.decompose(model, images(processor), processor, batch_index=1)
+    with pytest.raises(mmviz.InputMismatchError, match="image 0 differs"):
+        mmviz.Dashboard(cap.attention.show(module="vision_model"), other.show())
