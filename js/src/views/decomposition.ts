@@ -13,7 +13,7 @@ import { formatValue, lut } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { scoreColor } from "./attribution";
 import css from "./decomposition.css";
-import { h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { h, labelled, rgbCanvas, sizeCanvas, slider, themeColors } from "./dom";
 import { onChanges, paneHeading } from "./pane";
 
 /** The synced state, mirroring `DecompositionView`'s traits. */
@@ -117,13 +117,7 @@ export class DecompositionApp {
     this.directionSelect.addEventListener("change", () =>
       this.update({ direction: Number(this.directionSelect.value) }),
     );
-    this.opacityInput.type = "range";
-    this.opacityInput.min = "0";
-    this.opacityInput.max = "1";
-    this.opacityInput.step = "0.05";
-    this.opacityInput.addEventListener("input", () =>
-      this.update({ opacity: Number(this.opacityInput.value) }),
-    );
+    slider(this.opacityInput, 0, 1, 0.05, (opacity) => this.update({ opacity }));
     controls.append(labelled("score against", this.directionSelect), labelled("opacity", this.opacityInput));
     return controls;
   }
