@@ -217,3 +217,15 @@ def test_half_precision_tower_decomposes_in_float32(clip: tuple[Any, Any]) -> No
     dec = mmviz.decompose(half, _images(processor, 1), processor)
     assert dec.heads.dtype == np.float32
     assert dec.info["relative_error"] < 1e-2  # the model's own bfloat16 rounding, nothing more
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_a_bare_vision_model_decomposes_its_pooled_output(name: str, request: pytest.FixtureRequest) -> None:
+    model, processor = request.getfixturevalue(name)
+    pixels = _images(processor, 2)["pixel_values"]
+    dec = mmviz.decompose(model.vision_model, pixels)  # CLIPVisionModel / SiglipVisionModel: no projection
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=pixels).pooler_output[0].numpy()
+    np.testing.assert_allclose(dec.embedding, pooled, atol=1e-6)
+    assert np.abs(dec.total() - pooled).max() <= 1e-4 * np.abs(pooled).max()
+    assert dec.info["model"] == type(model.vision_model).__name__ and dec.texts == ()
