@@ -15,6 +15,10 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    dec = mmviz.decompose(clip, inputs, processor, texts=["a red shape"])   # CLIP/SigLIP embedding by head, patch
+    dec.scores("a red shape")                                # [layers, heads] shares of the similarity
+    with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
+        vlm.generate(**inputs)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
