@@ -292,3 +292,12 @@ def test_siglip_head_removed_by_hand_with_the_pooling_fixed(siglip: tuple[Any, A
     term = siglip_dec.heads[-1, 1]
     np.testing.assert_allclose(removed, siglip_dec.embedding - term, atol=1e-5)
     assert np.abs(term).max() > 1e-2
+
+
+def test_batch_size_changes_nothing_but_memory(clip: tuple[Any, Any], clip_dec: Any) -> None:
+    model, processor = clip
+    one_by_one = mmviz.decompose(model, _images(processor), processor, texts=TEXTS, batch_size=1)
+    np.testing.assert_allclose(one_by_one.batch_heads, clip_dec.batch_heads, atol=1e-6)
+    np.testing.assert_allclose(one_by_one.maps, clip_dec.maps, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        mmviz.decompose(model, _images(processor), processor, batch_size=0)
