@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.attribution import attribute
+from mmviz.attribution import attribute, similarity_to
 from mmviz.capture import capture
 from mmviz.data import (
     AttentionTrace,
@@ -65,6 +65,7 @@ __all__ = [
     "direction",
     "load",
     "save_html",
+    "similarity_to",
     "steer",
 ]
 
