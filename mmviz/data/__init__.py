@@ -9,6 +9,7 @@ from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
+from mmviz.data.decomposition import DecompositionTrace
 from mmviz.data.io import load
 from mmviz.data.lens import DiffusionLensTrace, LensTrace
 from mmviz.data.patching import PatchingTrace
@@ -21,6 +22,7 @@ __all__ = [
     "Attribution",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
+    "DecompositionTrace",
     "DiffusionLensTrace",
     "LensTrace",
     "ModuleAttention",

@@ -8,6 +8,7 @@ import { AttentionApp } from "../app";
 import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
+import { DecompositionApp } from "./decomposition";
 import { LensApp } from "./lens";
 import { PatchingApp } from "./patching";
 
@@ -26,6 +27,7 @@ export const PANES: Record<string, PaneFactory> = {
   attention: (model, link) => new AttentionApp(model, link),
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
+  decomposition: (model, link) => new DecompositionApp(model, link),
   lens: (model, link) => new LensApp(model, link),
   patching: (model, link) => new PatchingApp(model, link),
 };
