@@ -13,7 +13,7 @@ import type { TableState } from "../model";
 import { formatValue } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { absMax, scoreColor } from "./attribution";
-import { h, labelled, sizeCanvas, themeColors } from "./dom";
+import { h, labelled, sizeCanvas, slider, themeColors } from "./dom";
 import { onChanges, paneHeading } from "./pane";
 import css from "./patching.css";
 import {
@@ -123,13 +123,7 @@ export class PatchingApp {
   private buildControls(): HTMLElement {
     const controls = h("div", "mmviz-controls");
     this.siteSelect.addEventListener("change", () => this.update({ site: Number(this.siteSelect.value) }));
-    this.opacityInput.type = "range";
-    this.opacityInput.min = "0";
-    this.opacityInput.max = "1";
-    this.opacityInput.step = "0.05";
-    this.opacityInput.addEventListener("input", () =>
-      this.update({ opacity: Number(this.opacityInput.value) }),
-    );
+    slider(this.opacityInput, 0, 1, 0.05, (opacity) => this.update({ opacity }));
     controls.append(labelled("site", this.siteSelect), labelled("opacity", this.opacityInput));
     return controls;
   }
