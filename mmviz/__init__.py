@@ -15,6 +15,7 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    rep = mmviz.evaluate(attr, model, inputs, masks=mask)    # can this map be trusted? (FaithfulnessReport)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -26,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.evaluation import evaluate
+from mmviz.data import (
+    AttentionTrace,
+    Attribution,
+    CrossAttentionTrace,
+    FaithfulnessReport,
+    ModuleAttention,
+    TokenTable,
+    load,
+)
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
 
 __version__ = "0.1.0"
@@ -38,6 +48,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "FaithfulnessReport",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
@@ -45,6 +56,7 @@ __all__ = [
     "__version__",
     "attribute",
     "capture",
+    "evaluate",
     "load",
     "save_html",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["METHODS", "attribute"]
+__all__ = ["METHODS", "attribute", "explained"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
@@ -107,6 +107,7 @@ def attribute(
         result = fn(problem, baseline=baseline, steps=steps, batch_size=batch_size, progress=progress, rule=rule)
     info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", "")}
     info.update(result.get("info", {}))
+    info["call"] = _call_record(method, target, baseline, steps, per_token, sources, rule)
     return Attribution(
         scores=result["scores"],
         tokens=problem.table,
@@ -117,3 +118,36 @@ def attribute(
         delta=result.get("delta"),
         info=info,
     )
+
+
+def _call_record(
+    method: str, target: Any, baseline: Any, steps: int, per_token: bool, sources: Any, rule: str
+) -> dict[str, Any]:
+    """The arguments of an ``attribute`` call as JSON, so that the map can be recomputed (``mmviz.evaluate``).
+
+    A target or baseline that JSON cannot hold (a tensor, a callable) is recorded as ``None`` under
+    ``"target"``/``"baseline"`` with ``"<kind>_given": True``: recomputing then needs it passed again.
+    """
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float)) for v in value):
+            return list(value)
+        return None
+
+    record: dict[str, Any] = {"method": method, "steps": steps, "per_token": per_token, "rule": rule}
+    record["sources"] = None if sources is None else list(sources)
+    for name, value in (("target", target), ("baseline", baseline)):
+        record[name] = plain(value)
+        if value is not None and record[name] is None:
+            record[f"{name}_given"] = True
+    return record
+
+
+def __getattr__(name: str) -> Any:
+    if name == "explained":  # torch is imported by the module: only when asked for
+        from mmviz.attribution.perturbed import explained
+
+        return explained
+    raise AttributeError(f"module 'mmviz.attribution' has no attribute {name!r}")

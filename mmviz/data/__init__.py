@@ -9,6 +9,7 @@ from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
+from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
 from mmviz.data.io import load
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
@@ -17,8 +18,10 @@ __all__ = [
     "KINDS",
     "AttentionTrace",
     "Attribution",
+    "CheckResult",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
+    "FaithfulnessReport",
     "ModuleAttention",
     "QKAttention",
     "TokenTable",
