@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.evaluation import evaluate
 from mmviz.data import (
     AttentionTrace,
     Attribution,
@@ -38,6 +37,7 @@ from mmviz.data import (
     load,
 )
 from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.evaluation import evaluate
 
 __version__ = "0.1.0"
 

@@ -44,8 +44,8 @@ class Perturbable:
 
     Attributes:
         tokens: the positions (the same table ``mmviz.attribute`` returns for these inputs).
-        units: ``[units]`` positions that can be removed: text tokens (not padding, not image
-            placeholders) and image patches.
+        units: ``[units]`` positions that can be removed: text tokens (not specials such as ``<bos>``,
+            not padding, not image placeholders) and image patches.
         labels: description of each target row.
     """
 
@@ -56,7 +56,7 @@ class Perturbable:
         self.tokens: TokenTable = problem.table
         self.labels: tuple[str, ...] = tuple(problem.plan.labels)
         table = problem.table
-        units: list[int] = [p for p in range(problem.n_embed) if table.kind[p] not in ("image", "pad")]
+        units: list[int] = [p for p in range(problem.n_embed) if table.kind[p] == "text"]
         self._text_units = np.asarray(units, dtype=np.int64)
         cells: list[int] = []  # position of each image cell
         self._cell_of: Any = None  # shaped like pixel_values: 1 + index into `cells` (0: in no cell)
@@ -74,12 +74,14 @@ class Perturbable:
         if isinstance(baseline, str) and baseline not in IMAGE_BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; use one of {IMAGE_BASELINES}, a tensor or a dict")
         if isinstance(baseline, (str, dict)):
-            text, image = (baseline.get("text"), baseline.get("image")) if isinstance(baseline, dict) else (baseline, baseline)
-            text = "pad" if text == "pad" else "zeros" if text is None or isinstance(text, str) else text
-            named = image is None or isinstance(image, str)
-            b_e, b_p = problem.baselines({"text": text, "image": None if named else image})
+            given: dict[str, Any] = baseline if isinstance(baseline, dict) else {"text": baseline, "image": baseline}
+            text_b, image_b = given.get("text"), given.get("image")
+            if text_b is None or isinstance(text_b, str):
+                text_b = "pad" if text_b == "pad" else "zeros"
+            named = image_b is None or isinstance(image_b, str)
+            b_e, b_p = problem.baselines({"text": text_b, "image": None if named else image_b})
             if named and problem.x_pixels is not None:
-                b_p = _image_baseline(problem, "zeros" if image is None else str(image))
+                b_p = _image_baseline(problem, "zeros" if image_b is None else str(image_b))
         else:
             b_e, b_p = problem.baselines(baseline)
         self._b_e, self._b_p = b_e, b_p

@@ -47,7 +47,7 @@ COMPLETENESS_TOLERANCE = 0.05
 
 
 def evaluate(
-    map: Any,  # noqa: A002  (the contract's name)
+    map: Any,
     model: Any = None,
     inputs: Any = None,
     *,
@@ -122,9 +122,7 @@ def evaluate(
     unknown = [c for c in checks if c not in ALL_CHECKS]
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; use names from {ALL_CHECKS}")
-    subj = subject(
-        map, processor=processor, tokens=tokens, target_row=target_row, target=target, baseline=baseline
-    )
+    subj = subject(map, processor=processor, tokens=tokens, target_row=target_row, target=target, baseline=baseline)
     if target is not None and "target" not in subj.perturb:
         subj.perturb["target"] = target
     if baseline is not None:

@@ -41,7 +41,9 @@ def order_units(units: np.ndarray, scores: np.ndarray, rng: np.random.Generator)
     return units[np.lexsort((shuffle, -values))]
 
 
-def _keep_masks(orders: list[np.ndarray], counts: np.ndarray, n_positions: int, units: np.ndarray, insert: bool) -> np.ndarray:
+def _keep_masks(
+    orders: list[np.ndarray], counts: np.ndarray, n_positions: int, units: np.ndarray, insert: bool
+) -> np.ndarray:
     """``[orders · (steps + 1), positions]`` keep masks for deletion (or insertion)."""
     masks = np.ones((len(orders) * len(counts), n_positions), dtype=bool)
     for o, order in enumerate(orders):
@@ -112,7 +114,10 @@ def perturbation_curves(
         masks = np.concatenate([_keep_masks(orders, counts, len(f.tokens), units, c == "insertion") for c in checks])
         chunks = [masks[i : i + batch_size] for i in range(0, len(masks), batch_size)]
         values = np.concatenate(
-            [f(chunk, batch_size)[:, target_row] for chunk in progress_bar(chunks, len(chunks), progress, " / ".join(checks))]
+            [
+                f(chunk, batch_size)[:, target_row]
+                for chunk in progress_bar(chunks, len(chunks), progress, " / ".join(checks))
+            ]
         )
     x = counts / len(units)
     per_check = values.reshape(len(checks), len(orders), len(counts))

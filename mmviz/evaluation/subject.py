@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mmviz.data import Attribution, AttentionTrace, CrossAttentionTrace, TokenTable
+from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, TokenTable
 
 __all__ = ["Subject", "attention_map", "cross_attention_map", "subject", "upsample"]
 

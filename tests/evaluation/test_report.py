@@ -1,0 +1,83 @@
+"""FaithfulnessReport: reading, verdicts, files (numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mmviz
+from mmviz.data import CheckResult, FaithfulnessReport, TokenTable
+
+
+def _report() -> FaithfulnessReport:
+    tokens = TokenTable.build(["a", "red", "square"])
+    return FaithfulnessReport(
+        name="saliency of ' red'",
+        scores=np.array([0.1, 0.7, 0.2]),
+        tokens=tokens,
+        results={
+            "deletion": CheckResult(
+                "deletion",
+                0.6,
+                {"random": 1.0},
+                True,
+                x=[0, 0.5, 1],
+                curve=[2.0, 1.0, 0.0],
+                reference=[2.0, 1.5, 0.0],
+                note="fine",
+            ),
+            "model_randomization": CheckResult(
+                "model_randomization",
+                0.9,
+                {"threshold": 0.5},
+                False,
+                x=[1, 2],
+                curve=[0.95, 0.9],
+                labels=("h.1", "h.0"),
+                note="the map hardly changes",
+            ),
+            "pointing": CheckResult("pointing", 1.0, {"area": 0.33, "objects": 0.5}, True),
+            "completeness": CheckResult("completeness", float("nan"), {"tolerance": 0.05}, None),
+        },
+        skipped={"iou": "needs masks="},
+        info={"steps": 2},
+    )
+
+
+def test_reading_a_report() -> None:
+    rep = _report()
+    assert rep["deletion"] == 0.6
+    x, _ = rep.curve("deletion")
+    np.testing.assert_array_equal(x, [0, 0.5, 1])
+    np.testing.assert_array_equal(rep.curve("deletion", reference=True)[1], [2.0, 1.5, 0.0])
+    assert rep.baseline("pointing") == 0.33 and rep.baseline("pointing", "objects") == 0.5
+    assert rep.passed("deletion") and not rep.passed("model_randomization")
+    assert rep.verdict == "failed"
+    assert "FAIL model_randomization" in rep.summary() and "skip iou" in rep.summary()
+    with pytest.raises(KeyError, match="did not run: needs masks="):
+        rep["iou"]
+    with pytest.raises(KeyError, match="not a verdict"):
+        rep.passed("completeness")
+    with pytest.raises(KeyError, match="no curve"):
+        rep.curve("pointing")
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    rep = _report()
+    rep.save(tmp_path / "r.mmviz")
+    back = mmviz.load(tmp_path / "r.mmviz")
+    assert isinstance(back, FaithfulnessReport)
+    assert back.summary() == rep.summary()
+    assert back.results["model_randomization"].labels == ("h.1", "h.0")
+    assert np.isnan(back["completeness"])
+    np.testing.assert_array_equal(back.scores, rep.scores)
+    assert back.skipped == rep.skipped and back.info == rep.info
+
+
+def test_bad_reports_are_refused() -> None:
+    with pytest.raises(ValueError, match="one value per position"):
+        FaithfulnessReport("x", np.zeros(2), TokenTable.build(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="differ"):
+        CheckResult("deletion", 1.0, x=[0, 1], curve=[1.0])
