@@ -63,6 +63,7 @@ def evaluate(
     target_row: int = 0,
     other_target: Any = None,
     random_orders: int = 3,
+    units: str | None = None,
     batch_size: int = 8,
     upsample: str = "bilinear",
     iou_threshold: float = 0.5,
@@ -104,6 +105,8 @@ def evaluate(
         other_target: the target of ``"label_randomization"`` (default: a random other token or class
             id when the target is an id).
         random_orders: random orders averaged for the deletion/insertion reference.
+        units: ``"image"`` or ``"text"``: deletion and insertion remove only units of that kind (default:
+            every text token and image patch the map scores).
         batch_size: perturbed copies per forward pass.
         upsample: ``"bilinear"`` or ``"nearest"``: how patch scores reach a pixel mask's size.
         iou_threshold: the fraction of the map's maximum above which a pixel counts as "on" for IoU.
@@ -150,6 +153,7 @@ def evaluate(
                     seed=seed,
                     batch_size=batch_size,
                     target_row=target_row,
+                    units=units,
                     progress=progress,
                 )
             )

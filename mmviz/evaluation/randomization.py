@@ -79,19 +79,25 @@ def randomized(model: Any, seed: int = 0) -> Iterator[Any]:
     """Yields ``randomize(module)``, which re-draws a module's weights; all weights restored on exit.
 
     Args:
-        model: the model (its parameters are saved first, so this needs as much memory again).
+        model: the model (each randomised module's parameters are saved first: as much memory again for them).
         seed: seed of the random weights.
     """
     import torch
 
-    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    saved: dict[int, tuple[Any, Any]] = {}  # id(parameter) → (parameter, its original values)
     generator = torch.Generator().manual_seed(seed)
+
+    def randomize(module: Any) -> None:
+        for p in module.parameters():
+            saved.setdefault(id(p), (p, p.detach().clone()))
+        _redraw(module, generator)
+
     try:
-        yield lambda module: _redraw(module, generator)
+        yield randomize
     finally:
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(saved[name])
+            for p, original in saved.values():
+                p.copy_(original)
 
 
 def _compared(subject: Subject) -> np.ndarray:
