@@ -180,9 +180,7 @@ def _result(check: str, x: np.ndarray, curves: np.ndarray, areas: np.ndarray, re
             x=x,
             curve=curves[0],
             reference=curves[1:].mean(0),
-            note=(
-                "no verdict: the target does not change as units are removed or revealed (every curve is flat)"
-            ),
+            note=("no verdict: the target does not change as units are removed or revealed (every curve is flat)"),
         )
     score = float(areas[0] / reference)
     passed = score < 1.0 if check == "deletion" else score > 1.0

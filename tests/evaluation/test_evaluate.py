@@ -33,7 +33,13 @@ def test_deletion_curve_equals_forwards_run_by_hand(gpt2: Any, tok: Any, prompt:
     attr = mmviz.attribute(gpt2, prompt, processor=tok, method="saliency", target=7, progress=False)
     steps = 4
     rep = mmviz.evaluate(
-        attr, gpt2, prompt, processor=tok, checks=("deletion", "insertion"), steps=steps, random_orders=1,
+        attr,
+        gpt2,
+        prompt,
+        processor=tok,
+        checks=("deletion", "insertion"),
+        steps=steps,
+        random_orders=1,
         progress=False,
     )
     units = np.flatnonzero(attr.tokens.kind == "text")  # <bos> is special; it is never removed
@@ -218,3 +224,33 @@ def test_bad_calls_say_what_to_do(gpt2: Any, tok: Any, prompt: Any) -> None:
         mmviz.evaluate(attr, gpt2, other, processor=tok, checks=("deletion",), progress=False)
     with pytest.raises(ValueError, match="positions must lie"):
         mmviz.evaluate(attr, masks={99}, checks=("pointing",))
+
+
+def test_a_vision_tower_map_is_judged_on_a_two_tower_input(clip: tuple[Any, Any]) -> None:
+    from mmviz.evaluation.perturbation import align
+    from tests.attribution.conftest import random_image
+
+    model, processor = clip
+    inputs = processor(images=random_image(), text=["a red circle"], return_tensors="pt", padding=True)
+    with mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    spec = {"module": "vision_model", "layer": -1, "query": 0}
+    attr = mmviz.attribute(model, inputs, processor=processor, method="saliency", target="a red circle")
+    scores = align(attention_map(cap.attention, **spec), attr.tokens)
+    patches = np.flatnonzero(attr.tokens.kind == "image")
+    assert np.isfinite(scores[patches]).all() and np.isnan(np.delete(scores, patches)).all()
+    grid = cap.attention.tokens("vision_model").image_positions(0)
+    cls_row = cap.attention.head_mean("vision_model")[-1, 0]
+    np.testing.assert_allclose(scores[attr.tokens.image_positions(0)[1, 2]], cls_row[grid[1, 2]], rtol=1e-3, atol=1e-5)
+    rep = mmviz.evaluate(
+        (cap.attention, spec),
+        model,
+        inputs,
+        processor=processor,
+        target="a red circle",
+        checks=("deletion",),
+        steps=4,
+        units="image",
+        progress=False,
+    )
+    np.testing.assert_allclose(rep.curve("deletion")[0], [0, 0.25, 0.5, 0.75, 1.0])

@@ -81,3 +81,14 @@ def test_bad_reports_are_refused() -> None:
         FaithfulnessReport("x", np.zeros(2), TokenTable.build(["a", "b", "c"]))
     with pytest.raises(ValueError, match="differ"):
         CheckResult("deletion", 1.0, x=[0, 1], curve=[1.0])
+
+
+def test_the_figure_draws_the_map_curves_and_scores() -> None:
+    pytest.importorskip("matplotlib")
+    fig = _report().figure()
+    cells = [c.get_text().get_text() for ax in fig.axes for tab in ax.tables for c in tab.get_celld().values()]
+    assert {"deletion", "0.6", "FAIL", "skipped"} <= set(cells)  # the score table
+    lines = [ax for ax in fig.axes if ax.get_ylabel() == "rank correlation"]
+    assert len(lines) == 1 and list(lines[0].lines[0].get_ydata()) == [0.95, 0.9]
+    labels = [t.get_text() for t in lines[0].get_xticklabels()]
+    assert labels == ["h.1", "h.0"]
