@@ -99,8 +99,10 @@ def evaluate(
         tokens: the ``TokenTable`` a 1-D numpy map scores.
         target: what the curves read, and the attribution's target when it could not be recorded
             (default: the attribution's own target; for other maps the model's prediction).
-        baseline: what a removed unit becomes (default: the attribution's baseline, else ``"zeros"``); see
-            ``mmviz.attribution.explained`` (``"zeros"``/``"blank"``, ``"mean"``, ``"blur"``, a tensor).
+        baseline: what a removed unit becomes in deletion and insertion (default: the attribution's baseline,
+            else ``"zeros"``); see ``mmviz.attribution.explained`` (``"zeros"``/``"blank"``, ``"mean"``,
+            ``"blur"``, a tensor). An attribution is recomputed with its own baseline; one it could not record
+            (a tensor) is taken from here.
         target_row: the attribution's row judged.
         other_target: the target of ``"label_randomization"`` (default: a random other token or class
             id when the target is an id).

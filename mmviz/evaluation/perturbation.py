@@ -12,7 +12,9 @@ units go (lower is better); insertion above 1 means it rises sooner when they co
 Measuring above ``y_min`` makes both areas non-negative for targets of any sign (log-probabilities, logits,
 similarities), also where a half-removed input scores below the fully removed one (a scene of scattered
 patches is less like "a red circle" than a blank scene); the sign of ``score − 1`` is the sign of the
-difference of the areas whatever the offset.
+difference of the areas whatever the offset. Where the target is not higher on the input than with every unit
+removed (a tiny CLIP can find a blank scene more like "a red circle" than the scene itself), removing evidence
+cannot lower it and both checks report ``nan`` with no verdict, saying why.
 """
 
 from __future__ import annotations
@@ -172,6 +174,21 @@ def perturbation_curves(
 
 def _result(check: str, x: np.ndarray, curves: np.ndarray, areas: np.ndarray, reference: float) -> CheckResult:
     spread = float(areas[1:].std()) / abs(reference) if reference else float("nan")
+    full, empty = (curves[0, 0], curves[0, -1]) if check == "deletion" else (curves[0, -1], curves[0, 0])
+    if not full > empty:
+        return CheckResult(
+            check=check,
+            score=float("nan"),
+            baselines={"random": 1.0},
+            x=x,
+            curve=curves[0],
+            reference=curves[1:].mean(0),
+            note=(
+                f"no verdict: the target is higher with every unit removed ({empty:.3g}) than on the input "
+                f"({full:.3g}), so removing evidence does not lower it; explain a target the input raises "
+                "(e.g. a contrast of two answers or captions)"
+            ),
+        )
     if not reference > 0:
         return CheckResult(
             check=check,

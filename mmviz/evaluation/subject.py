@@ -101,9 +101,15 @@ def _from_attribution(attr: Attribution, processor: Any, row: int, target: Any, 
     spec_target: Any = target if target is not None else _target_of(call.get("target"))
     if target is None and call.get("target_given"):
         spec_target = MissingArgument("target")
-    spec_baseline = baseline if baseline is not None else call.get("baseline") or attr.info.get("baseline")
+    # removal (deletion/insertion): the baseline given to evaluate, else the attribution's own
+    recorded = call.get("baseline", attr.info.get("baseline"))
+    spec_baseline = baseline if baseline is not None else recorded if isinstance(recorded, str) else None
     if spec_baseline is None or spec_baseline == "tensor":
         spec_baseline = "zeros"
+    # recomputing: the attribution's own baseline; one it could not record must be given again
+    redo_baseline: Any = recorded if isinstance(recorded, str) and recorded != "tensor" else baseline
+    if redo_baseline is None:
+        redo_baseline = MissingArgument("baseline") if call.get("baseline_given") else "zeros"
     options = {k: call[k] for k in ("steps", "per_token", "rule") if k in call}
     if call.get("sources") is not None:
         options["sources"] = tuple(call["sources"])
@@ -112,15 +118,16 @@ def _from_attribution(attr: Attribution, processor: Any, row: int, target: Any, 
         from mmviz.attribution import attribute
 
         what = spec_target if other is None else other
-        if isinstance(what, MissingArgument):
-            raise ValueError(what.message)
+        for given in (what, redo_baseline):
+            if isinstance(given, MissingArgument):
+                raise ValueError(given.message)
         other = attribute(
             model,
             inputs,
             method=attr.method,
             target=what,
             processor=processor,
-            baseline=baseline if baseline is not None else call.get("baseline") or "zeros",
+            baseline=redo_baseline,
             progress=False,
             **options,
         )

@@ -14,8 +14,9 @@ own inputs, and is scored by ``mmviz.evaluate`` against the exact object masks o
 
 For each map: pointing game with both baselines (the named object's area; "some object": the chance that a
 peak on some object is on the named one), pointing on any object, relevance mass, IoU, deletion and
-insertion against random orders (pixels removed with the map's own baseline: the blank scene for the
-blank-scene maps, ``"zeros"`` otherwise), and the cascading model-randomisation check on the first
+insertion against random orders over the image patches (removed patches become the blank scene's, for every
+map: in this world the background is what "absent" looks like; the processor's zero, a mid-grey patch, reads as
+a grey object), and the cascading model-randomisation check on the first
 ``sanity`` scenes (its pass rate and mean rank correlation).
 
 Run ``python -m mmviz.teaching.faithfulness --n 20`` (one CPU thread; a few minutes per model) for the table
@@ -59,7 +60,7 @@ def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -
     def attribution(**options: Any) -> MapFn:
         def draw(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
             attr = mmviz.attribute(model, inputs, processor=proc, target=target, progress=False, **options)
-            return attr, ({"baseline": options["baseline"]} if "baseline" in options else {})
+            return attr, {}
 
         return draw
 
@@ -91,7 +92,7 @@ def vlm_maps(answer: str, image: np.ndarray, question: str, processor: Any, step
     def attribution(**options: Any) -> MapFn:
         def draw(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
             attr = mmviz.attribute(model, inputs, processor=proc, target=answer, progress=False, **options)
-            return attr, ({"baseline": options["baseline"]} if "baseline" in options else {})
+            return attr, {}
 
         return draw
 
@@ -118,6 +119,7 @@ def _judge(
     inputs: Any,
     mask: np.ndarray,
     objects: np.ndarray,
+    removed: Any,
     sanity: bool,
 ) -> dict[str, float]:
     import mmviz
@@ -126,8 +128,7 @@ def _judge(
     checks = MASK_CHECKS + CURVE_CHECKS + (("model_randomization",) if sanity else ())
     rep = mmviz.evaluate(
         the_map, model, inputs, processor=processor, masks=mask, objects=objects, checks=checks, units="image",
-        progress=False,
-        **options,
+        baseline={"image": removed}, progress=False, **options,
     )  # fmt: skip
     row = {c: rep[c] for c in rep.checks}
     row["area"] = rep.baseline("pointing", "area")
@@ -158,9 +159,10 @@ def run_clip(model: Any, processor: Any, n: int = 20, seed: int = CLIP_SEED, san
         union = scene.objects[0].mask | scene.objects[1].mask
         for k, obj in enumerate(scene.objects):
             inputs = processor(images=scene.image, text=[obj.phrase], return_tensors="pt", padding=True)
+            blank = _blank(processor, scene.image)
             for name, draw in clip_maps(obj.phrase, scene.image, processor).items():
                 mask = union if name.startswith("CLS") else obj.mask
-                row = _judge(draw, model, processor, inputs, mask, union, sanity=i < sanity and k == 0)
+                row = _judge(draw, model, processor, inputs, mask, union, blank, sanity=i < sanity and k == 0)
                 rows.setdefault(name, []).append(row)
     return summarise(rows)
 
@@ -174,8 +176,10 @@ def run_vlm(model: Any, processor: Any, n: int = 20, seed: int = VLM_SEED, sanit
         question, answer, index = scene.qa[i % len(scene.qa)]
         union = scene.objects[0].mask | scene.objects[1].mask
         inputs = processor(text=prompt(question), images=scene.image, return_tensors="pt")
+        blank = _blank(processor, scene.image, text=prompt(question))
+        mask = scene.objects[index].mask
         for name, draw in vlm_maps(answer, scene.image, question, processor).items():
-            row = _judge(draw, model, processor, inputs, scene.objects[index].mask, union, sanity=i < sanity)
+            row = _judge(draw, model, processor, inputs, mask, union, blank, sanity=i < sanity)
             rows.setdefault(name, []).append(row)
     return summarise(rows)
 

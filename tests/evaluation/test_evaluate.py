@@ -254,3 +254,15 @@ def test_a_vision_tower_map_is_judged_on_a_two_tower_input(clip: tuple[Any, Any]
         progress=False,
     )
     np.testing.assert_allclose(rep.curve("deletion")[0], [0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_a_target_that_removal_raises_gets_no_verdict() -> None:
+    from mmviz.evaluation.perturbation import _result
+
+    x = np.array([0.0, 0.5, 1.0])
+    curves = np.array([[1.0, 0.5, 3.0], [1.0, 2.0, 3.0]])  # the map's curve, one random order's
+    areas = np.array([np.trapezoid(c - curves.min(), x) for c in curves])
+    res = _result("deletion", x, curves, areas, float(areas[1:].mean()))
+    assert np.isnan(res.score) and res.passed is None and "higher with every unit removed" in res.note
+    res = _result("deletion", x, curves[:, ::-1], areas[::-1], float(areas[1:].mean()))
+    assert res.passed is not None and np.isfinite(res.score)
