@@ -36,7 +36,7 @@ from mmviz.data import (
     TokenTable,
     load,
 )
-from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.evaluation import evaluate
 
 __version__ = "0.1.0"
@@ -49,6 +49,7 @@ __all__ = [
     "CrossAttentionTrace",
     "Dashboard",
     "FaithfulnessReport",
+    "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
