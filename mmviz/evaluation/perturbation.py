@@ -137,10 +137,10 @@ def perturbation_curves(
     results: dict[str, CheckResult] = {}
     with explained(model, inputs, processor=processor, **perturb) as f:
         scores = align(subject, f.tokens)
-        units = f.units[np.isfinite(scores[f.units])]
+        removable = f.units[np.isfinite(scores[f.units])]
         if kinds is not None:
-            units = units[np.isin(f.tokens.kind[units], kinds)]
-        if units.size == 0:
+            removable = removable[np.isin(f.tokens.kind[removable], kinds)]
+        if removable.size == 0:
             raise ValueError(
                 "the map scores no token or image patch of these inputs that can be removed"
                 + (f" (of kind {', '.join(kinds)})" if kinds is not None else "")
@@ -148,10 +148,12 @@ def perturbation_curves(
             )
         if not 0 <= target_row < len(f.labels):
             raise ValueError(f"target_row {target_row} is out of range: the target has {len(f.labels)} row(s)")
-        counts = step_counts(len(units), steps)
-        orders = [order_units(units, scores, rng)]
-        orders += [rng.permutation(units) for _ in range(random_orders)]
-        masks = np.concatenate([_keep_masks(orders, counts, len(f.tokens), units, c == "insertion") for c in checks])
+        counts = step_counts(len(removable), steps)
+        orders = [order_units(removable, scores, rng)]
+        orders += [rng.permutation(removable) for _ in range(random_orders)]
+        masks = np.concatenate(
+            [_keep_masks(orders, counts, len(f.tokens), removable, c == "insertion") for c in checks]
+        )
         chunks = [masks[i : i + batch_size] for i in range(0, len(masks), batch_size)]
         values = np.concatenate(
             [
@@ -159,7 +161,7 @@ def perturbation_curves(
                 for chunk in progress_bar(chunks, len(chunks), progress, " / ".join(checks))
             ]
         )
-    x = counts / len(units)
+    x = counts / len(removable)
     per_check = values.reshape(len(checks), len(orders), len(counts))
     for c, check in enumerate(checks):
         curves = per_check[c]

@@ -234,11 +234,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if "clip" in args.models:
-        model, processor = teaching.load_clip()
-        print(json.dumps({"clip": run_clip(model, processor, n=args.n, sanity=args.sanity)}), flush=True)
+        clip, clip_processor = teaching.load_clip()
+        print(json.dumps({"clip": run_clip(clip, clip_processor, n=args.n, sanity=args.sanity)}), flush=True)
     if "vlm" in args.models:
-        model, processor = teaching.load_vlm()
-        print(json.dumps({"vlm": run_vlm(model, processor, n=args.n, sanity=args.sanity)}), flush=True)
+        vlm, vlm_processor = teaching.load_vlm()
+        print(json.dumps({"vlm": run_vlm(vlm, vlm_processor, n=args.n, sanity=args.sanity)}), flush=True)
     if "diffusion" in args.models:
         print(json.dumps({"diffusion": run_diffusion(teaching.load_diffusion(), n=args.n_diffusion)}), flush=True)
 
