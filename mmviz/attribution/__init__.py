@@ -18,10 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["METHODS", "attribute", "explained"]
+__all__ = ["DEFAULT_METHODS", "METHODS", "attribute", "explained"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
+
+DEFAULT_METHODS = {"dual": "relevance", "lm": "integrated_gradients", "classifier": "integrated_gradients"}
+"""``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models and
+VLMs (``"lm"``), classifiers. Chosen by ``mmviz.evaluate`` on the teaching models (``docs/faithfulness.md``): the
+teaching CLIP's phrase relevance points at the named object and passes the model-randomisation check, while
+integrated gradients from zero embeddings and zero pixels points at chance."""
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -38,7 +44,7 @@ def attribute(
     model: Any,
     inputs: Any,
     *,
-    method: str = "integrated_gradients",
+    method: str | None = None,
     target: Any = None,
     processor: Any = None,
     baseline: Any = "zeros",
@@ -64,7 +70,10 @@ def attribute(
             ...), a classifier (BERT, ViT, ...) or a two-tower model (CLIP, SigLIP).
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
-            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``.
+            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``. Default (``None``): the method
+            that passes ``mmviz.evaluate``'s checks on the teaching models for this kind of model
+            (``DEFAULT_METHODS``): ``"relevance"`` for two-tower models (CLIP, SigLIP), whose integrated
+            gradients from the default baseline point at chance; ``"integrated_gradients"`` otherwise.
         target: what to explain.
 
             * ``None``: the model's own prediction (next token, top class, the first caption).
@@ -96,6 +105,10 @@ def attribute(
     from mmviz.attribution._problem import Problem, prepared
     from mmviz.data import Attribution
 
+    if method is None:
+        from mmviz.attribution._targets import model_kind
+
+        method = DEFAULT_METHODS.get(model_kind(model), "integrated_gradients")
     fn = _method(method)
     if hasattr(inputs, "data") and not isinstance(inputs, dict):
         inputs = dict(inputs.data)

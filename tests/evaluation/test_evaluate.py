@@ -266,3 +266,14 @@ def test_a_target_that_removal_raises_gets_no_verdict() -> None:
     assert np.isnan(res.score) and res.passed is None and "higher with every unit removed" in res.note
     res = _result("deletion", x, curves[:, ::-1], areas[::-1], float(areas[1:].mean()))
     assert res.passed is not None and np.isfinite(res.score)
+
+
+def test_default_methods_by_model_kind(gpt2: Any, tok: Any, prompt: Any, clip: tuple[Any, Any]) -> None:
+    from tests.attribution.conftest import random_image
+
+    model, processor = clip
+    inputs = processor(images=random_image(), text=["a red circle"], return_tensors="pt", padding=True)
+    assert mmviz.attribute(model, inputs, processor=processor, progress=False).method == "relevance"
+    assert mmviz.attribute(gpt2, prompt, processor=tok, target=7, steps=4, progress=False).method == (
+        "integrated_gradients"
+    )
