@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
+from mmviz.data.attribution import Attribution
 from mmviz.data.tokens import TokenTable
 
 __all__ = ["CHECK_NAMES", "CheckResult", "FaithfulnessReport"]
@@ -77,7 +79,7 @@ class CheckResult:
 
 
 @dataclass(eq=False)
-class FaithfulnessReport:
+class FaithfulnessReport(Shown):
     """Every check ``mmviz.evaluate`` ran on one map.
 
     Attributes:
@@ -198,6 +200,18 @@ class FaithfulnessReport:
         return "\n".join(lines)
 
     # -- showing ---------------------------------------------------------------------------------
+    def map_attribution(self) -> Attribution:
+        """The judged map as a one-row ``Attribution`` (what the view and the figure draw)."""
+        n_images = len(self.tokens.images)
+        return Attribution(
+            scores=self.scores[None],
+            tokens=self.tokens,
+            method=str(self.info.get("method", "map")),
+            targets=(self.name,),
+            target=self.name,
+            pixel_maps=tuple(p[None] for p in self.pixel_maps) if len(self.pixel_maps) == n_images else (),
+        )
+
     def figure(self, **options: Any) -> Any:
         """A matplotlib figure of the map, its curves and its scores (``mmviz.export.faithfulness_figure``)."""
         from mmviz.export.faithfulness_figures import faithfulness_figure
@@ -205,11 +219,15 @@ class FaithfulnessReport:
         return faithfulness_figure(self, **options)
 
     def show(self, **options: Any) -> Any:
-        """Shows the report: the map, its curves and its scores (a matplotlib figure; keywords go to it)."""
-        return self.figure(**options)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": self.summary()}
+        """A ``FaithfulnessView``: the map beside its curves, scores and verdicts (keywords go to the view)."""
+        try:
+            from mmviz.widgets import FaithfulnessView
+        except ImportError as exc:
+            raise ImportError(
+                "FaithfulnessReport.show() needs anywidget and ipywidgets: reinstall them (pip install anywidget "
+                "ipywidgets); the report itself is plain numpy: see .summary(), .figure() and .results"
+            ) from exc
+        return FaithfulnessView(self, **options)
 
     def __repr__(self) -> str:
         return f"FaithfulnessReport({self.name!r}, {self.verdict}, checks={self.checks})"

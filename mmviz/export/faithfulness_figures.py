@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmviz.data.attribution import Attribution
 from mmviz.data.faithfulness import FaithfulnessReport
 from mmviz.export.attribution_figures import attribution_figure
 from mmviz.export.figures import _style
@@ -20,28 +19,17 @@ from mmviz.export.figures import _style
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["faithfulness_figure"]
+__all__ = ["faithfulness_figure", "faithfulness_view_figure"]
 
 CURVES = ("deletion", "insertion")
 VERDICT = {True: "pass", False: "FAIL", None: "–"}
-
-
-def _as_attribution(report: FaithfulnessReport) -> Attribution:
-    n_images = len(report.tokens.images)
-    return Attribution(
-        scores=report.scores[None],
-        tokens=report.tokens,
-        method=str(report.info.get("method", "map")),
-        targets=(report.name,),
-        target=report.name,
-        pixel_maps=tuple(p[None] for p in report.pixel_maps) if len(report.pixel_maps) == n_images else (),
-    )
 
 
 def faithfulness_figure(
     report: FaithfulnessReport,
     *,
     cmap: str = "viridis",
+    opacity: float = 0.6,
     figsize: tuple[float, float] = (13.0, 6.5),
     into: SubFigure | None = None,
 ) -> Figure:
@@ -50,6 +38,7 @@ def faithfulness_figure(
     Args:
         report: from ``mmviz.evaluate``.
         cmap: colormap of the map (unsigned maps).
+        opacity: opacity of the map over the images.
         figsize: inches.
         into: draw into this subfigure instead of a new figure.
 
@@ -61,7 +50,7 @@ def faithfulness_figure(
     with _style():
         fig: Any = Figure(figsize=figsize, layout="constrained") if into is None else into
         left, right = fig.subfigures(1, 2, width_ratios=[1.1, 1.0])
-        attribution_figure(_as_attribution(report), cmap=cmap, title=report.name, into=left)
+        attribution_figure(report.map_attribution(), cmap=cmap, opacity=opacity, title=report.name, into=left)
         axes = right.subplots(3, 1, height_ratios=[1.0, 1.0, 0.9])
         _curves(axes[0], report)
         _randomization(axes[1], report)
@@ -119,3 +108,10 @@ def _table(ax: Any, report: FaithfulnessReport) -> None:
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.scale(1.0, 1.1)
+
+
+def faithfulness_view_figure(view: Any, **options: Any) -> Figure:
+    """The figure of a ``FaithfulnessView``, with its colormap and opacity (``options`` override them)."""
+    options.setdefault("cmap", view.cmap)
+    options.setdefault("opacity", view.opacity)
+    return faithfulness_figure(view.report, **options)
