@@ -12,8 +12,9 @@ words, ``--layers/--width`` to change), a 256-token prompt, target: one word's l
   check cannot avoid). Goal ≤ 1.1×.
 
 Configurations are interleaved ``--repeats`` times in one process (one torch thread) and each one's fastest
-run is kept: other jobs on a shared machine only ever slow a run down. Quantus is timed too where it is
-installed (it is not part of mmviz's stack; the run says so when it is absent).
+run is kept: other jobs on a shared machine only ever slow a run down. Quantus is not timed: its deletion-style
+metrics perturb a model's input array (token ids, for a language model), not token embeddings, so it has no
+like-for-like run here; ``tests/evaluation/test_quantus.py`` compares its mask scores with mmviz's.
 
 Run: ``python benchmarks/faithfulness.py`` (``--repeats 3 --layers 6 --width 512 --tokens 256``).
 """
@@ -119,6 +120,12 @@ def main() -> None:
     )
     if importlib.util.find_spec("quantus") is None:
         print("Quantus: not installed beside this stack; not timed")
+    else:
+        print(
+            "Quantus: installed, not timed: its deletion-style metrics (RegionPerturbation, ...) perturb the "
+            "model's input array, which for a language model is token ids, not embeddings; "
+            "tests/evaluation/test_quantus.py checks its mask scores against mmviz's instead"
+        )
 
 
 if __name__ == "__main__":
