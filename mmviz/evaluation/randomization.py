@@ -116,7 +116,7 @@ def _correlation(subject: Subject, other: np.ndarray) -> float:
 def _verdict(check: str, rho: float, threshold: float, what: str) -> tuple[bool | None, str]:
     if np.isnan(rho):
         return None, f"no verdict: the map {what} is constant, so rank correlation is undefined"
-    if abs(rho) >= threshold:
+    if rho >= threshold:  # a negative correlation (ranks reversed) is a changed map
         return False, (
             f"the map hardly changes ({check.replace('_', ' ')}: rank correlation {rho:.2f} ≥ {threshold}) "
             f"{what}: it does not depend on what it claims to explain"

@@ -277,3 +277,11 @@ def test_default_methods_by_model_kind(gpt2: Any, tok: Any, prompt: Any, clip: t
     assert mmviz.attribute(gpt2, prompt, processor=tok, target=7, steps=4, progress=False).method == (
         "integrated_gradients"
     )
+
+
+def test_only_a_map_that_stays_alike_fails_randomization() -> None:
+    from mmviz.evaluation.randomization import _verdict
+
+    assert _verdict("model_randomization", 0.9, 0.5, "x")[0] is False
+    assert _verdict("model_randomization", -0.7, 0.5, "x") == (True, "")  # ranks reversed: the map changed
+    assert _verdict("model_randomization", float("nan"), 0.5, "x")[0] is None
