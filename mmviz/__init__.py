@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.attribution import attribute
+from mmviz.attribution import attribute, similarity_to
 from mmviz.capture import capture
 from mmviz.data import (
     AttentionTrace,
@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "load",
     "save_html",
+    "similarity_to",
 ]
 
 if TYPE_CHECKING:

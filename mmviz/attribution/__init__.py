@@ -18,16 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "attribute", "explained"]
+from mmviz.attribution.targets import SimilarityTarget, similarity_to
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
 
-DEFAULT_METHODS = {"dual": "relevance", "lm": "integrated_gradients", "classifier": "integrated_gradients"}
+DEFAULT_METHODS = {
+    "dual": "relevance",
+    "lm": "integrated_gradients",
+    "classifier": "integrated_gradients",
+    "embedding": "integrated_gradients",
+}
 """``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models and
-VLMs (``"lm"``), classifiers. Chosen by ``mmviz.evaluate`` on the teaching models (``docs/faithfulness.md``): the
-teaching CLIP's phrase relevance points at the named object and passes the model-randomisation check, while
-integrated gradients from zero embeddings and zero pixels points at chance."""
+VLMs (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by ``mmviz.evaluate`` on the teaching
+models (``docs/faithfulness.md``): the teaching CLIP's phrase relevance points at the named object and passes the
+model-randomisation check, while integrated gradients from zero embeddings and zero pixels points at chance."""
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -67,7 +74,8 @@ def attribute(
 
     Args:
         model: a transformers model: a causal LM or VLM (GPT-2, Llama, Qwen2, LLaVA, Qwen2-VL, PaliGemma,
-            ...), a classifier (BERT, ViT, ...) or a two-tower model (CLIP, SigLIP).
+            ...), a classifier (BERT, ViT, ...), a two-tower model (CLIP, SigLIP) or a bare encoder
+            (``BertModel``, a sentence-embedding model).
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
             ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``. Default (``None``): the method
@@ -82,6 +90,11 @@ def attribute(
               (``per_token=True``: one row per answer token, a ``[generated, source]`` matrix); a label
               name for classifiers; a caption whose similarity to the image is explained for CLIP/SigLIP.
             * ``(a, b)``: a contrast, ``f(a) − f(b)`` (e.g. ``("red", "blue")``).
+            * ``mmviz.similarity_to(reference)``: the similarity of the input's pooled embedding to a
+              reference text or embedding (bare encoders and sentence-embedding models; there a plain
+              text or embedding means the same).
+            * a function ``f(outputs) → [batch]``: any differentiable scalar of the model's outputs, one
+              per row of the batch (the methods run several copies of the input at once).
         processor: the processor or tokenizer (token texts, answers, captions, image layout).
         baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
             embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
@@ -98,7 +111,8 @@ def attribute(
         An ``Attribution``.
 
     Raises:
-        ValueError: an unknown method or target, a batch of several examples, or nothing to attribute.
+        ValueError: an unknown method or target, a batch of several examples, nothing to attribute, a
+            bare model without a target, or a target function whose value is not ``[batch]``.
     """
     import torch
 

@@ -1,9 +1,9 @@
 """Whether views (or attributions) that are linked by position show the same input.
 
 Panes link on token positions and on image patches, so a Dashboard of an attention trace of one sentence
-and an attribution of another would light up the wrong tokens. Inputs agree when their text positions
-(padding aside) read the same, one possibly continuing the other (generated tokens, a longer target),
-and their images are the same pixels.
+and an attribution of another would light up the wrong tokens. Inputs agree when their text positions read
+the same (padding and generated tokens aside; one may continue the other, as a longer target does) and
+their images are the same pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ __all__ = ["check_same_input"]
 
 
 def _text(table: TokenTable) -> list[tuple[int, str]]:
-    keep = (table.kind != "image") & (table.kind != "pad")
+    """The input's text positions: padding and what ``generate`` produced are not part of the input."""
+    keep = (table.kind != "image") & (table.kind != "pad") & ~table.generated.astype(bool)
     return [(int(p), str(table.text[p])) for p in np.flatnonzero(keep)]
 
 

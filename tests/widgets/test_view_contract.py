@@ -112,3 +112,11 @@ def test_every_trace_shows_itself_by_one_rule() -> None:
     big = _trace(table)
     big.show = lambda **_: (_ for _ in ()).throw(mmviz.BudgetError("over budget"))  # type: ignore[method-assign]
     assert "shown as text: over budget" in big._repr_mimebundle_()["text/plain"]
+
+
+def test_generated_tokens_are_not_part_of_the_input() -> None:
+    prompt = ["the", "capital", "is"]
+    generated = TokenTable.build(["<s>", *prompt, " f"], kind=["special", *["text"] * 4], generated=[0, 0, 0, 0, 1])
+    target = _table([*prompt, " Paris"])  # an attribution of a teacher-forced target after the same prompt
+    board = Dashboard(_trace(generated), _attribution(target))
+    assert [p.KIND for p in board.panes] == ["attention", "attribution"]
