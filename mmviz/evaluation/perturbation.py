@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from mmviz._progress import progress_bar
 from mmviz.data import TokenTable
 from mmviz.data.faithfulness import CheckResult
-from mmviz.evaluation._progress import progress_bar
 from mmviz.evaluation.metrics import curve_area
 from mmviz.evaluation.subject import MissingArgument, Subject
 
@@ -174,33 +174,32 @@ def perturbation_curves(
     return results
 
 
+def _no_verdict(check: str, x: np.ndarray, curves: np.ndarray, note: str) -> CheckResult:
+    return CheckResult(
+        check=check,
+        score=float("nan"),
+        baselines={"random": 1.0},
+        x=x,
+        curve=curves[0],
+        reference=curves[1:].mean(0),
+        note=f"no verdict: {note}",
+    )
+
+
 def _result(check: str, x: np.ndarray, curves: np.ndarray, areas: np.ndarray, reference: float) -> CheckResult:
     spread = float(areas[1:].std()) / abs(reference) if reference else float("nan")
     full, empty = (curves[0, 0], curves[0, -1]) if check == "deletion" else (curves[0, -1], curves[0, 0])
     if not full > empty:
-        return CheckResult(
-            check=check,
-            score=float("nan"),
-            baselines={"random": 1.0},
-            x=x,
-            curve=curves[0],
-            reference=curves[1:].mean(0),
-            note=(
-                f"no verdict: the target is higher with every unit removed ({empty:.3g}) than on the input "
-                f"({full:.3g}), so removing evidence does not lower it; explain a target the input raises "
-                "(e.g. a contrast of two answers or captions)"
-            ),
+        return _no_verdict(
+            check,
+            x,
+            curves,
+            f"the target is higher with every unit removed ({empty:.3g}) than on the input ({full:.3g}), so "
+            "removing evidence does not lower it; explain a target the input raises (e.g. a contrast of two "
+            "answers or captions)",
         )
     if not reference > 0:
-        return CheckResult(
-            check=check,
-            score=float("nan"),
-            baselines={"random": 1.0},
-            x=x,
-            curve=curves[0],
-            reference=curves[1:].mean(0),
-            note=("no verdict: the target does not change as units are removed or revealed (every curve is flat)"),
-        )
+        return _no_verdict(check, x, curves, "the target does not change as units are removed or revealed")
     score = float(areas[0] / reference)
     passed = score < 1.0 if check == "deletion" else score > 1.0
     note = f"random orders' AUC spread ±{spread:.2f}"

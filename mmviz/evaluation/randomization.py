@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mmviz._progress import progress_bar
 from mmviz.data.faithfulness import CheckResult
-from mmviz.evaluation._progress import progress_bar
 from mmviz.evaluation.metrics import rank_correlation
 from mmviz.evaluation.subject import Subject
 

@@ -5,7 +5,7 @@ own inputs, and is scored by ``mmviz.evaluate`` against the exact object masks o
 
 * **CLIP** (two-object scenes; target: the similarity of the image and the phrase of one object, "a red
   circle"): relevance; integrated gradients over the pixels from a blank scene (the background colour);
-  integrated gradients with the library's defaults; saliency over the pixels; the last layer's CLS
+  integrated gradients from zero embeddings and pixels; saliency over the pixels; the last layer's CLS
   attention (a text-free map, so its target object is "either object");
 * **VLM** (two-object scenes; target: the answer to a question about one object): integrated gradients over
   the pixels from a blank scene (the demo's call); relevance; the answer position's attention, last layer;
@@ -51,64 +51,59 @@ def _blank(processor: Any, image: np.ndarray, **text: Any) -> Any:
     return processor(images=np.full_like(image, BACKGROUND), return_tensors="pt", **text)["pixel_values"]
 
 
-def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -> dict[str, MapFn]:
-    """The CLIP maps compared, each a public call."""
-    import mmviz
+def _attribution(target: str, **options: Any) -> MapFn:
+    """A map drawn by ``mmviz.attribute(..., target=target, **options)``."""
 
-    blank = _blank(processor, image)
+    def draw(model: Any, processor: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
+        import mmviz
 
-    def attribution(**options: Any) -> MapFn:
-        def draw(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
-            attr = mmviz.attribute(model, inputs, processor=proc, target=target, progress=False, **options)
-            return attr, {}
+        attr = mmviz.attribute(model, inputs, processor=processor, target=target, progress=False, **options)
+        baseline = options.get("baseline")
+        return attr, ({"baseline": baseline} if baseline is not None else {})  # a tensor is not recorded
 
-        return draw
+    return draw
 
-    def cls_attention(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
+
+def _attention(target: str, choice: dict[str, Any]) -> MapFn:
+    """A map read from ``mmviz.capture``'s attention (``choice``: module, layer, query), judged for ``target``."""
+
+    def draw(model: Any, processor: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
         import torch
 
-        with torch.no_grad(), mmviz.capture(model, processor=proc) as cap:
-            model(**inputs)
-        return (cap.attention, {"module": "vision_model", "layer": -1, "query": 0}), {"target": target}
+        import mmviz
 
+        with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+            model(**inputs)
+        return (cap.attention, choice), {"target": target}
+
+    return draw
+
+
+def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -> dict[str, MapFn]:
+    """The CLIP maps compared, each a public call."""
+    blank = {"image": _blank(processor, image)}
     return {
-        "relevance": attribution(method="relevance"),
-        "integrated gradients, pixels, blank scene": attribution(
-            method="integrated_gradients", sources=["image"], baseline={"image": blank}, steps=steps
+        "relevance": _attribution(target, method="relevance"),
+        "integrated gradients, pixels, blank scene": _attribution(
+            target, method="integrated_gradients", sources=["image"], baseline=blank, steps=steps
         ),
-        "integrated gradients, library defaults": attribution(method="integrated_gradients", steps=steps),
-        "saliency, pixels": attribution(method="saliency", sources=["image"]),
-        "CLS attention, last layer": cls_attention,
+        "integrated gradients, zero baseline": _attribution(target, method="integrated_gradients", steps=steps),
+        "saliency, pixels": _attribution(target, method="saliency", sources=["image"]),
+        "CLS attention, last layer": _attention(target, {"module": "vision_model", "layer": -1, "query": 0}),
     }
 
 
 def vlm_maps(answer: str, image: np.ndarray, question: str, processor: Any, steps: int = 32) -> dict[str, MapFn]:
     """The VLM maps compared, each a public call."""
-    import mmviz
     from mmviz.teaching._vlm import prompt
 
-    blank = _blank(processor, image, text=prompt(question))
-
-    def attribution(**options: Any) -> MapFn:
-        def draw(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
-            attr = mmviz.attribute(model, inputs, processor=proc, target=answer, progress=False, **options)
-            return attr, {}
-
-        return draw
-
-    def answer_attention(model: Any, proc: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
-        import torch
-
-        with torch.no_grad(), mmviz.capture(model, processor=proc) as cap:
-            model(**inputs)
-        return (cap.attention, {"layer": -1, "query": -1}), {"target": answer}
-
+    blank = {"image": _blank(processor, image, text=prompt(question))}
     return {
-        "integrated gradients, pixels, blank scene": attribution(
-            method="integrated_gradients", sources=["image"], baseline={"image": blank}, steps=steps
+        "integrated gradients, pixels, blank scene": _attribution(
+            answer, method="integrated_gradients", sources=["image"], baseline=blank, steps=steps
         ),
-        "relevance": attribution(method="relevance"),
-        "answer attention, last layer": answer_attention,
+        "relevance": _attribution(answer, method="relevance"),
+        "answer attention, last layer": _attention(answer, {"layer": -1, "query": -1}),
     }
 
 
@@ -125,10 +120,11 @@ def _judge(
     import mmviz
 
     the_map, options = draw(model, processor, inputs)
+    options.setdefault("baseline", {"image": removed})  # removal: the blank scene, whatever the map's own baseline
     checks = MASK_CHECKS + CURVE_CHECKS + (("model_randomization",) if sanity else ())
     rep = mmviz.evaluate(
         the_map, model, inputs, processor=processor, masks=mask, objects=objects, checks=checks, units="image",
-        baseline={"image": removed}, progress=False, **options,
+        progress=False, **options,
     )  # fmt: skip
     row = {c: rep[c] for c in rep.checks}
     row["area"] = rep.baseline("pointing", "area")

@@ -24,14 +24,14 @@ def test_clip_maps_on_one_scene(clip: tuple[Any, Any]) -> None:
     assert set(res) == {
         "relevance",
         "integrated gradients, pixels, blank scene",
-        "integrated gradients, library defaults",
+        "integrated gradients, zero baseline",
         "saliency, pixels",
         "CLS attention, last layer",
     }
     blank_ig, relevance = res["integrated gradients, pixels, blank scene"], res["relevance"]
     assert blank_ig["sanity_passed"] == 0.0 and blank_ig["model_randomization"] > 0.9
     assert relevance["sanity_passed"] == 1.0 and relevance["pointing"] == 1.0
-    assert res["integrated gradients, library defaults"]["pointing"] == 0.0
+    assert res["integrated gradients, zero baseline"]["pointing"] == 0.0
     assert all(0 < r["area"] < r["objects"] <= 1 for r in res.values())
 
 

@@ -1,4 +1,4 @@
-"""A ``tqdm.auto`` progress bar when tqdm is installed and one is wanted."""
+"""A ``tqdm.auto`` progress bar when tqdm is installed and one is wanted (shared by the model-running methods)."""
 
 from __future__ import annotations
 
