@@ -154,13 +154,15 @@ def perturbation_curves(
         masks = np.concatenate(
             [_keep_masks(orders, counts, len(f.tokens), removable, c == "insertion") for c in checks]
         )
-        chunks = [masks[i : i + batch_size] for i in range(0, len(masks), batch_size)]
+        # every order shares its end points (nothing / everything removed): each distinct input runs once
+        distinct, where = np.unique(masks, axis=0, return_inverse=True)
+        chunks = [distinct[i : i + batch_size] for i in range(0, len(distinct), batch_size)]
         values = np.concatenate(
             [
                 f(chunk, batch_size)[:, target_row]
                 for chunk in progress_bar(chunks, len(chunks), progress, " / ".join(checks))
             ]
-        )
+        )[where.reshape(-1)]
     x = counts / len(removable)
     per_check = values.reshape(len(checks), len(orders), len(counts))
     for c, check in enumerate(checks):
