@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.browser.browser_helpers import CANVAS_STATS
 from tests.evaluation.test_view import image_report
 
 
@@ -20,9 +21,11 @@ def test_page_shows_map_curves_and_verdicts(tmp_path: Any, page: Any, shots: Any
         "iou",
     ]
     assert p.locator('tr[data-check="model_randomization"]').get_attribute("data-passed") == "false"
-    lines = p.locator(".mmviz-faith-plot polyline")
-    assert lines.count() == 3  # deletion (map), deletion (random), rank correlation
-    assert all(len((lines.nth(i).get_attribute("points") or "").split()) >= 2 for i in range(3))
+    plots = p.locator(".mmviz-faith-plot")
+    assert plots.evaluate_all("cs => cs.map(c => c.dataset.series)") == ["2", "1"]  # deletion map + random; rho
+    for i in range(2):
+        stats = plots.nth(i).evaluate(CANVAS_STATS)
+        assert stats["colours"] >= 3, stats  # frame, text and at least one curve
     p.locator(".mmviz-attr-tok", has_text="red").hover()
     assert p.locator(".mmviz-root.mmviz-attr").get_attribute("data-hover") == "1"
     p.screenshot(path=str(shots / "faithfulness.png"), full_page=True)

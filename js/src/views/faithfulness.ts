@@ -9,7 +9,7 @@ import { decodeTensor, type TensorPayload } from "../codecs";
 import { createLink, type LinkStore } from "../link";
 import { formatValue } from "../render/colormap";
 import { AttributionApp, type AttributionState } from "./attribution";
-import { h, themeColors } from "./dom";
+import { h, sizeCanvas, themeColors } from "./dom";
 import css from "./faithfulness.css";
 import { onChanges } from "./pane";
 
@@ -37,7 +37,6 @@ export interface FaithfulnessState extends Omit<AttributionState, "_view"> {
 
 type Model = AnyModel<FaithfulnessState>;
 
-const SVG = "http://www.w3.org/2000/svg";
 const COLOURS: Record<string, string> = {
   deletion: "#d62728",
   insertion: "#1f77b4",
@@ -59,20 +58,20 @@ function values(payload: TensorPayload | undefined): Float64Array {
   return Float64Array.from({ length: t.data.length }, (_, i) => t.data[i] ?? Number.NaN);
 }
 
-/** An SVG line plot of `series` over [0, xMax] × [yMin, yMax], with a horizontal rule at `rule` if given. */
+/** A line plot of `series` on a canvas, over their x range and [yMin, yMax], with a dotted rule at `rule`. */
 export function linePlot(
   series: Series[],
   title: string,
   fg: string,
   rule?: number,
   yRange?: [number, number],
-): SVGSVGElement {
+): HTMLCanvasElement {
   const width = 320;
   const height = 150;
   const pad = { l: 34, r: 8, t: 16, b: 18 };
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "mmviz-faith-plot");
+  const canvas = h("canvas", "mmviz-faith-plot");
+  canvas.dataset.series = String(series.length);
+  const ctx = sizeCanvas(canvas, width, height);
   const xs = series.flatMap((s) => Array.from(s.x));
   const ys = series.flatMap((s) => Array.from(s.y)).filter(Number.isFinite);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
@@ -80,56 +79,45 @@ export function linePlot(
   if (!(y1 > y0)) [y0, y1] = [y0 - 1, y0 + 1];
   const px = (v: number) => pad.l + ((v - x0) / (x1 - x0 || 1)) * (width - pad.l - pad.r);
   const py = (v: number) => height - pad.b - ((v - y0) / (y1 - y0)) * (height - pad.t - pad.b);
-  const text = (x: number, y: number, s: string, anchor = "start") => {
-    const el = document.createElementNS(SVG, "text");
-    el.setAttribute("x", String(x));
-    el.setAttribute("y", String(y));
-    el.setAttribute("font-size", "9");
-    el.setAttribute("fill", fg);
-    el.setAttribute("text-anchor", anchor);
-    el.textContent = s;
-    svg.append(el);
-  };
-  text(pad.l, 10, title);
-  text(pad.l - 3, py(y1) + 3, formatValue(y1), "end");
-  text(pad.l - 3, py(y0) + 3, formatValue(y0), "end");
-  const frame = document.createElementNS(SVG, "rect");
-  frame.setAttribute("x", String(pad.l));
-  frame.setAttribute("y", String(pad.t));
-  frame.setAttribute("width", String(width - pad.l - pad.r));
-  frame.setAttribute("height", String(height - pad.t - pad.b));
-  frame.setAttribute("fill", "none");
-  frame.setAttribute("stroke", fg);
-  frame.setAttribute("stroke-opacity", "0.3");
-  svg.append(frame);
+  ctx.font = "9px sans-serif";
+  ctx.fillStyle = fg;
+  ctx.textAlign = "left";
+  ctx.fillText(title, pad.l, 10);
+  ctx.textAlign = "right";
+  ctx.fillText(formatValue(y1), pad.l - 3, py(y1) + 3);
+  ctx.fillText(formatValue(y0), pad.l - 3, py(y0) + 3);
+  ctx.globalAlpha = 0.3;
+  ctx.strokeStyle = fg;
+  ctx.strokeRect(pad.l, pad.t, width - pad.l - pad.r, height - pad.t - pad.b);
+  ctx.globalAlpha = 1;
   if (rule !== undefined && rule >= y0 && rule <= y1) {
-    const line = document.createElementNS(SVG, "line");
-    line.setAttribute("x1", String(pad.l));
-    line.setAttribute("x2", String(width - pad.r));
-    line.setAttribute("y1", String(py(rule)));
-    line.setAttribute("y2", String(py(rule)));
-    line.setAttribute("stroke", fg);
-    line.setAttribute("stroke-dasharray", "2 2");
-    line.setAttribute("stroke-opacity", "0.5");
-    svg.append(line);
+    ctx.setLineDash([2, 2]);
+    ctx.globalAlpha = 0.5;
+    ctx.beginPath();
+    ctx.moveTo(pad.l, py(rule));
+    ctx.lineTo(width - pad.r, py(rule));
+    ctx.stroke();
+    ctx.globalAlpha = 1;
   }
   series.forEach((s, i) => {
-    const points: string[] = [];
+    ctx.setLineDash(s.dashed ? [4, 3] : []);
+    ctx.strokeStyle = s.colour;
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let started = false;
     for (let k = 0; k < s.x.length; k++) {
       const y = s.y[k] ?? Number.NaN;
-      if (Number.isFinite(y)) points.push(`${px(s.x[k] ?? 0).toFixed(1)},${py(y).toFixed(1)}`);
+      if (!Number.isFinite(y)) continue;
+      if (started) ctx.lineTo(px(s.x[k] ?? 0), py(y));
+      else ctx.moveTo(px(s.x[k] ?? 0), py(y));
+      started = true;
     }
-    const line = document.createElementNS(SVG, "polyline");
-    line.setAttribute("points", points.join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", s.colour);
-    line.setAttribute("stroke-width", "1.5");
-    line.dataset.series = s.label;
-    if (s.dashed) line.setAttribute("stroke-dasharray", "4 3");
-    svg.append(line);
-    text(width - pad.r - 2, pad.t + 10 + 10 * i, s.label, "end");
+    ctx.stroke();
+    ctx.fillStyle = fg;
+    ctx.fillText(s.label, width - pad.r - 2, pad.t + 10 + 10 * i);
   });
-  return svg;
+  ctx.setLineDash([]);
+  return canvas;
 }
 
 export class FaithfulnessApp {
