@@ -68,6 +68,7 @@ def evaluate(
     upsample: str = "bilinear",
     iou_threshold: float = 0.5,
     randomization_threshold: float = 0.5,
+    attach: bool = True,
     progress: bool = True,
 ) -> FaithfulnessReport:
     """Runs faithfulness checks on one map.
@@ -113,6 +114,8 @@ def evaluate(
         upsample: ``"bilinear"`` or ``"nearest"``: how patch scores reach a pixel mask's size.
         iou_threshold: the fraction of the map's maximum above which a pixel counts as "on" for IoU.
         randomization_threshold: the rank correlation at or above which a randomisation check fails.
+        attach: for an ``Attribution``, record the verdict in ``map.info["faithfulness"]`` (saved with it;
+            ``attr.show()`` labels the attribution with it).
         progress: ``tqdm.auto`` progress bars.
 
     Returns:
@@ -204,7 +207,7 @@ def evaluate(
     base = subj.perturb.get("baseline")
     if isinstance(base, str):
         info["baseline"] = base
-    return FaithfulnessReport(
+    report = FaithfulnessReport(
         name=subj.name,
         scores=subj.scores,
         tokens=subj.tokens,
@@ -213,6 +216,16 @@ def evaluate(
         pixel_maps=subj.pixel_maps,
         info=info,
     )
+    if attach and subj.attribution is not None:
+        failed = [r.check for r in results.values() if r.passed is False]
+        passed = [r.check for r in results.values() if r.passed]
+        subj.attribution.info["faithfulness"] = {
+            "verdict": report.verdict,
+            "failed": failed,
+            "passed": passed,
+            "target_row": target_row,
+        }
+    return report
 
 
 def _other_id(subj: Subject, model: Any, seed: int) -> int | None:

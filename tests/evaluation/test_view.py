@@ -76,3 +76,22 @@ def test_figure_html_and_dashboard(tmp_path: Path) -> None:
     assert "faithfulness" in path.read_text()
     dash = mmviz.Dashboard(rep, rep.map_attribution())
     assert [type(p).__name__ for p in dash.panes] == ["FaithfulnessView", "AttributionView"]
+
+
+def test_evaluate_labels_the_attribution_with_its_verdict() -> None:
+    rep = image_report()
+    attr = rep.map_attribution()
+    again = mmviz.evaluate(attr, masks={2}, checks=("pointing", "mass"))
+    assert attr.info["faithfulness"] == {
+        "verdict": "passed",
+        "failed": [],
+        "passed": ["pointing", "mass"],
+        "target_row": 0,
+    }
+    assert again.verdict == "passed"
+    assert attr.show()._entries[0]["label"].endswith("· faithfulness: passed")
+    mmviz.evaluate(attr, masks={5}, checks=("pointing",))
+    assert attr.show()._entries[0]["label"].endswith("· faithfulness: failed (pointing)")
+    untouched = rep.map_attribution()
+    mmviz.evaluate(untouched, masks={2}, checks=("pointing",), attach=False)
+    assert "faithfulness" not in untouched.info
