@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmviz._progress import progress_bar
+from mmviz._hf.run import progress_bar
 from mmviz.attribution._problem import Problem
 
 __all__ = ["gradients", "progress_bar"]

@@ -186,7 +186,8 @@ def explained(
     """
     import torch
 
-    from mmviz.attribution._problem import Problem, prepared
+    from mmviz._hf.run import prepared
+    from mmviz.attribution._problem import Problem
 
     if hasattr(inputs, "data") and not isinstance(inputs, dict):
         inputs = dict(inputs.data)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mmviz._progress import progress_bar
+from mmviz._hf.run import progress_bar
 from mmviz.data import TokenTable
 from mmviz.data.faithfulness import CheckResult
 from mmviz.evaluation.metrics import curve_area

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mmviz._progress import progress_bar
+from mmviz._hf.run import progress_bar
 from mmviz.data.faithfulness import CheckResult
 from mmviz.evaluation.metrics import rank_correlation
 from mmviz.evaluation.subject import Subject
