@@ -22,9 +22,17 @@ from typing import Any
 import numpy as np
 
 from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
-from mmviz.evaluation.subject import Subject, attention_map, cross_attention_map, subject
+from mmviz.evaluation.subject import Subject, attention_map, cross_attention_map, patching_map, subject
 
-__all__ = ["ALL_CHECKS", "DEFAULT_CHECKS", "Subject", "attention_map", "cross_attention_map", "evaluate"]
+__all__ = [
+    "ALL_CHECKS",
+    "DEFAULT_CHECKS",
+    "Subject",
+    "attention_map",
+    "cross_attention_map",
+    "evaluate",
+    "patching_map",
+]
 
 DEFAULT_CHECKS = ("deletion", "insertion", "model_randomization", "pointing", "mass", "iou")
 """The checks ``evaluate`` runs unless told (each skipped, with the reason, when it cannot run)."""
@@ -84,8 +92,9 @@ def evaluate(
     Args:
         map: what to judge: an ``Attribution`` (row ``target_row``); ``(AttentionTrace, {"layer": ...,
             "head": ..., "query": ...})`` or ``mmviz.evaluation.attention_map(...)``;
-            ``(CrossAttentionTrace, word)``; a ``Subject``; or a numpy array over the positions of
-            ``tokens`` (``[positions]``) or over an image's pixels (``[H, W]``).
+            ``(CrossAttentionTrace, word)``; ``(PatchingTrace, {"site": ..., "layer": ...})``; a ``Subject``;
+            or a numpy array over the positions of ``tokens`` (``[positions]``) or over an image's pixels
+            (``[H, W]``).
         model: the model the map explains (deletion, insertion and randomisation re-run it; the mask
             checks do not need it).
         inputs: the processor's output the map was computed on (one example).

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, TokenTable
+from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, PatchingTrace, TokenTable
 
-__all__ = ["Subject", "attention_map", "cross_attention_map", "subject", "upsample"]
+__all__ = ["Subject", "attention_map", "cross_attention_map", "patching_map", "subject", "upsample"]
 
 Recompute = Callable[[Any, Any, Any], np.ndarray]
 """``(model, inputs, other_target) → [positions]``: the same map drawn on ``model`` (for ``other_target``, when
@@ -283,6 +283,26 @@ def _pixel_subject(name: str, heat: np.ndarray, image: np.ndarray | None, grid: 
     return Subject(name=name, scores=(sums / counts).reshape(-1), tokens=tokens, pixel_maps=(heat,))
 
 
+# -- patching ---------------------------------------------------------------------------------------
+def patching_map(trace: PatchingTrace, site: str | int = 0, layer: int = 0) -> Subject:
+    """One site and layer of a patching trace as a map over its positions (``trace.position_effects``).
+
+    Positions no column restored have no score (``nan``): deletion and insertion leave them in place, mask
+    checks never pick them. The map cannot be recomputed here (``patch`` needs its clean and corrupted inputs).
+
+    Args:
+        trace: a ``PatchingTrace`` (``mmviz.patch``).
+        site: site name or index.
+        layer: block index.
+    """
+    name = trace.sites[trace.site_index(site)]
+    return Subject(
+        name=f"patching effect at {name}, layer {layer} ({trace.metric})" if trace.metric else f"patching {name}",
+        scores=trace.position_effects(site, layer).astype(np.float64),
+        tokens=trace.tokens,
+    )
+
+
 # -- the entry point --------------------------------------------------------------------------------
 def subject(
     map_: Any,
@@ -306,6 +326,10 @@ def subject(
             return attention_map(first, processor=processor, **dict(spec))
         if isinstance(first, CrossAttentionTrace):
             return cross_attention_map(first, spec)
+        if isinstance(first, PatchingTrace):
+            if not isinstance(spec, Mapping):
+                raise TypeError("a patching map is (trace, {'site': ..., 'layer': ...})")
+            return patching_map(first, **dict(spec))
     if isinstance(map_, np.ndarray) or isinstance(map_, (list, tuple)):
         values = np.asarray(map_, dtype=np.float64)
         if tokens is not None:
@@ -317,6 +341,6 @@ def subject(
         raise ValueError("a 1-D numpy map needs tokens= (the TokenTable whose positions it scores)")
     raise TypeError(
         f"mmviz.evaluate cannot judge a {type(map_).__name__}: give an Attribution, (AttentionTrace, "
-        "{'layer': ..., 'head': ..., 'query': ...}), (CrossAttentionTrace, word), a Subject, or a numpy "
-        "array with tokens="
+        "{'layer': ..., 'head': ..., 'query': ...}), (CrossAttentionTrace, word), (PatchingTrace, {'site': ..., "
+        "'layer': ...}), a Subject, or a numpy array with tokens="
     )

@@ -92,3 +92,26 @@ def test_the_figure_draws_the_map_curves_and_scores() -> None:
     assert len(lines) == 1 and list(lines[0].lines[0].get_ydata()) == [0.95, 0.9]
     labels = [t.get_text() for t in lines[0].get_xticklabels()]
     assert labels == ["h.1", "h.0"]
+
+
+def test_a_patching_layer_is_judged_over_its_positions() -> None:
+    from mmviz.data import PatchingTrace
+
+    tokens = TokenTable.build(["a", "red", "square", "is"])
+    effects = np.array([[[0.1, 0.9, 0.3]]], dtype=np.float32)  # one site, one layer, three columns
+    trace = PatchingTrace(
+        effects=effects,
+        patched=effects.astype(np.float64),
+        sites=("residual",),
+        layers=np.array([0]),
+        groups=(np.array([0]), np.array([1]), np.array([2])),  # "is" is never restored
+        tokens=tokens,
+        clean_metric=1.0,
+        corrupt_metric=0.0,
+        metric="log p(' red')",
+    )
+    rep = mmviz.evaluate((trace, {"site": "residual", "layer": 0}), masks={1}, checks=("pointing", "mass"))
+    assert rep["pointing"] == 1.0 and rep["mass"] == pytest.approx(0.9 / 1.3)
+    assert np.isnan(rep.scores[3]) and "residual" in rep.name
+    rep = mmviz.evaluate((trace, {"site": "residual", "layer": 0}), masks={3}, checks=("pointing",))
+    assert rep["pointing"] == 0.0  # an unrestored position is never the peak
