@@ -21,6 +21,7 @@ The public API::
     dec.scores("a red shape")                                # [layers, heads] shares of the similarity
     with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
         vlm.generate(**inputs)
+    rep = mmviz.evaluate(attr, model, inputs, masks=mask)    # can this map be trusted? (FaithfulnessReport)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -38,6 +39,7 @@ from mmviz.data import (
     CrossAttentionTrace,
     DecompositionTrace,
     DiffusionLensTrace,
+    FaithfulnessReport,
     LensTrace,
     ModuleAttention,
     PatchingTrace,
@@ -46,6 +48,7 @@ from mmviz.data import (
 )
 from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.evaluation import evaluate
 from mmviz.lens import logit_lens
 from mmviz.patching import patch
 from mmviz.steering import direction, steer
@@ -61,6 +64,7 @@ __all__ = [
     "Dashboard",
     "DecompositionTrace",
     "DiffusionLensTrace",
+    "FaithfulnessReport",
     "InputMismatchError",
     "LensTrace",
     "MMVizError",
@@ -73,6 +77,7 @@ __all__ = [
     "capture",
     "decompose",
     "direction",
+    "evaluate",
     "load",
     "logit_lens",
     "patch",

@@ -10,6 +10,7 @@ from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.decomposition import DecompositionTrace
+from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
 from mmviz.data.io import load
 from mmviz.data.lens import DiffusionLensTrace, LensTrace
 from mmviz.data.patching import PatchingTrace
@@ -20,10 +21,12 @@ __all__ = [
     "KINDS",
     "AttentionTrace",
     "Attribution",
+    "CheckResult",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
     "DecompositionTrace",
     "DiffusionLensTrace",
+    "FaithfulnessReport",
     "LensTrace",
     "ModuleAttention",
     "PatchingTrace",

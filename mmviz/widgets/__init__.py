@@ -13,6 +13,7 @@ from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
 from mmviz.widgets.decomposition_view import DecompositionView
+from mmviz.widgets.faithfulness_view import FaithfulnessView
 from mmviz.widgets.lens_view import LensView
 from mmviz.widgets.patching_view import PatchingView
 
@@ -23,6 +24,7 @@ __all__ = [
     "CrossAttentionView",
     "Dashboard",
     "DecompositionView",
+    "FaithfulnessView",
     "LensView",
     "MissingBundleError",
     "PatchingView",

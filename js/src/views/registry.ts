@@ -9,6 +9,7 @@ import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
 import { DecompositionApp } from "./decomposition";
+import { FaithfulnessApp } from "./faithfulness";
 import { LensApp } from "./lens";
 import { PatchingApp } from "./patching";
 
@@ -28,6 +29,7 @@ export const PANES: Record<string, PaneFactory> = {
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
   decomposition: (model, link) => new DecompositionApp(model, link),
+  faithfulness: (model, link) => new FaithfulnessApp(model, link),
   lens: (model, link) => new LensApp(model, link),
   patching: (model, link) => new PatchingApp(model, link),
 };
