@@ -46,15 +46,17 @@ def forward_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, 
     return {k: v for k, v in inputs.items() if k in named and k != "inputs_embeds"}
 
 
-def unit_grids(provenances: list[Provenance], layout: PixelLayout) -> dict[int, tuple[float, float, int, int]]:
-    """Per unit, the spacing of the owned blocks and the grid it gives: ``(step_y, step_x, rows, cols)``.
+def unit_grids(prov: Provenance, layout: PixelLayout) -> dict[int, tuple[float, float, int, int]]:
+    """Per unit, the spacing of the blocks one stack's positions own and the grid it gives.
 
-    The step is the smallest gap between distinct block centres (or the block size when there is one
-    row or column); a position's cell is its block centre divided by the step.
+    Returns ``unit → (step_y, step_x, rows, cols)``. The step is the smallest gap between distinct block
+    centres (or the block size when there is one row or column); a position's cell is its block centre
+    divided by the step. Each stack has its own grid: a tower sees patches, its language model merged
+    blocks of them.
     """
     out = {}
-    units = np.concatenate([p.unit.reshape(-1) for p in provenances])
-    boxes = np.concatenate([p.box.reshape(-1, 4) for p in provenances])
+    units = prov.unit.reshape(-1)
+    boxes = prov.box.reshape(-1, 4)
     for u in np.unique(units[units >= 0]).tolist():
         b = boxes[units == u]
         steps = []
@@ -111,7 +113,6 @@ def derived_layout(ctx: LayoutContext) -> bool:
         return False
     provenance, layout = traced
     pixels = ctx.inputs[pixel_key]
-    grids = unit_grids(list(provenance.values()), layout)
     images = _unit_images(ctx, pixels)
     placeholders = _image_token_ids(ctx.config)
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
@@ -119,6 +120,7 @@ def derived_layout(ctx: LayoutContext) -> bool:
     for (group, side), prov in sorted(provenance.items()):
         if not prov.depends.any():
             continue
+        grids = unit_grids(prov, layout)
         rows, cols = _cells(prov, grids)
         text = ctx.tables.get("text")
         batch, length = prov.depends.shape
@@ -196,9 +198,12 @@ def _labelled(
     for k, p in enumerate(mixed):
         kind[p], text[p] = "special", f"<query {k}>"
     dep = np.flatnonzero(prov.depends[b])
+    trailing = dep[-1] + 1 if dep.size else n
+    while trailing < n and int(tab.token_id[trailing]) in placeholders:
+        trailing += 1
     if dep.size:
-        for p in range(dep[0] + 1, dep[-1]):
-            if prov.depends[b, p] or p >= n or int(tab.token_id[p]) not in placeholders:
+        for p in range(dep[0] + 1, trailing):
+            if prov.depends[b, p] or int(tab.token_id[p]) not in placeholders:
                 continue
             before = owned[owned < p]
             last = int(before[-1]) if before.size else -1
