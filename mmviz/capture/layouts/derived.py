@@ -33,7 +33,7 @@ from mmviz.capture.layouts import LayoutContext, _words_after_images
 from mmviz.capture.layouts.provenance import PixelLayout, Provenance, trace_pixels
 from mmviz.data import TokenTable
 
-__all__ = ["PIXEL_INPUTS", "derived_layout", "forward_inputs", "unit_grids"]
+__all__ = ["PIXEL_INPUTS", "derived_layout", "forward_inputs", "unit_grids", "unit_images"]
 
 PIXEL_INPUTS = ("pixel_values", "pixel_values_images", "flattened_patches")
 """Input names that may hold the pixels, in order of preference."""
@@ -79,13 +79,20 @@ def _cells(prov: Provenance, grids: dict[int, tuple[float, float, int, int]]) ->
     return rows, cols
 
 
-def _unit_images(ctx: LayoutContext, pixels: torch.Tensor) -> list[np.ndarray]:
+def unit_images(pixels: torch.Tensor, grid_thw: Any, vision_config: Any, processor: Any) -> list[np.ndarray]:
+    """``uint8 [H, W, 3]`` images of the units of ``pixels`` (images or tiles), in the tensor's order.
+
+    Args:
+        pixels: ``[..., C, H, W]`` pixels, or flattened patches with ``grid_thw``.
+        grid_thw: ``image_grid_thw`` for flattened patches (else ``None``).
+        vision_config: the vision config (patch and merge sizes of flattened patches).
+        processor: the processor, whose mean and std undo the normalisation.
+    """
     if pixels.ndim >= 4:
-        return images_from_pixels(pixels.reshape(-1, *pixels.shape[-3:]), ctx.processor)
+        return images_from_pixels(pixels.reshape(-1, *pixels.shape[-3:]), processor)
     from mmviz.capture.layouts.qwen2_vl import images_from_patches
 
-    vc = ctx.vision_config()
-    return images_from_patches(pixels, torch.as_tensor(ctx.inputs["image_grid_thw"]).reshape(-1, 3), vc, ctx.processor)
+    return images_from_patches(pixels, torch.as_tensor(grid_thw).reshape(-1, 3), vision_config, processor)
 
 
 def _image_token_ids(config: Any) -> set[int]:
@@ -113,7 +120,7 @@ def derived_layout(ctx: LayoutContext) -> bool:
         return False
     provenance, layout = traced
     pixels = ctx.inputs[pixel_key]
-    images = _unit_images(ctx, pixels)
+    images = unit_images(pixels, ctx.inputs.get("image_grid_thw"), ctx.vision_config(), ctx.processor)
     placeholders = _image_token_ids(ctx.config)
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
     text_done = False

@@ -34,7 +34,7 @@ import torch
 
 from mmviz._hf.modules import attention_implementation, stack_names
 
-__all__ = ["PixelLayout", "Provenance", "trace_pixels"]
+__all__ = ["PixelLayout", "Provenance", "probe_stack", "trace_pixels"]
 
 IDENTITY = "mmviz_identity"
 """Name of the identity attention registered with transformers while the pixels are traced."""
@@ -274,6 +274,36 @@ def _probe_sides(
     probe = _Probe(names, set(shapes))
     _forward(model, inputs, probe)
     return _sides(probe, shapes)
+
+
+def probe_stack(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    names: dict[int, tuple[str, int]],
+    stack: str,
+    pixel_key: str,
+    pixels: torch.Tensor,
+) -> torch.Tensor:
+    """``[batch, positions]`` projection of ``stack``'s first queries, from a forward with identity attention.
+
+    Args:
+        model: the model.
+        inputs: its forward inputs without the pixels.
+        names: ``id(module)`` → ``(stack, layer)`` (``mmviz._hf.modules.stack_names``).
+        stack: the stack whose queries are projected.
+        pixel_key: the input name of the pixels.
+        pixels: the pixels to run with.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    run = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if k != pixel_key}
+    with torch.no_grad():
+        probe = _Probe(names, {stack})
+        _forward(model, {**run, "use_cache": False, pixel_key: pixels.to(device)}, probe)
+    if stack not in probe.calls:
+        raise ValueError(f"the model ran no attention of stack {stack!r} (stacks seen: {sorted(probe.first_layer)})")
+    query = probe.calls[stack][0][0]
+    shape = (query.shape[0], query.shape[2], query.shape[2])
+    return _sides(probe, {stack: shape})[(stack, "query")].cpu()
 
 
 def _owners(grads: list[torch.Tensor]) -> np.ndarray:
