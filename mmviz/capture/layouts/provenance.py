@@ -191,13 +191,14 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
     gen = torch.Generator().manual_seed(0)
     for group, calls in probe.calls.items():
         _, q_len, k_len = shapes[group]
+        self_attention = all(q.shape[2] == k.shape[2] for q, k in calls) and "cross" not in group
         for side, index, length in (("query", 0, q_len), ("key", 1, k_len)):
+            if side == "key" and self_attention:
+                continue
             parts = [c[index] for c in calls]
             joined = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
             if joined.shape[2] != length and len(parts) > 1:
                 joined = parts[0]
-            if side == "key" and q_len == k_len and "cross" not in group:
-                continue
             weights = torch.randn(joined.shape[1], joined.shape[-1], generator=gen).to(joined.device, torch.float32)
             out[(group, side)] = torch.einsum("bhpd,hd->bp", joined.float(), weights)
     return out
