@@ -56,6 +56,7 @@ EXPECTED: dict[str, tuple[list[Any], list[tuple[int, int]]]] = {
     "internvl": (three_tiles(), [(2, 2)] * 3),
     "aya_vision": (three_tiles(), [(2, 2)] * 3),
     "mistral3": (row_major(0, 2, 4), [(2, 4)]),
+    "mllama": (row_major(0, 4, 4) + row_major(1, 4, 4), [(4, 4)] * 2),
 }
 """Family → (image tokens and newlines in sequence order, grid of each image/tile)."""
 
@@ -72,8 +73,17 @@ def captured(request: Any) -> tuple[str, Any, Any, dict[str, Any], Any]:
     return name, model, processor, inputs, cap.attention
 
 
+IMAGE_SIDE = {"mllama": ("language_model.cross_attention", "key")}
+"""Where the image tokens are when not in the language model's own sequence: Mllama's cross-attention keys."""
+
+
 def language_stack(trace: Any) -> str:
     return next(m for m in trace.modules if trace.modules[m].query_table == "text")
+
+
+def image_side(name: str, trace: Any) -> tuple[str, str]:
+    """The stack and side whose positions hold the family's image tokens."""
+    return IMAGE_SIDE.get(name, (language_stack(trace), "query"))
 
 
 def laid_out(table: Any) -> list[Any]:
@@ -94,7 +104,8 @@ def test_every_family_is_covered():
 def test_image_tokens_are_the_known_patches(captured):
     name, model, processor, inputs, trace = captured
     assert getattr(model.config, "model_type", "") not in layouts._LAYOUTS  # laid out by the derived layout
-    table = trace.tokens(language_stack(trace))
+    stack, side = image_side(name, trace)
+    table = trace.tokens(stack, side=side)
     sequence, grids = EXPECTED[name]
     assert laid_out(table) == sequence
     assert table.grids == tuple(grids)
@@ -108,15 +119,15 @@ def test_image_tokens_are_the_known_patches(captured):
 
 def test_layout_verified_against_the_model(captured):
     name, model, processor, inputs, trace = captured
-    stack = language_stack(trace)
-    check = verify_layout(model, inputs, trace.tokens(stack), stack, processor)
+    stack, side = image_side(name, trace)
+    check = verify_layout(model, inputs, trace.tokens(stack, side=side), stack, processor, side=side)
     assert check.ok, check.failures
     assert check.image_tokens == sum(1 for x in EXPECTED[name][0] if x != NEWLINE)
 
 
 def test_vision_tower_patches(captured):
     name, model, processor, inputs, trace = captured
-    towers = [m for m in trace.modules if m != language_stack(trace) and trace.modules[m].query_table.endswith(".pixels")]
+    towers = [m for m in trace.modules if trace.modules[m].query_table.endswith(".pixels")]
     if name == "qwen2_5_vl":  # its windowed tower records runs of different shapes (visual.0, visual.1, ...)
         pytest.skip("Qwen2.5-VL's windowed tower is split into runs of shape; its stacks are not laid out")
     assert towers
@@ -131,9 +142,11 @@ def test_generate_keeps_the_layout(captured):
     name, model, processor, inputs, trace = captured
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
         seq = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
-    table = cap.attention.tokens(language_stack(cap.attention), side="query")
+    stack, side = image_side(name, cap.attention)
+    table = cap.attention.tokens(stack, side=side)
     assert laid_out(table) == EXPECTED[name][0]
-    assert len(table) == seq.shape[1] - 1 and table.generated.sum() == 1
+    text = cap.attention.tokens(language_stack(cap.attention), side="query")
+    assert len(text) == seq.shape[1] - 1 and text.generated.sum() == 1
 
 
 # -- hand-written layouts against the derived one ------------------------------------------------

@@ -284,8 +284,9 @@ def probe_stack(
     stack: str,
     pixel_key: str,
     pixels: torch.Tensor,
+    side: str = "query",
 ) -> torch.Tensor:
-    """``[batch, positions]`` projection of ``stack``'s first queries, from a forward with identity attention.
+    """``[batch, positions]`` projection of ``stack``'s first queries or keys, from a forward with identity attention.
 
     Args:
         model: the model.
@@ -294,6 +295,7 @@ def probe_stack(
         stack: the stack whose queries are projected.
         pixel_key: the input name of the pixels.
         pixels: the pixels to run with.
+        side: ``"query"`` or ``"key"`` (the keys of a cross-attention).
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     run = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if k != pixel_key}
@@ -302,9 +304,12 @@ def probe_stack(
         _forward(model, {**run, "use_cache": False, pixel_key: pixels.to(device)}, probe)
     if stack not in probe.calls:
         raise ValueError(f"the model ran no attention of stack {stack!r} (stacks seen: {sorted(probe.first_layer)})")
-    query = probe.calls[stack][0][0]
-    shape = (query.shape[0], query.shape[2], query.shape[2])
-    return _sides(probe, {stack: shape})[(stack, "query")].cpu()
+    query, key = probe.calls[stack][0]
+    shape = (query.shape[0], query.shape[2], key.shape[2])
+    sides = _sides(probe, {stack: shape})
+    if (stack, side) not in sides:
+        raise ValueError(f"stack {stack!r} has no {side} side of its own (self-attention: use 'query')")
+    return sides[(stack, side)].cpu()
 
 
 def _owners(grads: list[torch.Tensor]) -> np.ndarray:

@@ -52,16 +52,18 @@ def verify_layout(
     stack: str,
     processor: Any = None,
     batch_index: int = 0,
+    side: str = "query",
 ) -> LayoutCheck:
     """Checks that each image token of ``table`` is the patch it claims, by perturbing bands of pixels.
 
     Args:
         model: the vision-language model the table was captured from.
         inputs: the forward inputs of that capture (as the processor returned them).
-        table: the table of ``stack``'s query positions for batch item ``batch_index``.
+        table: the table of ``stack``'s ``side`` positions for batch item ``batch_index``.
         stack: the recorded stack whose positions the table describes (``"language_model"``, ...).
         processor: the processor (its mean and std turn the pixels back into the table's images).
         batch_index: the batch item the table belongs to.
+        side: ``"query"``, or ``"key"`` for the image side of a cross-attention (Mllama).
 
     Returns:
         A `LayoutCheck`; ``check.ok`` when every image token is laid out and verified.
@@ -77,14 +79,14 @@ def verify_layout(
         raise ValueError(f"pixels of shape {tuple(pixels.shape)} have no layout mmviz knows")
     run = forward_inputs(model, inputs)
     names = stack_names(model)
-    base = probe_stack(model, run, names, stack, pixel_key, pixels)[batch_index]
+    base = probe_stack(model, run, names, stack, pixel_key, pixels, side)[batch_index]
     n = base.shape[0]
 
     noise = np.random.default_rng(0).uniform(0.2, 0.6, pixels.numel())  # not one factor: norms would undo it
 
     def changed(mask: np.ndarray) -> np.ndarray:
         scale = torch.from_numpy((1 + noise * mask).reshape(pixels.shape)).to(pixels.dtype)
-        moved = probe_stack(model, run, names, stack, pixel_key, pixels * scale)[batch_index]
+        moved = probe_stack(model, run, names, stack, pixel_key, pixels * scale, side)[batch_index]
         tol = 1e-5 * float(base.abs().max().clamp_min(1e-12))
         return ((moved - base).abs() > tol).numpy()
 
