@@ -137,7 +137,9 @@ def derived_layout(ctx: LayoutContext) -> bool:
             ]
             text_done = True
             continue
-        name = f"{group}.pixels" if side == "query" or "cross" not in group else f"{group}.{side}"
+        if length != ctx.shapes[group][1 if side == "query" else 2]:
+            continue  # e.g. generate called a sub-model's generate: the recorded sequence is longer
+        name = f"{group}.pixels" if side == "query" else f"{group}.keys"
         inserted = text is not None and len(text) == batch and (~prov.depends).sum(axis=1).tolist() == [prompt] * batch
         tables = []
         for b in range(batch):
@@ -153,11 +155,15 @@ def derived_layout(ctx: LayoutContext) -> bool:
 
 
 def _query_table(ctx: LayoutContext, group: str) -> str:
+    """The queries of a stack whose keys hold the image: the text, or learned queries (a resampler)."""
     batch, q_len, _ = ctx.shapes[group]
     text = ctx.tables.get("text")
     if text is not None and len(text) == batch and all(len(t) == q_len for t in text):
         return "text"
-    return f"{group}.pixels"
+    name = f"{group}.queries"
+    queries = TokenTable.build([f"<query {k}>" for k in range(q_len)], kind=["special"] * q_len)
+    ctx.tables[name] = [queries] * batch
+    return name
 
 
 def _blank(depends: np.ndarray) -> TokenTable:
