@@ -68,7 +68,8 @@ def builders() -> dict[str, Any]:
     from tests.capture import conftest as tiny
     from tests.fixtures import tiny_vlms
 
-    out: dict[str, Any] = {name.replace("kosmos2", "kosmos-2"): fn for name, fn in tiny_vlms.FAMILIES.items()}
+    families = {**tiny_vlms.FAMILIES, **tiny_vlms.LEGACY}
+    out: dict[str, Any] = {name.replace("kosmos2", "kosmos-2"): fn for name, fn in families.items()}
 
     def with_prompt(make: Any, text: str) -> Any:
         def made() -> Any:

@@ -55,6 +55,19 @@ class _Probe:
     calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     stop: bool = True
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per stack, the ``[batch, positions, width]`` input of its first layer (for attention of its own)."""
+
+    def entered(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook: keeps the sequence entering a stack's first layer."""
+        group, layer = self.names.get(id(module), ("", -1))
+        if group not in self.wanted or group in self.inputs or self.first_layer.get(group, layer) != layer:
+            return
+        states = kwargs.get("hidden_states")
+        if not isinstance(states, torch.Tensor):
+            states = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if states is not None and states.ndim == 3 and states.is_floating_point():
+            self.inputs[group] = states
 
     def see(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
         group, layer = self.names.get(id(module), ("", -1))
@@ -169,10 +182,17 @@ def _traced(model: torch.nn.Module, probe: _Probe) -> Iterator[None]:
     token = _PROBE.set(probe)
     training = model.training
     model.eval()
+    hooks = [
+        sub.register_forward_pre_hook(probe.entered, with_kwargs=True)
+        for sub in model.modules()
+        if probe.names.get(id(sub), ("", -1))[0] in probe.wanted
+    ]
     try:
         with attention_implementation(model, IDENTITY):
             yield
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(training)
         _PROBE.reset(token)
 
@@ -189,6 +209,10 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
     """Per stack and side, ``[batch, positions]`` scalar functions of the recorded queries and keys."""
     out: dict[tuple[str, str], torch.Tensor] = {}
     gen = torch.Generator().manual_seed(0)
+    for group, states in probe.inputs.items():
+        if group not in probe.calls and states.shape[1] == shapes[group][1]:  # attention of its own (legacy)
+            weights = torch.randn(states.shape[-1], generator=gen).to(states.device, torch.float32)
+            out[(group, "query")] = states.float() @ weights
     for group, calls in probe.calls.items():
         _, q_len, k_len = shapes[group]
         self_attention = all(q.shape[2] == k.shape[2] for q, k in calls) and "cross" not in group
@@ -302,10 +326,13 @@ def probe_stack(
     with torch.no_grad():
         probe = _Probe(names, {stack})
         _forward(model, {**run, "use_cache": False, pixel_key: pixels.to(device)}, probe)
-    if stack not in probe.calls:
+    if stack in probe.calls:
+        query, key = probe.calls[stack][0]
+        shape = (query.shape[0], query.shape[2], key.shape[2])
+    elif stack in probe.inputs:
+        shape = (probe.inputs[stack].shape[0], probe.inputs[stack].shape[1], probe.inputs[stack].shape[1])
+    else:
         raise ValueError(f"the model ran no attention of stack {stack!r} (stacks seen: {sorted(probe.first_layer)})")
-    query, key = probe.calls[stack][0]
-    shape = (query.shape[0], query.shape[2], key.shape[2])
     sides = _sides(probe, {stack: shape})
     if (stack, side) not in sides:
         raise ValueError(f"stack {stack!r} has no {side} side of its own (self-attention: use 'query')")
