@@ -49,9 +49,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import mmviz  # noqa: E402
-from generality_sweep import Timeout, build, quiet, time_limit  # noqa: E402
-from mmviz.capture.layouts.verify import verify_layout  # noqa: E402
+from generality_sweep import Timeout, build, quiet, time_limit
+
+import mmviz
+from mmviz.capture.layouts.verify import verify_layout
 
 NAMED = (
     "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_next", "llava_onevision", "idefics3", "smolvlm", "internvl",
@@ -99,20 +100,37 @@ def generic(model_type: str, class_name: str) -> tuple[Any, Any, dict[str, Any]]
     from tests.fixtures.tiny_vlms import randomize_zero_weights
 
     model = build(model_type, class_name)
-    randomize_zero_weights(model)
     config = model.config
+    vc, tc = getattr(config, "vision_config", None), getattr(config, "text_config", None)
+    width = getattr(tc, "hidden_size", None)
+    if width is not None and getattr(vc, "out_hidden_size", width) != width:  # the merger's output feeds the text
+        vc.out_hidden_size = width
+        torch.manual_seed(0)
+        model = type(model)(config).eval()
+    randomize_zero_weights(model)
     for cfg in (config, getattr(config, "text_config", None)):
         for name in ("image_token_id", "image_token_index"):
             if cfg is not None and isinstance(getattr(cfg, name, None), int):
                 setattr(cfg, name, PLACEHOLDER)
     vc = getattr(config, "vision_config", None) or config
-    size = getattr(vc, "image_size", 224)
-    size = size if isinstance(size, int) else 224 if isinstance(size, dict) else int(next(iter(size)))
-    pixels = torch.randn(1, getattr(vc, "num_channels", 3), size, size, generator=torch.Generator().manual_seed(0))
-    features_of = getattr(model, "get_image_features", None) or getattr(model.model, "get_image_features")
-    extra = {}
-    if "image_sizes" in inspect.signature(features_of).parameters:  # any-resolution families
-        extra["image_sizes"] = torch.tensor([[size, size]])
+    features_of = getattr(model, "get_image_features", None) or model.model.get_image_features
+    params = inspect.signature(features_of).parameters
+    gen = torch.Generator().manual_seed(0)
+    extra: dict[str, Any] = {}
+    if "image_grid_thw" in params:  # flattened patches (Qwen2-VL style): an 8×8 grid of raw patches
+        merge = int(getattr(vc, "spatial_merge_size", 2) or 2)
+        temporal = int(getattr(vc, "temporal_patch_size", 1) or 1)
+        channels = int(getattr(vc, "in_channels", None) or getattr(vc, "num_channels", 3))
+        side = 4 * merge
+        patch = int(getattr(vc, "patch_size", 14))
+        pixels = torch.randn(side * side, channels * temporal * patch * patch, generator=gen)
+        extra["image_grid_thw"] = torch.tensor([[1, side, side]])
+    else:
+        size = getattr(vc, "image_size", 224)
+        size = size if isinstance(size, int) else 224 if isinstance(size, dict) else int(next(iter(size)))
+        pixels = torch.randn(1, getattr(vc, "num_channels", 3), size, size, generator=gen)
+        if "image_sizes" in params:  # any-resolution families
+            extra["image_sizes"] = torch.tensor([[size, size]])
     with torch.no_grad():
         features = features_of(pixel_values=pixels, **extra)
     features = getattr(features, "pooler_output", features)
@@ -120,6 +138,8 @@ def generic(model_type: str, class_name: str) -> tuple[Any, Any, dict[str, Any]]
         features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
     n = int(features.reshape(-1, features.shape[-1]).shape[0])
     ids = torch.tensor([[1] + [PLACEHOLDER] * n + [7, 8, 9]])
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        extra["mm_token_type_ids"] = (ids == PLACEHOLDER).long()
     return model, None, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels, **extra}
 
 
@@ -189,13 +209,16 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         results[model_type] = {"status": status, "message": message, "seconds": round(seconds, 2)}
         mark = "*" if model_type in NAMED else " "
-        print(f"[{i + 1:3d}/{len(todo)}]{mark}{model_type:28s} {status:10s} {seconds:5.1f}s {message[:120]}", flush=True)
+        print(
+            f"[{i + 1:3d}/{len(todo)}]{mark}{model_type:28s} {status:10s} {seconds:5.1f}s {message[:120]}", flush=True
+        )
 
     print(f"\n== summary ({time.perf_counter() - start:.0f} s) ==")
     for label, names in (("named in issue 15", [t for t in NAMED if t in results]), ("all families", list(results))):
         counts = Counter(results[t]["status"] for t in names)
         ok = counts["verified"]
-        print(f"{label}: {ok}/{len(names)} every image token laid out and verified ({100 * ok / max(len(names), 1):.0f} %)")
+        share = 100 * ok / max(len(names), 1)
+        print(f"{label}: {ok}/{len(names)} every image token laid out and verified ({share:.0f} %)")
         print("   " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
     missing = [t for t in NAMED if t in results and results[t]["status"] != "verified"]
     for t in missing:

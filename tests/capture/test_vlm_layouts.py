@@ -61,7 +61,11 @@ EXPECTED: dict[str, tuple[list[Any], list[tuple[int, int]]]] = {
 }
 """Family → (image tokens and newlines in sequence order, grid of each image/tile)."""
 
-SEPARATORS = {"mistral3": ["[IMG_BREAK]"], "idefics3": ["<fake_token_around_image>"], "smolvlm": ["<fake_token_around_image>"]}
+SEPARATORS = {
+    "mistral3": ["[IMG_BREAK]"],
+    "idefics3": ["<fake_token_around_image>"],
+    "smolvlm": ["<fake_token_around_image>"],
+}
 """Tokens the prompt format puts between an image's rows or tiles: kept as special tokens."""
 
 
@@ -74,7 +78,10 @@ def captured(request: Any) -> tuple[str, Any, Any, dict[str, Any], Any]:
     return name, model, processor, inputs, cap.attention
 
 
-IMAGE_SIDE = {"mllama": ("language_model.cross_attention", "key"), "kosmos2": ("image_to_text_projection.x_attn", "key")}
+IMAGE_SIDE = {
+    "mllama": ("language_model.cross_attention", "key"),
+    "kosmos2": ("image_to_text_projection.x_attn", "key"),
+}
 """Where the patches are when not in the language model's own sequence: Mllama's cross-attention keys,
 Kosmos-2's resampler keys (its language model sees learned queries, ``<query k>``, not patches)."""
 
@@ -104,7 +111,7 @@ def test_every_family_is_covered():
 
 
 def test_image_tokens_are_the_known_patches(captured):
-    name, model, processor, inputs, trace = captured
+    name, model, _, _, trace = captured
     assert getattr(model.config, "model_type", "") not in layouts._LAYOUTS  # laid out by the derived layout
     stack, side = image_side(name, trace)
     table = trace.tokens(stack, side=side)
@@ -140,7 +147,7 @@ def test_layout_verified_against_the_model(captured):
 
 
 def test_vision_tower_patches(captured):
-    name, model, processor, inputs, trace = captured
+    name, _, _, _, trace = captured
     towers = [m for m in trace.modules if trace.modules[m].query_table.endswith(".pixels")]
     if name == "qwen2_5_vl":  # its windowed tower records runs of different shapes (visual.0, visual.1, ...)
         pytest.skip("Qwen2.5-VL's windowed tower is split into runs of shape; its stacks are not laid out")
@@ -148,12 +155,15 @@ def test_vision_tower_patches(captured):
     tower = trace.tokens(towers[0])
     grid = tower.grids[0]
     assert grid[0] * grid[1] == int((tower.image_index == 0).sum())
-    cells = {(int(r), int(c)) for r, c in zip(tower.patch_row[tower.image_index == 0], tower.patch_col[tower.image_index == 0])}
+    cells = {
+        (int(r), int(c))
+        for r, c in zip(tower.patch_row[tower.image_index == 0], tower.patch_col[tower.image_index == 0])
+    }
     assert cells == {(r, c) for r in range(grid[0]) for c in range(grid[1])}
 
 
 def test_generate_keeps_the_layout(captured):
-    name, model, processor, inputs, trace = captured
+    name, model, processor, inputs, _ = captured
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
         seq = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
     stack, side = image_side(name, cap.attention)

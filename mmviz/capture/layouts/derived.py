@@ -211,17 +211,17 @@ def _labelled(
     for k, p in enumerate(mixed):
         kind[p], text[p] = "special", f"<query {k}>"
     dep = np.flatnonzero(prov.depends[b])
-    trailing = dep[-1] + 1 if dep.size else n
+    trailing = int(dep[-1]) + 1 if dep.size else n
     while trailing < n and int(tab.token_id[trailing]) in placeholders:
         trailing += 1
     if dep.size:
-        for p in range(dep[0] + 1, trailing):
-            if prov.depends[b, p] or int(tab.token_id[p]) not in placeholders:
+        for pos in range(int(dep[0]) + 1, trailing):
+            if prov.depends[b, pos] or int(tab.token_id[pos]) not in placeholders:
                 continue
-            before = owned[owned < p]
+            before = owned[owned < pos]
             last = int(before[-1]) if before.size else -1
             newline = last >= 0 and pcol[last] == grids[int(prov.unit[b, last])][3] - 1
-            kind[p], text[p] = "special", "<image newline>" if newline else "<image separator>"
+            kind[pos], text[pos] = "special", "<image newline>" if newline else "<image separator>"
     image_positions = np.flatnonzero(kind == "image")
     return TokenTable(
         text=text.astype(str), kind=kind, word_id=_words_after_images(tab.word_id, image_positions),

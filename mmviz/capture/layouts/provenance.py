@@ -289,7 +289,9 @@ def trace_pixels(
                 grads.append(torch.zeros_like(leaf) if grad is None else grad)
             owner = _owners([g.detach().float().reshape(-1).cpu() for g in grads])
             unit, box = _boxes(owner, layout, flat.numel())
-            out[k] = Provenance(depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4))
+            out[k] = Provenance(
+                depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4)
+            )
     return out, layout
 
 

@@ -128,5 +128,7 @@ def _match_units(table: TokenTable, images: list[np.ndarray]) -> list[int]:
     """The unit of the pixels each of the table's images was recovered from (``-1`` where none matches)."""
     out = []
     for img in table.images:
-        out.append(next((u for u, cand in enumerate(images) if cand.shape == img.shape and np.array_equal(cand, img)), -1))
+        out.append(
+            next((u for u, cand in enumerate(images) if cand.shape == img.shape and np.array_equal(cand, img)), -1)
+        )
     return out
