@@ -23,7 +23,8 @@ the language model's sequence, or the keys of the cross-attention or resampler t
 * ``partial``: image tokens reached, not all laid out or verified (the line says how many);
 * ``queries``: the language model's image tokens are learned queries (Q-Former, resampler) and no
   stack holds laid-out patches;
-* ``not-built``: the tiny model or its inputs could not be made (the generic builder's limits);
+* ``not-built``: the tiny model or inputs its forward accepts could not be made (the generic builder's
+  limits; checked by running the forward without mmviz);
 * ``error``: the capture or the check raised.
 
 Run: ``python benchmarks/vlm_layout_sweep.py [--only gemma3,mllama] [--timeout 60] [--json out.json]``.
@@ -158,6 +159,8 @@ def image_side(trace: Any) -> tuple[str, str] | None:
 def check(model_type: str, class_name: str, made: dict[str, Any]) -> tuple[str, str]:
     try:
         model, processor, inputs = made[model_type]() if model_type in made else generic(model_type, class_name)
+        with torch.no_grad():
+            model(**inputs)  # the inputs must work without mmviz
     except Exception as e:
         return "not-built", f"{type(e).__name__}: {str(e)[:150]}"
     try:

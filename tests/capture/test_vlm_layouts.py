@@ -126,6 +126,48 @@ def test_image_tokens_are_the_known_patches(captured):
     assert len(image_ids) == 1
 
 
+HALVES = ((0, 0.0, 0.0, 1.0, 0.5), (0, 0.0, 0.5, 1.0, 1.0))
+TILES = {
+    "llava_next": ((0, 0.0, 0.0, 1.0, 1.0), *HALVES),
+    "llava_onevision": ((0, 0.0, 0.0, 1.0, 1.0), *HALVES),
+    "idefics3": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
+    "smolvlm": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
+}
+"""Where each tile sits on the 2:1 test image: the base image or global view is the whole image."""
+
+
+def test_tiles_are_placed_on_the_original_image(captured):
+    name, _, _, _, trace = captured
+    stack, side = image_side(name, trace)
+    assert trace.tokens(stack, side=side).tiles == TILES.get(name, ())
+
+
+def test_any_resolution_tiles_of_a_padded_image():
+    """A 48×30 image fits the 32×32 pinpoint: resized to 32×20, padded by 6 rows above and below, so the
+    2×2 tiles cut the image at half its width and height; the language model drops one padded row above
+    and below the stitched 8×8 grid (transformers' unpadding), each kept row ended by a newline."""
+    from mmviz.capture.layouts.tiles import tile_boxes
+
+    model, processor, inputs = tiny_vlms.llava_next(tiny_vlms.random_image(48, seed=2).resize((48, 30)))
+    boxes = tile_boxes(model.config, inputs, None)
+    assert [boxes[k] for k in range(5)] == [
+        (0, 0.0, 0.0, 1.0, 1.0), (0, 0.0, 0.0, 0.5, 0.5), (0, 0.0, 0.5, 0.5, 1.0),
+        (0, 0.5, 0.0, 1.0, 0.5), (0, 0.5, 0.5, 1.0, 1.0),
+    ]  # fmt: skip
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    table = cap.attention.tokens("language_model", side="query")
+    assert table.tiles == tuple(boxes[k] for k in range(5))
+    stitched = laid_out(table)[16:]
+    assert stitched.count(NEWLINE) == 6 and len(stitched) == 6 * (8 + 1)
+    rows = [stitched[i * 9 : i * 9 + 8] for i in range(6)]
+    for i, row in enumerate(rows):
+        left, right, r = (1, 2, i + 1) if i < 3 else (3, 4, i - 3)
+        assert row == [(left, r, c) for c in range(4)] + [(right, r, c) for c in range(4)]
+    check = verify_layout(model, inputs, table, "language_model", processor)
+    assert check.ok, check.failures
+
+
 def test_resampled_image_tokens_are_queries():
     model, processor, inputs = tiny_vlms.kosmos2()
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:

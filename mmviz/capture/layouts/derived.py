@@ -23,6 +23,7 @@ table of its own with the text in order; any other stack (a vision tower) gets a
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from mmviz._hf.tokens import images_from_pixels
 from mmviz.capture.layouts import LayoutContext, _words_after_images
 from mmviz.capture.layouts.provenance import PixelLayout, Provenance, trace_pixels
+from mmviz.capture.layouts.tiles import Box, tile_boxes
 from mmviz.data import TokenTable
 
 __all__ = ["PIXEL_INPUTS", "derived_layout", "forward_inputs", "unit_grids", "unit_images"]
@@ -95,6 +97,26 @@ def unit_images(pixels: torch.Tensor, grid_thw: Any, vision_config: Any, process
     return images_from_patches(pixels, torch.as_tensor(grid_thw).reshape(-1, 3), vision_config, processor)
 
 
+@dataclass
+class _Units:
+    """The units of the pixels (images or tiles): their images, boxes on their source image, placeholder ids."""
+
+    images: list[np.ndarray]
+    boxes: dict[int, Box]
+    placeholders: set[int]
+
+    def placed(self, order: list[int]) -> tuple[Box, ...]:
+        """Tile boxes of ``order``'s units, sources renumbered by appearance.
+
+        Empty unless every unit is placed and some unit is a tile (not a whole image).
+        """
+        boxes = [self.boxes.get(u) for u in order]
+        if not boxes or any(b is None for b in boxes) or all(b[1:] == (0.0, 0.0, 1.0, 1.0) for b in boxes if b):
+            return ()
+        sources = {s: i for i, s in enumerate(dict.fromkeys(b[0] for b in boxes if b))}
+        return tuple((sources[b[0]], *b[1:]) for b in boxes if b)
+
+
 def _image_token_ids(config: Any) -> set[int]:
     ids = set()
     for cfg in (config, getattr(config, "text_config", None)):
@@ -121,7 +143,10 @@ def derived_layout(ctx: LayoutContext) -> bool:
     provenance, layout = traced
     pixels = ctx.inputs[pixel_key]
     images = unit_images(pixels, ctx.inputs.get("image_grid_thw"), ctx.vision_config(), ctx.processor)
-    placeholders = _image_token_ids(ctx.config)
+    texts = [t.tokens for t in ctx.tables["text"]] if "text" in ctx.tables else None
+    units = _Units(
+        images, tile_boxes(ctx.config, {**ctx.inputs, pixel_key: pixels}, texts), _image_token_ids(ctx.config)
+    )
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
     text_done = False
     for (group, side), prov in sorted(provenance.items()):
@@ -132,9 +157,7 @@ def derived_layout(ctx: LayoutContext) -> bool:
         text = ctx.tables.get("text")
         batch, length = prov.depends.shape
         if text is not None and len(text) == batch and length == prompt and not text_done:
-            ctx.tables["text"] = [
-                _labelled(tab, prov, rows, cols, b, grids, images, placeholders) for b, tab in enumerate(text)
-            ]
+            ctx.tables["text"] = [_labelled(tab, prov, rows, cols, b, grids, units) for b, tab in enumerate(text)]
             text_done = True
             continue
         if length != ctx.shapes[group][1 if side == "query" else 2]:
@@ -144,7 +167,7 @@ def derived_layout(ctx: LayoutContext) -> bool:
         tables = []
         for b in range(batch):
             base = _with_text(text[b], prov.depends[b]) if inserted and text is not None else _blank(prov.depends[b])
-            tables.append(_labelled(base, prov, rows, cols, b, grids, images, placeholders))
+            tables.append(_labelled(base, prov, rows, cols, b, grids, units))
         ctx.tables[name] = tables
         q_name, k_name = ctx.module_tables.get(group, (None, None))
         if side == "query":
@@ -193,8 +216,7 @@ def _labelled(
     cols: np.ndarray,
     b: int,
     grids: dict[int, tuple[float, float, int, int]],
-    images: list[np.ndarray],
-    placeholders: set[int],
+    units: _Units,
 ) -> TokenTable:
     """``tab`` with the first ``positions`` of batch item ``b`` labelled from the provenance."""
     n = prov.depends.shape[1]
@@ -212,11 +234,11 @@ def _labelled(
         kind[p], text[p] = "special", f"<query {k}>"
     dep = np.flatnonzero(prov.depends[b])
     trailing = int(dep[-1]) + 1 if dep.size else n
-    while trailing < n and int(tab.token_id[trailing]) in placeholders:
+    while trailing < n and int(tab.token_id[trailing]) in units.placeholders:
         trailing += 1
     if dep.size:
         for pos in range(int(dep[0]) + 1, trailing):
-            if prov.depends[b, pos] or int(tab.token_id[pos]) not in placeholders:
+            if prov.depends[b, pos] or int(tab.token_id[pos]) not in units.placeholders:
                 continue
             before = owned[owned < pos]
             last = int(before[-1]) if before.size else -1
@@ -226,5 +248,6 @@ def _labelled(
     return TokenTable(
         text=text.astype(str), kind=kind, word_id=_words_after_images(tab.word_id, image_positions),
         image_index=index, patch_row=prow, patch_col=pcol, token_id=tab.token_id, generated=tab.generated,
-        images=tuple(images[u] for u in order), grids=tuple(grids[u][2:] for u in order),
+        images=tuple(units.images[u] for u in order), grids=tuple(grids[u][2:] for u in order),
+        tiles=units.placed(order),
     )  # fmt: skip
