@@ -162,6 +162,8 @@ def derived_layout(ctx: LayoutContext) -> bool:
             continue
         if length != ctx.shapes[group][1 if side == "query" else 2]:
             continue  # e.g. generate called a sub-model's generate: the recorded sequence is longer
+        if not (prov.unit >= 0).any():
+            continue  # every position mixes the image: attention of its own that identity cannot switch off
         name = f"{group}.pixels" if side == "query" else f"{group}.keys"
         inserted = text is not None and len(text) == batch and (~prov.depends).sum(axis=1).tolist() == [prompt] * batch
         tables = []
