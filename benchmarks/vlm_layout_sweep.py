@@ -70,7 +70,7 @@ def builders() -> dict[str, Any]:
     from tests.capture import conftest as tiny
     from tests.fixtures import tiny_vlms
 
-    families = {**tiny_vlms.FAMILIES, **tiny_vlms.LEGACY}
+    families = {**tiny_vlms.FAMILIES, **tiny_vlms.LEGACY, **tiny_vlms.NOT_LAID_OUT}
     out: dict[str, Any] = {name.replace("kosmos2", "kosmos-2"): fn for name, fn in families.items()}
 
     def with_prompt(make: Any, text: str) -> Any:
