@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.attribution import attribute
+from mmviz.attribution import attribute, similarity_to
 from mmviz.capture import capture
 from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
-from mmviz.errors import BudgetError, CaptureError, MMVizError, TraceFileError
+from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
     "TokenTable",
@@ -47,6 +48,7 @@ __all__ = [
     "capture",
     "load",
     "save_html",
+    "similarity_to",
 ]
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ with one ``except``. Each message says what was wrong and what to do about it.
 
 from __future__ import annotations
 
-__all__ = ["BudgetError", "CaptureError", "MMVizError", "TraceFileError"]
+__all__ = ["BudgetError", "CaptureError", "InputMismatchError", "MMVizError", "TraceFileError"]
 
 
 class MMVizError(Exception):
@@ -23,3 +23,7 @@ class CaptureError(MMVizError, RuntimeError):
 
 class BudgetError(MMVizError, ValueError):
     """A trace is bigger than a size budget allows; the message names the arguments that trim it."""
+
+
+class InputMismatchError(MMVizError, ValueError):
+    """Views or traces that must show one input (a Dashboard's panes, a view's attributions) show different ones."""

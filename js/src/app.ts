@@ -1,19 +1,24 @@
 /**
  * The AttentionView application: decodes the synced state, owns the store and the panes, fetches
  * attention maps it does not have (custom messages to Python; an exported page has no kernel and says
- * so), and repaints the panes when the store changes. Hover never leaves the browser.
+ * so), and repaints the panes when the store changes. Hover never leaves the browser: the token or patch
+ * under the pointer goes to the link store (shared with a Dashboard's other panes), and what the other panes
+ * point at is shown here as a hover.
  */
 import type { AnyModel } from "@anywidget/types";
-import { decodeInts, decodeTensor, type Tensor, type TensorPayload } from "./codecs";
+import { decodeTensor, type Tensor, type TensorPayload } from "./codecs";
+import { createLink, type LinkState, type LinkStore, linkedPosition, type PatchIndex, paneId } from "./link";
 import type { AttentionViewState, ModuleState, TableState } from "./model";
 import { sliceKey } from "./model";
 import { formatValue, lut, maxOf, robustMax } from "./render/colormap";
 import { buildDisplay, colVector, type Display, rowVector, type Table } from "./render/matrix";
 import { type Hover, Store, type ViewState } from "./store";
+import { decodeTable, gridPositions, tablePatches } from "./table";
 import { Controls } from "./views/controls";
 import { h } from "./views/dom";
 import { Heatmap } from "./views/heatmap";
 import { ImagePane } from "./views/image-pane";
+import { onChanges } from "./views/pane";
 import { ThumbnailGrid } from "./views/thumbnails";
 import { TokenStrip } from "./views/token-strip";
 import { Tooltip } from "./views/tooltip";
@@ -41,6 +46,7 @@ export class AttentionApp {
   readonly root = h("div", "mmviz-root mmviz-attention");
   private readonly store: Store<ViewState>;
   private readonly tables = new Map<string, Table>();
+  private readonly patchIndexes = new Map<string, PatchIndex>();
   private readonly slices = new Map<string, Tensor>();
   private readonly pending = new Set<string>();
   private readonly tooltip: Tooltip;
@@ -62,8 +68,12 @@ export class AttentionApp {
   private builtModule = "";
   private thumbKey = "";
   private readonly cleanups: (() => void)[] = [];
+  private readonly id = paneId("attention");
 
-  constructor(private readonly model: Model) {
+  constructor(
+    private readonly model: Model,
+    private readonly link: LinkStore = createLink(),
+  ) {
     const initial = {} as ViewState;
     for (const key of DURABLE) (initial as unknown as Record<string, unknown>)[key] = model.get(key);
     initial.hover = null;
@@ -90,6 +100,7 @@ export class AttentionApp {
     this.root.append(this.tooltip.el);
 
     this.cleanups.push(this.store.subscribe((state, changed) => this.onStore(state, changed)));
+    this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
     this.bindModel();
     this.controls.setModules(model.get("_modules"));
     this.refreshNotes();
@@ -116,9 +127,8 @@ export class AttentionApp {
   private bindModel(): void {
     const model = this.model;
     for (const key of DURABLE) {
-      const handler = () => this.store.set(this.valid({ [key]: model.get(key) } as Partial<ViewState>));
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
+      const read = () => this.store.set(this.valid({ [key]: model.get(key) } as Partial<ViewState>));
+      this.cleanups.push(onChanges(model, [key], read));
     }
     const onSlices = () => this.reset();
     model.on("change:_slices", onSlices);
@@ -177,6 +187,7 @@ export class AttentionApp {
   private reset(): void {
     this.slices.clear();
     this.tables.clear();
+    this.patchIndexes.clear();
     this.builtModule = "";
     this.thumbKey = "";
     this.displayKey = "";
@@ -195,18 +206,7 @@ export class AttentionApp {
     if (!t) {
       const raw: TableState | undefined = this.model.get("_tables")[name];
       if (!raw) throw new Error(`mmviz: token table ${name} missing from the widget state`);
-      t = {
-        text: raw.text,
-        kind: raw.kind,
-        generated: raw.generated
-          ? Uint8Array.from(decodeTensor(raw.generated).data, (v) => (v > 0 ? 1 : 0))
-          : new Uint8Array(raw.text.length),
-        wordId: decodeInts(raw.word_id),
-        imageIndex: decodeInts(raw.image_index),
-        patchRow: decodeInts(raw.patch_row),
-        patchCol: decodeInts(raw.patch_col),
-        grids: raw.grids,
-      };
+      t = decodeTable(raw);
       this.tables.set(name, t);
     }
     return t;
@@ -376,12 +376,7 @@ export class AttentionApp {
       const t = side === "query" ? q : k;
       raw?.images.forEach((img, i) => {
         const grid = t.grids[i] ?? [1, 1];
-        const positions = new Int32Array(grid[0] * grid[1]).fill(-1);
-        for (let p = 0; p < t.kind.length; p++) {
-          if (t.kind[p] === "image" && t.imageIndex[p] === i) {
-            positions[(t.patchRow[p] ?? 0) * grid[1] + (t.patchCol[p] ?? 0)] = p;
-          }
-        }
+        const positions = gridPositions(t, i);
         if (!positions.some((p) => p >= 0)) return;
         const pane = new ImagePane(
           `image ${i} · ${grid[0]}×${grid[1]} patches`,
@@ -419,10 +414,12 @@ export class AttentionApp {
     const d = this.display;
     if (unit === null || unit < 0 || !d) {
       this.store.set({ hover: null });
+      this.toLink(side, -1);
       this.tooltip.hide();
       return;
     }
     this.store.set({ hover: { side, unit } });
+    this.toLink(side, (side === "query" ? d.qUnits : d.kUnits)[unit]?.positions[0] ?? -1);
     const units = side === "query" ? d.qUnits : d.kUnits;
     const u = units[unit];
     if (!u) return;
@@ -450,6 +447,7 @@ export class AttentionApp {
     }
     const unit = this.rowToUnit[row] ?? -1;
     this.store.set({ hover: unit >= 0 ? { side: "query", unit } : null });
+    this.toLink("query", unit >= 0 ? (d.qUnits[unit]?.positions[0] ?? -1) : -1);
     const rowLabel = d.qUnits[unit]?.label ?? `row ${row}`;
     const keyUnit = d.kCol.indexOf(col);
     const colLabel = d.kUnits[keyUnit]?.label ?? `col ${col}`;
@@ -458,6 +456,45 @@ export class AttentionApp {
       [`${JSON.stringify(rowLabel)} → ${JSON.stringify(colLabel)}`, `attention ${formatValue(value)}`],
       e,
     );
+  }
+
+  // -- linking -------------------------------------------------------------------------------------
+  /** Tells the other panes the position (and patch) of `side`'s table under the pointer (-1: none). */
+  private toLink(side: "query" | "key", pos: number): void {
+    const module = this.moduleState(this.store.get().module);
+    if (!module) return;
+    const patch =
+      pos >= 0 ? this.patches(side === "query" ? module.query_table : module.key_table).patchOf(pos) : null;
+    const shared = side === "query" || module.self_attention;
+    this.link.set({ position: shared ? pos : -1, patch, source: this.id });
+  }
+
+  private patches(name: string): PatchIndex {
+    let index = this.patchIndexes.get(name);
+    if (!index) {
+      index = tablePatches(this.table(name));
+      this.patchIndexes.set(name, index);
+    }
+    return index;
+  }
+
+  /** Another pane points at a position or patch: hover the unit that holds it (queries first). */
+  private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
+    if (state.source === this.id || !(changed.has("position") || changed.has("patch"))) return;
+    const d = this.display;
+    const module = this.moduleState(this.store.get().module);
+    if (!d || !module) return;
+    const sides: ["query" | "key", string, Int32Array][] = [["query", module.query_table, d.qUnitOfPos]];
+    if (!module.self_attention) sides.push(["key", module.key_table, d.kUnitOfPos]);
+    for (const [side, name, unitOf] of sides) {
+      const pos = linkedPosition(state, this.patches(name), this.table(name).kind.length);
+      const unit = pos >= 0 ? (unitOf[pos] ?? -1) : -1;
+      if (unit >= 0) {
+        this.store.set({ hover: { side, unit } });
+        return;
+      }
+    }
+    this.store.set({ hover: null });
   }
 
   /** The vector the panes show: from the pinned token, else from the hovered unit. */

@@ -1,28 +1,23 @@
 /**
  * anywidget entry (AFM): `export default { render }`. Bundled by esbuild into `mmviz/static/widget.js`,
- * which every view in `mmviz/widgets/` points `_esm` at; the `_view` trait picks the application
- * (absent: the AttentionView).
+ * which every view in `mmviz/widgets/` points `_esm` at; the `_view` trait (the view's `KIND`) picks the
+ * pane application from `views/registry.ts` (absent: the AttentionView).
  */
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { AttentionApp } from "./app";
+import { createLink } from "./link";
 import type { AttentionViewState } from "./model";
-import { AttributionApp, type AttributionState } from "./views/attribution";
-import { CrossAttentionApp, type CrossAttentionState } from "./views/cross-attention";
 import { DashboardApp, type DashboardState } from "./views/dashboard";
+import { createPane, type PaneApp } from "./views/registry";
 
 export function renderView({ model, el }: Pick<RenderProps<AttentionViewState>, "model" | "el">): () => void {
-  const view = (model as unknown as AnyModel<{ _view?: string }>).get("_view");
-  const app =
-    view === "cross_attention"
-      ? new CrossAttentionApp(model as unknown as AnyModel<CrossAttentionState>)
-      : view === "attribution"
-        ? new AttributionApp(model as unknown as AnyModel<AttributionState>)
-        : view === "dashboard"
-          ? new DashboardApp(model as unknown as AnyModel<DashboardState>)
-          : new AttentionApp(model);
+  const kind = (model as unknown as AnyModel<{ _view?: string }>).get("_view") || "attention";
+  const app: PaneApp =
+    kind === "dashboard"
+      ? new DashboardApp(model as unknown as AnyModel<DashboardState>)
+      : createPane(kind, model as unknown as AnyModel<never>, createLink());
   el.classList.add("mmviz-host");
   el.append(app.root);
-  const stopWatching = "themeChanged" in app ? watchTheme(() => app.themeChanged()) : () => undefined;
+  const stopWatching = app.themeChanged ? watchTheme(() => app.themeChanged?.()) : () => undefined;
   return () => {
     stopWatching();
     app.destroy();

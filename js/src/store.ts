@@ -3,7 +3,7 @@
  * learn which keys changed. Hover lives here only (no kernel round trip); durable keys are mirrored to
  * the widget model by `app.ts`.
  */
-import type { Aggregate, Direction, Side } from "./model";
+import type { AttentionViewState, Side } from "./model";
 
 /** A hovered unit: a token, word or patch on one side of the attention matrix. */
 export interface Hover {
@@ -11,19 +11,13 @@ export interface Hover {
   unit: number;
 }
 
-export interface ViewState {
-  module: string;
-  layer: number;
-  head: number;
-  aggregate: Aggregate;
-  /** Pinned query position (-1: none). */
-  token: number;
-  direction: Direction;
-  hide_special: boolean;
-  merge_words: boolean;
-  cmap: string;
+/** The AttentionView's selection (its durable traits) and the unit under the pointer. */
+export type ViewState = Pick<
+  AttentionViewState,
+  "module" | "layer" | "head" | "aggregate" | "token" | "direction" | "hide_special" | "merge_words" | "cmap"
+> & {
   hover: Hover | null;
-}
+};
 
 export type Listener<S> = (state: S, changed: ReadonlySet<keyof S>) => void;
 

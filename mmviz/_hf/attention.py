@@ -14,6 +14,23 @@ from typing import Any
 import torch
 
 _eager_cache: dict[str, Callable[..., Any]] = {}
+_registered: set[str] = set()
+
+
+def register_implementation(name: str, attention: Callable[..., Any], mask: Callable[..., Any] | None = None) -> None:
+    """Registers an attention function (and its mask builder, default eager's) with transformers, once per name.
+
+    Without a mask function of the same name, transformers' mask builders return no mask for an
+    implementation they do not know.
+    """
+    if name in _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask or eager_mask)
+    _registered.add(name)
 
 
 def model_eager_function(module: torch.nn.Module) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mmviz.data import TokenTable
+from mmviz.data.display import patch_label
 
 
 def tokenizer_of(processor: Any) -> Any:
@@ -126,7 +127,7 @@ def patch_table(
         raise ValueError(f"a {rows}×{cols} patch grid does not fit {n_positions} positions")
     names = prefix_names or (["[CLS]"] + [f"[REG{i}]" for i in range(1, n_prefix)])[:n_prefix]
     k = np.arange(rows * cols)
-    texts = names + [f"({r},{c})" for r, c in zip(k // cols, k % cols)]
+    texts = names + [patch_label(0, r, c) for r, c in zip(k // cols, k % cols)]
     kinds = ["special"] * n_prefix + ["image"] * (rows * cols)
     image_ok = image is not None
     return TokenTable.build(

@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 
-from mmviz._hf.attention import additive_mask, model_eager_function
+from mmviz._hf.attention import additive_mask, model_eager_function, register_implementation
 from mmviz._hf.modules import attention_implementation, stack_names
 
 __all__ = ["Recorded", "attention_with_grad"]
 
 IMPLEMENTATION = "mmviz_relevance"
 _STORE: ContextVar[list[tuple[torch.nn.Module, torch.Tensor]] | None] = ContextVar("mmviz_relevance", default=None)
-_registered = False
 
 
 @dataclass
@@ -58,18 +57,6 @@ def _relevance_attention(
     return out, probs
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(IMPLEMENTATION, _relevance_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
-    _registered = True
-
-
 @contextlib.contextmanager
 def attention_with_grad(model: torch.nn.Module) -> Iterator[Recorded]:
     """Switches ``model`` to the recording implementation for the block; restores it, also on errors.
@@ -77,7 +64,7 @@ def attention_with_grad(model: torch.nn.Module) -> Iterator[Recorded]:
     Yields:
         A ``Recorded`` that fills while the model runs.
     """
-    _register()
+    register_implementation(IMPLEMENTATION, _relevance_attention)
     recorded = Recorded(stack_names(model))
     token = _STORE.set(recorded.calls)
     try:

@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmviz._hf.attention import additive_mask, model_eager_function
+from mmviz._hf.attention import additive_mask, model_eager_function, register_implementation
 
 if TYPE_CHECKING:
     from mmviz.capture._recorder import Recorder
 
 IMPLEMENTATION = "mmviz_record"
 ACTIVE: ContextVar[list[Recorder] | None] = ContextVar("mmviz_active_recorders", default=None)
-
-_registered = False
 
 
 def active_recorder() -> Recorder | None:
@@ -41,15 +39,7 @@ def active_recorder() -> Recorder | None:
 
 def register() -> None:
     """Registers ``mmviz_record`` with transformers' attention and mask interfaces (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(IMPLEMENTATION, record_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, _record_mask)
-    _registered = True
+    register_implementation(IMPLEMENTATION, record_attention, _record_mask)
 
 
 def _record_mask(*args: Any, **kwargs: Any) -> Any:

@@ -10,13 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io, reductions
+from mmviz.data._shown import Shown
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mmviz.widgets.attention_view import AttentionView
 
 __all__ = ["AttentionTrace", "ModuleAttention"]
 
@@ -141,7 +147,7 @@ def _slots(labels: tuple[int, ...], wanted: int | Sequence[int] | None, what: st
     return slots
 
 
-class AttentionTrace:
+class AttentionTrace(Shown):
     """Attention captured from one model run, per module, with the token tables.
 
     Args:
@@ -346,7 +352,7 @@ class AttentionTrace:
         return cls(modules, tables, meta.get("info"))
 
     # -- views -----------------------------------------------------------------------------------
-    def show(self, **options: Any) -> Any:
+    def show(self, **options: Any) -> AttentionView:
         """An interactive ``AttentionView`` of this trace.
 
         Args:
@@ -357,7 +363,7 @@ class AttentionTrace:
 
         return AttentionView(self, **options)
 
-    def figure(self, **options: Any) -> Any:
+    def figure(self, **options: Any) -> Figure:
         """A matplotlib ``Figure`` of one attention selection, for composition or ``savefig``.
 
         Args:
@@ -371,16 +377,6 @@ class AttentionTrace:
         from mmviz.export.figures import attention_figure
 
         return attention_figure(self, **options)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """Shows the trace as an AttentionView when it is the last expression of a notebook cell."""
-        from mmviz.errors import MMVizError
-
-        try:
-            view = self.show()
-        except MMVizError as err:  # too big for the default budget: fall back to text, saying why
-            return {"text/plain": f"{self!r}\n({err})"}
-        return view._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         lines = [f"AttentionTrace(batch={self.batch_size})"]

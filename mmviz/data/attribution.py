@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from mmviz.widgets.attribution_view import AttributionView
 
 __all__ = ["SIGNED_METHODS", "Attribution"]
 
@@ -25,7 +29,7 @@ SIGNED_METHODS = frozenset({"input_x_gradient", "integrated_gradients", "occlusi
 
 
 @dataclass(eq=False)
-class Attribution:
+class Attribution(Shown):
     """Scores of input positions (and pixels) for one or more targets.
 
     Attributes:
@@ -130,7 +134,7 @@ class Attribution:
         positions = np.arange(len(self.tokens)) if kind is None else self.tokens.positions(kind)
         row = self.scores[target, positions]
         order = np.argsort(-np.abs(row), kind="stable")[:k]
-        return [(int(positions[i]), str(self.tokens.text[positions[i]]), float(row[i])) for i in order]
+        return [(int(positions[i]), self.tokens.label(int(positions[i])), float(row[i])) for i in order]
 
     def normalized(self) -> np.ndarray:
         """``[targets, positions]`` scores divided by each row's largest absolute value."""
@@ -138,7 +142,7 @@ class Attribution:
         return np.divide(self.scores, scale, out=np.zeros_like(self.scores), where=scale > 0)
 
     # -- showing ---------------------------------------------------------------------------------
-    def show(self, **kwargs: Any) -> Any:
+    def show(self, **kwargs: Any) -> AttributionView:
         """An ``AttributionView`` widget of this attribution (keyword arguments go to the view)."""
         try:
             from mmviz.widgets import AttributionView
@@ -149,9 +153,6 @@ class Attribution:
                 ".pixel_maps and .tokens"
             ) from exc
         return AttributionView(self, **kwargs)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return {"text/plain": repr(self)}
 
     def __repr__(self) -> str:
         n_t, n_p = self.scores.shape

@@ -16,12 +16,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure, SubFigure
+
+    from mmviz.widgets.cross_attention_view import CrossAttentionView
 
 __all__ = ["CrossAttentionLayer", "CrossAttentionTrace", "resize_bicubic"]
 
@@ -102,7 +108,7 @@ def _steps(selection: StepSelection, n: int) -> list[int]:
     return out
 
 
-class CrossAttentionTrace:
+class CrossAttentionTrace(Shown):
     """Cross-attention maps of one diffusion pipeline call, as numpy arrays.
 
     Args:
@@ -419,74 +425,22 @@ class CrossAttentionTrace:
         return total
 
     # -- display -----------------------------------------------------------------------------------
-    def figure(
-        self,
-        words: Sequence[str | int] | None = None,
-        timesteps: StepSelection = None,
-        layers: LayerSelection = None,
-        batch_index: int = 0,
-        cmap: str = "viridis",
-        alpha: float = 0.5,
-        ncols: int | None = None,
-        panel_size: float = 2.2,
-    ) -> Any:
+    def figure(self, **options: Any) -> Figure | SubFigure:
         """A matplotlib figure: the image, then each word's heat map over it (min-max normalised per word).
 
         Args:
-            words: words or word indices (default: every word of the prompt).
-            timesteps: steps to sum over.
-            layers: layers to sum over.
-            batch_index: batch item.
-            cmap: matplotlib colormap of the heat maps (default ``"viridis"``, as in the views).
-            alpha: opacity of the heat maps over the image.
-            ncols: panels per row (default: up to 6).
-            panel_size: inches per panel.
-
-        Returns:
-            A ``matplotlib.figure.Figure``.
+            **options: ``words=``, ``timesteps=``, ``layers=``, ``batch_index=``, ``cmap=``, ``alpha=``,
+                ``ncols=``, ``panel_size=``, ``title=`` (see ``mmviz.export.cross_attention_figure``).
         """
-        from matplotlib.figure import Figure
+        from mmviz.export.cross_attention_figures import cross_attention_figure
 
-        chosen = list(range(len(self.words(batch_index)))) if words is None else list(words)
-        image = self.image(batch_index)
-        panels = len(chosen) + (1 if image is not None else 0)
-        cols = ncols or min(6, max(panels, 1))
-        rows = -(-panels // cols)
-        fig = Figure(figsize=(panel_size * cols, panel_size * rows + 0.2))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.ravel():
-            ax.set_axis_off()
-        flat = list(axes.ravel())
-        if image is not None:
-            flat[0].imshow(image)
-            flat[0].set_title("image", fontsize=9)
-            flat = flat[1:]
-        for ax, word in zip(flat, chosen):
-            text, _ = self._word(word, batch_index, special=True)
-            heat = self.heatmap(word, timesteps, layers, batch_index)
-            span = float(heat.max() - heat.min())
-            heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-            if image is not None:
-                ax.imshow(image)
-                ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-            else:
-                ax.imshow(heat, cmap=cmap, vmin=0, vmax=1)
-            ax.set_title(text, fontsize=9)
-        fig.tight_layout()
-        return fig
+        return cross_attention_figure(self, **options)
 
-    def show(self, **options: Any) -> Any:
+    def show(self, **options: Any) -> CrossAttentionView:
         """An interactive ``CrossAttentionView`` of this trace."""
         from mmviz.widgets.cross_attention_view import CrossAttentionView
 
         return CrossAttentionView(self, **options)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        try:
-            view = self.show()
-        except Exception:  # the view needs its front-end bundle; the text repr always works
-            return {"text/plain": repr(self)}
-        return view._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         words = " ".join(w for w, _ in self.words()) if self.batch_size else ""

@@ -152,6 +152,14 @@ class TokenTable:
         """Display text per position, as a list."""
         return self.text.tolist()
 
+    def label(self, position: int) -> str:
+        """How views and figures name a position: its text, or ``img0[3,5]`` for an image patch."""
+        from mmviz.data.display import patch_label
+
+        if str(self.kind[position]) == "image":
+            return patch_label(self.image_index[position], self.patch_row[position], self.patch_col[position])
+        return str(self.text[position])
+
     def positions(self, kind: str | Sequence[str]) -> np.ndarray:
         """Indices of the positions of the given kind(s).
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmviz.data.attribution import Attribution
-from mmviz.export.figures import _style, clean_label, colormap, tick_text
+from mmviz.export.figures import _style, clean_label, colormap, footnote, tick_text
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
@@ -111,8 +111,7 @@ def attribution_figure(
         model = attribution.info.get("model")
         if model:
             notes.append(str(model))
-        if notes:
-            fig.supxlabel("; ".join(notes), fontsize=7, alpha=0.75, parse_math=False)
+        footnote(fig, notes)
     return fig
 
 

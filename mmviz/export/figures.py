@@ -12,26 +12,34 @@ is escaped (titles use ``parse_math=False``), so ``$x$`` shows as typed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmviz.data.attention import AttentionTrace
-from mmviz.data.tokens import TokenTable
+from mmviz.data.display import (
+    AGGREGATES,
+    COLORMAP_FILE,
+    Unit,
+    colormap_lut,
+    display_matrix,
+    robust_max,
+    select_map,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure, SubFigure
+
+    from mmviz.data.tokens import TokenTable
 
 __all__ = [
     "COLORMAP_FILE",
@@ -43,14 +51,9 @@ __all__ = [
     "save_figure",
 ]
 
-COLORMAP_FILE = Path(__file__).resolve().parents[1] / "colormaps.json"
-"""The one colormap definition: hex stops per name, shared with ``js/src/render/colormap.ts``."""
-
 FIGURE_FORMATS = ("png", "svg", "pdf")
 """File types ``save_figure`` writes."""
 
-AGGREGATES = ("head", "mean", "max", "rollout")
-HIDDEN_KINDS = ("special", "pad")
 MAX_LABEL_CHARS = 16
 
 _RC: dict[Any, Any] = {
@@ -63,160 +66,11 @@ _RC: dict[Any, Any] = {
 }
 
 
-# -- colormaps -------------------------------------------------------------------------------------
-@cache
-def _stops() -> dict[str, list[str]]:
-    with COLORMAP_FILE.open(encoding="utf-8") as f:
-        data: dict[str, list[str]] = json.load(f)
-    return data
-
-
-def colormap_names() -> list[str]:
-    """Colormap names, the default (viridis) first."""
-    return list(_stops())
-
-
-def colormap_lut(name: str) -> np.ndarray:
-    """``[256, 3]`` uint8 lookup table of a colormap, computed as the front end's ``lut()`` does.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones).
-    """
-    stops = _stops()
-    if name not in stops:
-        raise ValueError(f"unknown colormap {name!r}; use one of {list(stops)}")
-    rgb = np.asarray([[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in stops[name]], dtype=np.float64)
-    x = np.arange(256) / 255 * (len(rgb) - 1)
-    lo = np.minimum(np.floor(x).astype(np.int64), len(rgb) - 2)
-    f = (x - lo)[:, None]
-    values = rgb[lo] * (1 - f) + rgb[lo + 1] * f
-    # Uint8ClampedArray rounds half to even, like np.rint
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
 def colormap(name: str = "viridis") -> ListedColormap:
     """The matplotlib colormap of a front-end colormap name (``"viridis"``, ``"cividis"``, ...)."""
     from matplotlib.colors import ListedColormap
 
     return ListedColormap(colormap_lut(name) / 255.0, name=f"mmviz.{name}")
-
-
-# -- selection and display -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Unit:
-    positions: tuple[int, ...]
-    label: str
-    kind: str
-    image: int
-
-
-def _units(table: TokenTable, hide: bool, merge: bool) -> tuple[list[_Unit], np.ndarray]:
-    """Rows/columns of the displayed matrix, as ``js/src/render/matrix.ts: buildUnits`` builds them."""
-    unit_of_pos = np.full(len(table), -1, dtype=np.int64)
-    positions: list[list[int]] = []
-    labels: list[str] = []
-    kinds: list[str] = []
-    by_word: dict[int, int] = {}
-    for p in range(len(table)):
-        kind = str(table.kind[p])
-        if hide and kind in HIDDEN_KINDS:
-            continue
-        word = int(table.word_id[p])
-        if merge and kind != "image" and word in by_word:
-            u = by_word[word]
-            positions[u].append(p)
-            labels[u] += str(table.text[p])
-            unit_of_pos[p] = u
-            continue
-        unit_of_pos[p] = len(positions)
-        if merge and kind != "image":
-            by_word[word] = len(positions)
-        positions.append([p])
-        kinds.append(kind)
-        if kind == "image":
-            labels.append(f"img{table.image_index[p]}[{table.patch_row[p]},{table.patch_col[p]}]")
-        else:
-            labels.append(str(table.text[p]))
-    units = [
-        _Unit(tuple(ps), lab, k, int(table.image_index[ps[0]]) if k == "image" else -1)
-        for ps, lab, k in zip(positions, labels, kinds)
-    ]
-    return units, unit_of_pos
-
-
-def _block_mean(values: np.ndarray, q_step: int, k_step: int) -> np.ndarray:
-    nq, nk = values.shape
-    rows, cols = math.ceil(nq / q_step), math.ceil(nk / k_step)
-    padded = np.zeros((rows * q_step, cols * k_step), dtype=np.float64)
-    padded[:nq, :nk] = values
-    sums = padded.reshape(rows, q_step, cols, k_step).sum(axis=(1, 3))
-    q_count = np.minimum(q_step, nq - np.arange(rows) * q_step)
-    k_count = np.minimum(k_step, nk - np.arange(cols) * k_step)
-    return (sums / (q_count[:, None] * k_count[None, :])).astype(np.float32)
-
-
-@dataclass
-class _Display:
-    matrix: np.ndarray  # [rows, cols] shown
-    full: np.ndarray  # [query, key] at full resolution (hidden keys zeroed and rows renormalised)
-    q_units: list[_Unit]
-    k_units: list[_Unit]
-    q_unit_of_pos: np.ndarray
-    k_unit_of_pos: np.ndarray
-    q_step: int
-    k_step: int
-
-
-def _display(
-    full: np.ndarray, q_tab: TokenTable, k_tab: TokenTable, hide: bool, merge: bool, max_matrix: int
-) -> _Display:
-    nq, nk = full.shape
-    q_step, k_step = max(1, math.ceil(nq / max_matrix)), max(1, math.ceil(nk / max_matrix))
-    down = q_step > 1 or k_step > 1
-    hide, merge = hide and not down, merge and not down
-    q_units, q_of = _units(q_tab, hide, merge)
-    k_units, k_of = _units(k_tab, hide, merge)
-    if hide:
-        full = full * (k_of >= 0)[None, :]
-        total = full.sum(axis=-1, keepdims=True)
-        full = np.divide(full, total, out=np.zeros_like(full), where=total > 0)
-    if down:
-        matrix = _block_mean(full, q_step, k_step)
-    elif hide or merge:
-        q_weights = np.zeros((len(q_units), nq), dtype=np.float32)
-        for u, unit in enumerate(q_units):
-            q_weights[u, list(unit.positions)] = 1.0 / len(unit.positions)
-        k_member = np.zeros((nk, len(k_units)), dtype=np.float32)
-        visible = np.flatnonzero(k_of >= 0)
-        k_member[visible, k_of[visible]] = 1.0
-        matrix = q_weights @ full @ k_member
-    else:
-        matrix = full
-    return _Display(matrix, full, q_units, k_units, q_of, k_of, q_step, k_step)
-
-
-def _full_map(
-    trace: AttentionTrace, module: str, batch_index: int, layer: int, aggregate: str, head: int
-) -> np.ndarray:
-    if aggregate == "head":
-        return trace.probs(module, batch_index, layers=[layer], heads=[head])[0, 0]
-    if aggregate == "mean":
-        return trace.head_mean(module, batch_index, layers=[layer])[0]
-    if aggregate == "max":
-        return trace.head_max(module, batch_index, layers=[layer])[0]
-    if aggregate == "rollout":
-        slot = list(trace.module(module).layers).index(layer)
-        return trace.rollout(module, batch_index)[slot]
-    raise ValueError(f"unknown aggregate {aggregate!r}; use one of {AGGREGATES}")
-
-
-def _robust_max(values: np.ndarray, q: float = 0.995) -> float:
-    """The colour-scale maximum the front end uses (``robustMax``): a high quantile of positive values."""
-    positive = values[values > 0]
-    if positive.size == 0:
-        return 1.0
-    at = float(np.quantile(positive, q, method="lower"))
-    return at if at > 0 else float(positive.max())
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -245,7 +99,7 @@ class _Tick:
     span: tuple[float, float] | None = None  # a run of image patches labelled once
 
 
-def _ticks(units: list[_Unit], step: int, n_cells: int, max_labels: int, keep: int, short: bool) -> list[_Tick]:
+def _ticks(units: list[Unit], step: int, n_cells: int, max_labels: int, keep: int, short: bool) -> list[_Tick]:
     """Labels for one matrix axis: one per run of image patches, text tokens thinned to ``max_labels``."""
     if step > 1:  # block-averaged: label evenly spaced blocks by their first position's token
         n = min(max_labels, n_cells)
@@ -393,8 +247,8 @@ def attention_figure(
     self_attention = m.query_table == m.key_table
     q_tab = trace.tokens(name, batch_index, "query")
     k_tab = trace.tokens(name, batch_index, "key")
-    full = _full_map(trace, name, batch_index, layer, aggregate, head).astype(np.float32)
-    d = _display(full, q_tab, k_tab, hide_special, merge_words, max(1, int(max_matrix)))
+    full = select_map(trace, name, batch_index, layer, aggregate, head).astype(np.float32)
+    d = display_matrix(full, q_tab, k_tab, hide_special, merge_words, max(1, int(max_matrix)))
 
     # the selected query unit: the pinned token, else the last visible text token
     if 0 <= token < len(q_tab) and d.q_unit_of_pos[token] >= 0:
@@ -424,7 +278,7 @@ def attention_figure(
             ax = fig.add_subplot()
             img_axes = []
 
-        vmax = _robust_max(d.matrix)
+        vmax = robust_max(d.matrix)
         data_max = float(d.matrix.max()) if d.matrix.size else 0.0
         im = ax.imshow(d.matrix, cmap=cm, vmin=0.0, vmax=vmax, interpolation="none", aspect="auto")
         label = "attention rollout" if aggregate == "rollout" else "attention probability"
@@ -472,9 +326,14 @@ def attention_figure(
             notes.append(f"colour scale clipped at the 99.5th percentile ({vmax:.3g}; max {data_max:.3g})")
         if batch_index:
             notes.append(f"batch item {batch_index}")
-        if notes:
-            fig.supxlabel("; ".join(notes), fontsize=7, alpha=0.75, parse_math=False)
+        footnote(fig, notes)
     return fig
+
+
+def footnote(fig: Any, notes: list[str]) -> None:
+    """Writes what a reader must know about a figure (clipping, batch item, ...) small, under it."""
+    if notes:
+        fig.supxlabel("; ".join(notes), fontsize=7, alpha=0.75, parse_math=False)
 
 
 def _draw_overlay(
@@ -486,7 +345,7 @@ def _draw_overlay(
     cm: ListedColormap,
     who: str,
     to: bool,
-    source: _Unit,
+    source: Unit,
 ) -> None:
     """One image with the selected token's attention over its patches, translucent on top."""
     picture = table.images[image]

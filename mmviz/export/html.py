@@ -24,7 +24,7 @@ __all__ = ["Exportable", "render_html", "save_html"]
 class Exportable(Protocol):
     """Anything with an ``export_state(budget)`` (every mmviz view)."""
 
-    def export_state(self, budget: int = ...) -> dict[str, Any]: ...  # noqa: D102
+    def export_state(self, budget: int | None = ...) -> dict[str, Any]: ...  # noqa: D102
 
 
 def _jsonable(value: Any) -> Any:

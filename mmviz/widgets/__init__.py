@@ -7,9 +7,18 @@ request, and links its panes in the browser. ``view.save("x.html")`` writes an o
 from __future__ import annotations
 
 from mmviz._static import MissingBundleError
-from mmviz.widgets.attention_view import COLORMAPS, AttentionView
+from mmviz.widgets._view import COLORMAPS, View
+from mmviz.widgets.attention_view import AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
 
-__all__ = ["COLORMAPS", "AttentionView", "AttributionView", "CrossAttentionView", "Dashboard", "MissingBundleError"]
+__all__ = [
+    "COLORMAPS",
+    "AttentionView",
+    "AttributionView",
+    "CrossAttentionView",
+    "Dashboard",
+    "MissingBundleError",
+    "View",
+]

@@ -15,12 +15,10 @@ import numpy as np
 
 from mmviz import _codec
 from mmviz.data.attention import AttentionTrace, ModuleAttention
+from mmviz.data.display import block_mean, select_map, steps
 from mmviz.data.tokens import TokenTable
 
-__all__ = ["AGGREGATES", "MapKey", "SliceSource", "block_mean", "map_nbytes", "module_state", "table_state"]
-
-AGGREGATES = ("head", "mean", "max", "rollout")
-"""How one attention map is chosen: one head, or a reduction over the heads."""
+__all__ = ["MapKey", "SliceSource", "map_nbytes", "module_state", "table_state"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,6 @@ def table_state(table: TokenTable) -> dict[str, Any]:
     }
 
 
-def steps(n_query: int, n_key: int, max_matrix: int) -> tuple[int, int]:
-    """Rows/columns averaged into one matrix cell so that neither side exceeds ``max_matrix``."""
-    return max(1, math.ceil(n_query / max_matrix)), max(1, math.ceil(n_key / max_matrix))
-
-
 def module_state(
     trace: AttentionTrace, name: str, layers: list[int], heads: list[int], max_matrix: int
 ) -> dict[str, Any]:
@@ -77,32 +70,6 @@ def module_state(
         "k_step": k_step,
         "self_attention": m.query_table == m.key_table,
     }
-
-
-def block_mean(values: np.ndarray, q_step: int, k_step: int) -> np.ndarray:
-    """Means over ``q_step × k_step`` blocks of the last two axes (edge blocks may be smaller).
-
-    Args:
-        values: ``[..., query, key]`` array.
-        q_step: query rows per block.
-        k_step: key columns per block.
-
-    Returns:
-        ``[..., ceil(query / q_step), ceil(key / k_step)]`` float32.
-    """
-    v = np.asarray(values, dtype=np.float32)
-    if q_step == 1 and k_step == 1:
-        return v
-    *lead, nq, nk = v.shape
-    rows, cols = math.ceil(nq / q_step), math.ceil(nk / k_step)
-    if nq % q_step or nk % k_step:  # zero-pad to whole blocks; the area below counts real cells only
-        pad = [(0, 0)] * len(lead) + [(0, rows * q_step - nq), (0, cols * k_step - nk)]
-        v = np.pad(v, pad)
-    # reshaped sums run at memory speed (several times faster than np.add.reduceat here)
-    sums = v.reshape(*lead, rows, q_step, cols * k_step).sum(axis=-2).reshape(*lead, rows, cols, k_step).sum(axis=-1)
-    q_count = np.minimum(q_step, nq - np.arange(rows) * q_step)
-    k_count = np.minimum(k_step, nk - np.arange(cols) * k_step)
-    return (sums / (q_count[:, None] * k_count[None, :])).astype(np.float32)
 
 
 def streamed_blocks(
@@ -174,19 +141,12 @@ class SliceSource:
             out = maxed if key.aggregate == "max" else per_head.mean(axis=0)
             self._remember(key.key, out)
             return out
-        if key.aggregate == "head":
-            full = t.probs(key.module, b, layers=[key.layer], heads=[key.head])[0, 0]
-        elif key.aggregate == "mean":
-            full = t.head_mean(key.module, b, layers=[key.layer])[0]
-        elif key.aggregate == "max":
-            full = t.head_max(key.module, b, layers=[key.layer])[0]
-        elif key.aggregate == "rollout":
+        rollout = None
+        if key.aggregate == "rollout":
             if key.module not in self._rollout:
                 self._rollout[key.module] = t.rollout(key.module, b)
-            slot = list(t.module(key.module).layers).index(key.layer)
-            full = self._rollout[key.module][slot]
-        else:
-            raise ValueError(f"unknown aggregate {key.aggregate!r}; use one of {AGGREGATES}")
+            rollout = self._rollout[key.module]
+        full = select_map(t, key.module, b, key.layer, key.aggregate, key.head, rollout=rollout)
         out = block_mean(full, *self.steps(key.module))
         self._remember(key.key, out)
         return out

@@ -8,94 +8,61 @@ Durable selections are traits: ``view.observe(fn, names=["layer"])`` and ``view.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anywidget
 import traitlets
 
-from mmviz._static import STATIC_DIR
 from mmviz.data.attention import AttentionTrace
+from mmviz.data.display import AGGREGATES
 from mmviz.errors import BudgetError
 from mmviz.widgets import _state
-from mmviz.widgets._view import check_options, save_view
+from mmviz.widgets._view import DEFAULT_BUDGET, Reply, View
 
-__all__ = ["COLORMAPS", "AttentionView"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-COLORMAPS = ("viridis", "cividis", "magma", "blues", "greys")
-"""Colormaps the front end knows (``js/src/render/colormap.ts``); viridis is the default."""
+    from mmviz.data.tokens import TokenTable
 
-DEFAULT_BUDGET = 16_000_000
-"""Bytes of binary data the initial widget state may hold."""
+__all__ = ["DEFAULT_EXPORT_BUDGET", "AttentionView"]
 
 DEFAULT_EXPORT_BUDGET = 16_000_000
 """Bytes of attention maps an HTML export embeds per view."""
 
-_OPTIONS = (
-    "module",
-    "layer",
-    "head",
-    "aggregate",
-    "token",
-    "batch_index",
-    "modules",
-    "layers",
-    "heads",
-    "direction",
-    "hide_special",
-    "merge_words",
-    "cmap",
-    "title",
-    "thumb_size",
-    "max_matrix",
-    "budget",
-)
 
-_DURABLE = ("module", "layer", "head", "aggregate", "token", "direction", "hide_special", "merge_words", "cmap")
-
-
-def _bundle(name: str) -> Any:
-    path = STATIC_DIR / name
-    # A missing bundle must not break `import mmviz.widgets`: the error comes from AttentionView(...).
-    return path if path.is_file() else "export default { render() {} };\n"
-
-
-class AttentionView(anywidget.AnyWidget):
+class AttentionView(View):
     """Linked, interactive view of an ``AttentionTrace`` (``trace.show(...)``).
 
     Args:
         trace: the trace to show.
-        **options: what to show first and what to offer:
-
-            * ``module``: module shown first (default: the language model, else the first module);
-            * ``layer``: model layer shown first (default: the last captured layer);
-            * ``head``: model head shown first; ``None`` shows the mean over heads;
-            * ``aggregate``: ``"head"``, ``"mean"``, ``"max"`` or ``"rollout"`` (default: ``"head"`` when
-              ``head`` is given, else ``"mean"``);
-            * ``token``: query position pinned at start (``-1``: none);
-            * ``batch_index``: batch item to show;
-            * ``modules``: modules offered by the module selector (default: all captured);
-            * ``layers``, ``heads``: model layers and heads to offer (default: all captured); trim the state;
-            * ``direction``: colour tokens by the attention they pay (``"from"``) or receive (``"to"``);
-            * ``hide_special``: hide special and padding tokens, renormalising each row over the rest;
-            * ``merge_words``: merge subword tokens into words;
-            * ``cmap``: colormap (``COLORMAPS``);
-            * ``title``: heading shown above the view;
-            * ``thumb_size``: thumbnail cells per side;
-            * ``max_matrix``: most rows/columns of an attention map sent to the browser; bigger maps are
-              block-averaged (a 4096-token trace opens with 1024 × 1024 cells);
-            * ``budget``: bytes of binary data the initial state may hold.
+        module: module shown first (default: the language model, else the first module).
+        layer: model layer shown first (default: the last captured layer).
+        head: model head shown first; ``None`` shows the mean over heads.
+        aggregate: ``"head"``, ``"mean"``, ``"max"`` or ``"rollout"`` (default: ``"head"`` when ``head`` is
+            given, else ``"mean"``).
+        token: query position pinned at start (``-1``: none).
+        batch_index: batch item to show.
+        modules: modules offered by the module selector (default: all captured).
+        layers: model layers to offer (default: all captured); trims the state.
+        heads: model heads to offer (default: all captured); trims the state.
+        direction: colour tokens by the attention they pay (``"from"``) or receive (``"to"``).
+        hide_special: hide special and padding tokens, renormalising each row over the rest.
+        merge_words: merge subword tokens into words.
+        cmap: colormap (``mmviz.widgets.COLORMAPS``).
+        title: heading shown above the view.
+        thumb_size: thumbnail cells per side (at least 1).
+        max_matrix: most rows/columns of an attention map sent to the browser (at least 1); bigger maps
+            are block-averaged (a 4096-token trace opens with 1024 × 1024 cells).
+        budget: bytes of binary data the initial state may hold.
 
     Raises:
         BudgetError: the initial state would exceed ``budget``; the message names ``layers=``,
             ``heads=`` and ``module=``/``modules=``.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument (the message lists the valid ones).
+        IndexError: ``token`` is not a query position of the module shown.
     """
 
-    _esm = _bundle("widget.js")
-    _css = _bundle("widget.css")
+    KIND = "attention"
 
     module = traitlets.Unicode().tag(sync=True)
     """Selected module name."""
@@ -103,7 +70,7 @@ class AttentionView(anywidget.AnyWidget):
     """Selected model layer index."""
     head = traitlets.Int(0).tag(sync=True)
     """Selected model head index (when ``aggregate == "head"``)."""
-    aggregate = traitlets.Enum(_state.AGGREGATES, default_value="head").tag(sync=True)
+    aggregate = traitlets.Enum(AGGREGATES, default_value="head").tag(sync=True)
     """``"head"`` or a reduction over heads: ``"mean"``, ``"max"``, ``"rollout"``."""
     token = traitlets.Int(-1).tag(sync=True)
     """Pinned query position, ``-1`` for none (clicking a token pins it)."""
@@ -113,60 +80,84 @@ class AttentionView(anywidget.AnyWidget):
     """Hide special and padding tokens, renormalising rows."""
     merge_words = traitlets.Bool(False).tag(sync=True)
     """Merge subword tokens into words."""
-    cmap = traitlets.Enum(COLORMAPS, default_value="viridis").tag(sync=True)
-    """Colormap name."""
     batch_index = traitlets.Int(0).tag(sync=True)
     """Batch item shown (setting it re-sends the tables and thumbnails)."""
 
-    _title = traitlets.Unicode("").tag(sync=True)
     _modules: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     _tables = traitlets.Dict().tag(sync=True)
     _thumbs = traitlets.Dict().tag(sync=True)
     _slices = traitlets.Dict().tag(sync=True)
-    _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
-    _standalone = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, trace: AttentionTrace, **options: Any) -> None:
-        check_options("AttentionView", options, _OPTIONS)
+    def __init__(
+        self,
+        trace: AttentionTrace,
+        *,
+        module: str | None = None,
+        layer: int | None = None,
+        head: int | None = None,
+        aggregate: str | None = None,
+        token: int = -1,
+        batch_index: int = 0,
+        modules: Sequence[str] | None = None,
+        layers: int | Sequence[int] | None = None,
+        heads: int | Sequence[int] | None = None,
+        direction: str = "from",
+        hide_special: bool = False,
+        merge_words: bool = False,
+        cmap: str = "viridis",
+        title: str | None = None,
+        thumb_size: int = 32,
+        max_matrix: int = 1024,
+        budget: int = DEFAULT_BUDGET,
+    ) -> None:
         if not isinstance(trace, AttentionTrace):
             raise TypeError(f"AttentionView needs an AttentionTrace, not {type(trace).__name__}")
+        for name, value in (("thumb_size", thumb_size), ("max_matrix", max_matrix)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of cells, at least 1, not {value!r}")
         self.trace = trace
-        self.thumb_size = int(options.get("thumb_size", 32))
-        self.max_matrix = int(options.get("max_matrix", 1024))
-        self.budget = int(options.get("budget", DEFAULT_BUDGET))
-        names = list(options.get("modules") or trace.modules)
+        self.thumb_size = thumb_size
+        self.max_matrix = max_matrix
+        self.budget = budget
+        names = list(modules or trace.modules)
         for name in names:
             trace.module(name)  # KeyError naming the captured modules
-        module = options.get("module") or (trace.default_module if trace.default_module in names else names[0])
+        module = module or (trace.default_module if trace.default_module in names else names[0])
         if module not in names:
             names.insert(0, trace.module(module).name)
-        self._layer_filter = _labels(options.get("layers"))
-        self._head_filter = _labels(options.get("heads"))
+        self._layer_filter = _labels(layers)
+        self._head_filter = _labels(heads)
         self._module_names = names
-        batch_index = int(options.get("batch_index", 0))
         trace.module(module)._check_batch(batch_index)
-        modules = self._describe_modules()
-        first = next(m for m in modules if m["name"] == module)
-        head = options.get("head")
-        aggregate = options.get("aggregate") or ("mean" if head is None else "head")
-        layer = options.get("layer")
+        described = self._describe_modules()
+        first = next(m for m in described if m["name"] == module)
+        if not -1 <= token < first["n_query"]:
+            raise IndexError(
+                f"token {token} is not a query position of {module!r}: it has {first['n_query']} "
+                "(0 … n - 1; -1 pins nothing)"
+            )
         super().__init__(
+            title=title,
+            budget=budget,
             module=module,
             layer=first["layers"][-1] if layer is None else int(layer),
             head=first["heads"][0] if head is None else int(head),
-            aggregate=aggregate,
-            token=int(options.get("token", -1)),
+            aggregate=aggregate or ("mean" if head is None else "head"),
+            token=token,
             batch_index=batch_index,
-            direction=options.get("direction", "from"),
-            hide_special=bool(options.get("hide_special", False)),
-            merge_words=bool(options.get("merge_words", False)),
-            cmap=options.get("cmap", "viridis"),
-            _title=str(options.get("title") or ""),
-            _modules=modules,
+            direction=direction,
+            hide_special=bool(hide_special),
+            merge_words=bool(merge_words),
+            cmap=cmap,
+            _modules=described,
         )
         self._check_selection()
         self._load_batch()
-        self.on_msg(self._on_msg)
+
+    def tokens(self) -> TokenTable:
+        """The query token table of the module shown, for the batch item shown."""
+        m = self.trace.module(self.module)
+        return self.trace.tables[m.query_table][self.batch_index]
 
     # -- state ---------------------------------------------------------------------------------------
     def _describe_modules(self) -> list[dict[str, Any]]:
@@ -280,29 +271,26 @@ class AttentionView(anywidget.AnyWidget):
             self.trace.module(self.module)._check_batch(change["new"])
             self._load_batch()
 
-    # -- messages ------------------------------------------------------------------------------------
-    def _on_msg(self, _widget: Any, content: dict[str, Any], _buffers: Sequence[Any]) -> None:
-        if not isinstance(content, dict) or content.get("type") != "slice":
-            return
-        key = _state.MapKey(
-            str(content.get("module")),
-            int(content.get("layer", 0)),
-            str(content.get("aggregate", "head")),
-            int(content.get("head", 0)),
-        )
+    # -- requests ------------------------------------------------------------------------------------
+    def answer(self, content: dict[str, Any], buffers: Sequence[Any]) -> Reply | None:
+        """Serves an attention map the browser asks for (``{"type": "slice", module, layer, aggregate, head}``)."""
+        if content.get("type") != "slice":
+            return None
         try:
+            key = _state.MapKey(
+                str(content.get("module")),
+                int(content.get("layer", 0)),
+                str(content.get("aggregate", "head")),
+                int(content.get("head", 0)),
+            )
             payload = self.source.payload(key)
-        except (KeyError, ValueError, IndexError) as err:
-            self.send({"type": "slice", "key": content.get("key", key.key), "error": str(err)})
-            return
+        except (KeyError, ValueError, IndexError, TypeError) as err:
+            return {"type": "slice", "key": content.get("key", ""), "error": str(err)}, []
         meta = {k: payload[k] for k in ("dtype", "shape", "axes")}
-        self.send(
-            {"type": "slice", "key": key.key, **meta},
-            buffers=[payload["data"], payload["scale"], payload["offset"]],
-        )
+        return {"type": "slice", "key": key.key, **meta}, [payload["data"], payload["scale"], payload["offset"]]
 
     # -- export --------------------------------------------------------------------------------------
-    def export_state(self, budget: int = DEFAULT_EXPORT_BUDGET) -> dict[str, Any]:
+    def export_state(self, budget: int | None = None) -> dict[str, Any]:
         """The state an exported page embeds: the view's state plus as many attention maps as fit.
 
         Maps are chosen in order: the current selection; the head mean of every layer; every head of
@@ -310,68 +298,32 @@ class AttentionView(anywidget.AnyWidget):
         other layers' heads, nearest layer first. What is left out is listed in ``_notes``.
 
         Args:
-            budget: bytes of attention maps to embed.
+            budget: bytes of attention maps to embed (default 16 MB).
 
         Returns:
             A JSON-able dict whose binary leaves are ``bytes``.
         """
         from mmviz.widgets._export import choose_maps
 
-        chosen, notes = choose_maps(self, budget)
-        state: dict[str, Any] = {name: getattr(self, name) for name in _DURABLE}
+        chosen, notes = choose_maps(self, DEFAULT_EXPORT_BUDGET if budget is None else budget)
+        state: dict[str, Any] = {name: getattr(self, name) for name in self.state_names()}
         state.update(
-            batch_index=self.batch_index,
-            _title=self._title,
-            _modules=self._modules,
-            _tables=self._tables,
-            _thumbs=self._thumbs,
             _slices={key.key: self.source.payload(key) for key in chosen},
             _notes=[*self._notes, *notes],
             _standalone=True,
         )
         return state
 
-    def figure(self, **options: Any) -> Any:
+    def figure(self, **options: Any) -> Figure:
         """A matplotlib ``Figure`` of the current selection (see ``mmviz.export.figures.attention_figure``).
 
         Args:
             **options: overrides of the selection (``layer=``, ``head=``, ``token=``, ...) and figure
-                options (``max_labels=``, ``images=``, ``figsize=``).
+                options (``max_labels=``, ``images=``, ``figsize=``, ``title=``, ``into=``).
         """
         from mmviz.export.figures import view_figure
 
         return view_figure(self, **options)
-
-    def save(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        title: str | None = None,
-        notes: str | None = None,
-        budget: int | None = None,
-        dpi: float | None = None,
-    ) -> Path:
-        """Writes the view to a file; the extension picks what is written.
-
-        ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
-        ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the current selection (module, layer, head or
-        reduction, pinned token, direction, hiding, word merge, colormap); SVG and PDF keep token text as text.
-
-        Args:
-            path: file to write.
-            title: page heading (HTML) or figure title (default: model, module, layer, head).
-            notes: text under the page heading (HTML only).
-            budget: bytes of attention maps the page embeds (HTML only).
-            dpi: resolution of a PNG (default 200).
-
-        Returns:
-            The path written.
-
-        Raises:
-            ValueError: another extension (the message lists the ones it writes).
-        """
-        options = {"title": title} if title else {}
-        return save_view(self, path, lambda: self.figure(**options), title=title, notes=notes, budget=budget, dpi=dpi)
 
 
 def _labels(value: Any) -> set[int] | None:

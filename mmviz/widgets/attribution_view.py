@@ -8,54 +8,25 @@ and switch with a selector. Signed methods use a diverging blue–red scale cent
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anywidget
 import numpy as np
 import traitlets
 
 from mmviz import _codec
-from mmviz._static import STATIC_DIR
 from mmviz.data.attribution import Attribution
-from mmviz.data.tokens import TokenTable
 from mmviz.errors import BudgetError
-from mmviz.widgets._view import check_options, embedded_state, save_view
-from mmviz.widgets.attention_view import COLORMAPS
+from mmviz.widgets._inputs import check_same_input
+from mmviz.widgets._state import table_state
+from mmviz.widgets._view import DEFAULT_BUDGET, View
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mmviz.data.tokens import TokenTable
 
 __all__ = ["AttributionView", "attribution_state"]
-
-DEFAULT_BUDGET = 16_000_000
-"""Bytes of scores, pixel maps and images the state (and an exported page) may hold."""
-
-_OPTIONS = ("entry", "target", "opacity", "cmap", "title", "budget")
-_DURABLE = ("entry", "target", "opacity", "cmap")
-
-
-def _bundle(name: str) -> Any:
-    path = STATIC_DIR / name
-    return path if path.is_file() else "export default { render() {} };\n"
-
-
-def _table_state(table: TokenTable) -> dict[str, Any]:
-    images = []
-    for i, image in enumerate(table.images):
-        grid = table.image_positions(i)
-        images.append(
-            {
-                "image": _codec.encode_tensor(image, "uint8"),
-                "grid": [int(grid.shape[0]), int(grid.shape[1])],
-                "positions": _codec.encode_tensor(grid.reshape(-1), "int32"),
-            }
-        )
-    return {
-        "text": [str(t) for t in table.text.tolist()],
-        "kind": [str(k) for k in table.kind.tolist()],
-        "generated": [bool(g) for g in table.generated.tolist()],
-        "images": images,
-    }
 
 
 def _label(attr: Attribution) -> str:
@@ -78,19 +49,8 @@ def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
     """
     if not attributions:
         raise ValueError("AttributionView needs at least one attribution")
-    first = attributions[0].tokens
-    for a in attributions[1:]:
-        what: str | None = None
-        if len(a.tokens) != len(first):
-            what = f"{len(first)} vs {len(a.tokens)} positions"
-        else:
-            at = next((i for i, (x, y) in enumerate(zip(first.text, a.tokens.text)) if x != y), None)
-            what = None if at is None else f"position {at}: {str(first.text[at])!r} vs {str(a.tokens.text[at])!r}"
-        if what is not None:
-            raise ValueError(
-                f"AttributionView shows attributions of one input: their token tables differ ({what}); show "
-                "them in separate views (or, for two captions of one image, attribute the contrast: target=(a, b))"
-            )
+    check_same_input([(f"attribution {i} ({a.method})", a.tokens) for i, a in enumerate(attributions)])
+    first = shared_positions(attributions)
     entries = []
     for a in attributions:
         entries.append(
@@ -103,30 +63,36 @@ def attribution_state(attributions: Sequence[Attribution]) -> dict[str, Any]:
                 "pixels": [_codec.encode_uint8(p, axes=1) for p in a.pixel_maps],
             }
         )
-    return {"_tokens": _table_state(first), "_entries": entries}
+    return {"_tokens": table_state(first), "_entries": entries}
 
 
-class AttributionView(anywidget.AnyWidget):
+class AttributionView(View):
     """Interactive view of one or more ``Attribution``s (``attr.show()``).
 
     Text tokens coloured by score (diverging, centred at 0, for signed methods); each image with the
     pixel map (or patch scores) over it; for several targets (an answer explained token by token) the
     ``[generated, source]`` matrix, whose rows select the target. Hovering a token, patch or matrix cell
-    highlights that position everywhere.
+    highlights that position everywhere. Attributions of one prompt share a view even when their targets
+    differ (``" blue"`` and ``" blue sky"``): the selector switches between them.
 
     Args:
         attributions: an attribution or a list of attributions of the same input (switched by a selector).
-        **options: ``entry`` (attribution shown first), ``target`` (score row), ``opacity`` (0–1, of the
-            image overlay), ``cmap`` (``mmviz.widgets.COLORMAPS``, for unsigned methods), ``title``,
-            ``budget`` (bytes the state may hold).
+        entry: attribution shown first.
+        target: score row shown first.
+        opacity: opacity of the image overlay (0–1).
+        cmap: colormap of unsigned methods (``mmviz.widgets.COLORMAPS``).
+        title: heading shown above the view.
+        budget: bytes the state may hold.
 
     Raises:
         BudgetError: the scores, maps and images exceed ``budget``.
-        TypeError: an unknown keyword argument.
+        InputMismatchError: the attributions explain different inputs (the message names the two token
+            texts that differ).
+        TypeError: an unknown keyword argument (the message lists the valid ones).
     """
 
-    _esm = _bundle("widget.js")
-    _css = _bundle("widget.css")
+    KIND = "attribution"
+    TRIM = "export fewer attributions per view or raise budget="
 
     entry = traitlets.Int(0).tag(sync=True)
     """Attribution shown (index into the list given)."""
@@ -134,45 +100,46 @@ class AttributionView(anywidget.AnyWidget):
     """Score row shown (target, or generated token)."""
     opacity = traitlets.Float(0.6).tag(sync=True)
     """Opacity of the map over the images."""
-    cmap = traitlets.Enum(COLORMAPS, default_value="viridis").tag(sync=True)
-    """Colormap of unsigned methods (signed ones use a diverging blue–red scale)."""
 
-    _view = traitlets.Unicode("attribution").tag(sync=True)
-    _title = traitlets.Unicode("").tag(sync=True)
     _tokens: traitlets.Dict[str, Any] = traitlets.Dict().tag(sync=True)
     _entries: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
-    _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
-    _standalone = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, attributions: Attribution | Sequence[Attribution], **options: Any) -> None:
-        check_options("AttributionView", options, _OPTIONS)
+    def __init__(
+        self,
+        attributions: Attribution | Sequence[Attribution],
+        *,
+        entry: int = 0,
+        target: int = 0,
+        opacity: float = 0.6,
+        cmap: str = "viridis",
+        title: str | None = None,
+        budget: int = DEFAULT_BUDGET,
+    ) -> None:
         items = [attributions] if isinstance(attributions, Attribution) else list(attributions)
         for a in items:
             if not isinstance(a, Attribution):
                 raise TypeError(f"AttributionView needs Attribution objects, not {type(a).__name__}")
         self.attributions = items
-        self.budget = int(options.get("budget", DEFAULT_BUDGET))
         data = attribution_state(items)
         need = _codec.payload_nbytes(data)
-        if need > self.budget:
+        if need > budget:
             raise BudgetError(
                 f"AttributionView: the state would hold {need / 1e6:.1f} MB, over the budget of "
-                f"{self.budget / 1e6:.1f} MB; show fewer attributions per view or raise budget="
+                f"{budget / 1e6:.1f} MB; show fewer attributions per view or raise budget="
             )
-        entry = int(options.get("entry", 0))
         if not 0 <= entry < len(items):
             raise IndexError(f"entry {entry} is out of range: the view holds {len(items)} attribution(s)")
-        target = int(options.get("target", 0))
         if not 0 <= target < items[entry].scores.shape[0]:
             raise IndexError(f"target {target} is out of range: {items[entry].scores.shape[0]} row(s)")
+        if not 0.0 <= float(opacity) <= 1.0:
+            raise ValueError(f"opacity must lie in [0, 1], not {opacity!r}")
         super().__init__(
-            entry=entry,
-            target=target,
-            opacity=float(options.get("opacity", 0.6)),
-            cmap=options.get("cmap", "viridis"),
-            _title=str(options.get("title") or ""),
-            **data,
+            title=title, budget=budget, entry=entry, target=target, opacity=float(opacity), cmap=cmap, **data
         )
+
+    def tokens(self) -> TokenTable:
+        """The token table of the attributed input (the positions every attribution of the view shares)."""
+        return shared_positions(self.attributions)
 
     @traitlets.validate("entry")
     def _valid_entry(self, proposal: dict[str, Any]) -> int:
@@ -186,47 +153,7 @@ class AttributionView(anywidget.AnyWidget):
         if self._entries and self.target >= len(self._entries[change["new"]]["targets"]):
             self.target = 0
 
-    # -- export --------------------------------------------------------------------------------------
-    def export_state(self, budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
-        """The state an exported page embeds (all of it).
-
-        Raises:
-            BudgetError: the state exceeds ``budget``.
-        """
-        names = [*_DURABLE, "_view", "_title", "_tokens", "_entries", "_notes"]
-        return embedded_state(
-            self, "AttributionView", names, budget, "export fewer attributions per view or raise budget="
-        )
-
-    def save(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        title: str | None = None,
-        notes: str | None = None,
-        budget: int | None = None,
-        dpi: float | None = None,
-    ) -> Path:
-        """Writes the view to a file; the extension picks what is written.
-
-        ``.html``/``.htm``: one self-contained, interactive page (see ``mmviz.save_html``).
-        ``.png``, ``.svg``, ``.pdf``: a matplotlib figure of the shown attribution and target, with the
-        view's opacity and colormap.
-
-        Args:
-            path: file to write.
-            title: page heading (HTML) or figure title.
-            notes: text under the page heading (HTML only).
-            budget: bytes the page may embed (HTML only).
-            dpi: resolution of a PNG (default 200).
-
-        Raises:
-            ValueError: another extension (the message lists the ones it writes).
-        """
-        options = {"title": title} if title else {}
-        return save_view(self, path, lambda: self.figure(**options), title=title, notes=notes, budget=budget, dpi=dpi)
-
-    def figure(self, **options: Any) -> Any:
+    def figure(self, **options: Any) -> Figure:
         """A matplotlib ``Figure`` of the shown attribution and target, with the view's opacity and colormap.
 
         Args:
@@ -236,3 +163,8 @@ class AttributionView(anywidget.AnyWidget):
         from mmviz.export.attribution_figures import attribution_view_figure
 
         return attribution_view_figure(self, **options)
+
+
+def shared_positions(attributions: Sequence[Attribution]) -> TokenTable:
+    """The positions attributions of one prompt share: the shortest table (targets appended after it)."""
+    return min((a.tokens for a in attributions), key=len)

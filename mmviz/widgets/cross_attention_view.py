@@ -9,33 +9,23 @@ state is rebuilt). Durable selections (word, step, resolutions, opacity, colorma
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import anywidget
 import numpy as np
 import traitlets
 
 from mmviz import _codec
-from mmviz._static import STATIC_DIR
 from mmviz.data.cross_attention import CrossAttentionTrace
 from mmviz.errors import BudgetError
-from mmviz.widgets._view import check_options, embedded_state, save_view
-from mmviz.widgets.attention_view import COLORMAPS
+from mmviz.widgets._view import DEFAULT_BUDGET, View
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure, SubFigure
+
+    from mmviz.data.tokens import TokenTable
 
 __all__ = ["CrossAttentionView", "cross_attention_state"]
-
-DEFAULT_BUDGET = 16_000_000
-"""Bytes of maps the state (and an exported page) may hold."""
-
-_OPTIONS = ("word", "step", "resolutions", "opacity", "cmap", "batch_index", "layers", "special", "title", "budget")
-_DURABLE = ("word", "step", "resolutions", "opacity", "cmap", "batch_index")
-
-
-def _bundle(name: str) -> Any:
-    path = STATIC_DIR / name
-    return path if path.is_file() else "export default { render() {} };\n"
 
 
 def _res_key(res: tuple[int, int]) -> str:
@@ -57,7 +47,8 @@ def cross_attention_state(
         special: offer BOS/EOS as words too.
 
     Returns:
-        ``_words`` (text per word), ``_timesteps``, ``_groups`` (one per resolution: key, ``[h, w]``, layer
+        ``_words`` (text per word), ``_word_positions`` (prompt positions per word),
+        ``_timesteps``, ``_groups`` (one per resolution: key, ``[h, w]``, layer
         names, and ``maps``: uint8 ``[steps, words, h, w]`` quantised per (step, word)), ``_image``,
         ``_previews`` (uint8 ``[steps, h, w, 3]`` x0 predictions, when captured).
     """
@@ -85,6 +76,7 @@ def cross_attention_state(
     height, width = trace.image_size
     return {
         "_words": [w for w, _ in words],
+        "_word_positions": [[int(p) for p in pos] for _, pos in words],
         "_timesteps": [float(t) for t in trace.timesteps],
         "_groups": groups,
         "_image": None if image is None else _codec.encode_tensor(image, "uint8"),
@@ -93,29 +85,35 @@ def cross_attention_state(
     }
 
 
-class CrossAttentionView(anywidget.AnyWidget):
+class CrossAttentionView(View):
     """Interactive view of a ``CrossAttentionTrace`` (``trace.show(...)``).
 
     The generated image with the selected word's map over it; the prompt's words (hover to preview,
     click to select); a timestep scrubber with play, whose last position sums every step (DAAM); one
     toggle per resolution; small multiples of every word at the current step; and, when the capture had
-    ``previews=True``, the denoiser's prediction of the image at the current step.
+    ``previews=True``, the denoiser's prediction of the image at the current step. In a Dashboard,
+    hovering a word highlights it in the other panes (e.g. the text encoder's attention over the prompt).
 
     Args:
         trace: the trace to show.
-        **options: ``word`` (index into ``trace.words()`` or the word itself), ``step`` (``-1``, the
-            default, sums all steps: DAAM's map), ``resolutions`` (switched on, e.g. ``["16x16"]``;
-            default all), ``opacity`` (0–1), ``cmap`` (``mmviz.widgets.COLORMAPS``),
-            ``batch_index``, ``layers`` (summed; indices, names or parts of names; default all),
-            ``special`` (offer BOS/EOS as words), ``title``, ``budget`` (bytes of maps the state may hold).
+        word: index into ``trace.words()`` or the word itself.
+        step: ``-1`` (the default) sums all steps: DAAM's map.
+        resolutions: switched on (e.g. ``["16x16"]``; default all).
+        opacity: opacity of the map over the image (0–1).
+        cmap: colormap (``mmviz.widgets.COLORMAPS``).
+        batch_index: batch item.
+        layers: layers summed (indices, names or parts of names; default all).
+        special: offer BOS/EOS as words.
+        title: heading shown above the view.
+        budget: bytes of maps the state may hold.
 
     Raises:
         BudgetError: the maps exceed ``budget``; the message names ``layers=`` and ``budget=``.
-        TypeError: an unknown keyword argument.
+        TypeError: an unknown keyword argument (the message lists the valid ones).
     """
 
-    _esm = _bundle("widget.js")
-    _css = _bundle("widget.css")
+    KIND = "cross_attention"
+    TRIM = "show fewer layers with trace.show(layers=[...]) or raise budget="
 
     word = traitlets.Int(0).tag(sync=True)
     """Selected word index."""
@@ -125,53 +123,68 @@ class CrossAttentionView(anywidget.AnyWidget):
     """Resolutions switched on (``"HxW"``)."""
     opacity = traitlets.Float(0.6).tag(sync=True)
     """Opacity of the heat map over the image."""
-    cmap = traitlets.Enum(COLORMAPS, default_value="viridis").tag(sync=True)
-    """Colormap name."""
     batch_index = traitlets.Int(0).tag(sync=True)
     """Batch item shown (setting it re-sends the maps)."""
 
-    _view = traitlets.Unicode("cross_attention").tag(sync=True)
-    _title = traitlets.Unicode("").tag(sync=True)
     _words: traitlets.List[str] = traitlets.List().tag(sync=True)
+    _word_positions: traitlets.List[list[int]] = traitlets.List().tag(sync=True)
     _timesteps: traitlets.List[float] = traitlets.List().tag(sync=True)
     _groups: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     _image = traitlets.Any(None).tag(sync=True)
     _image_size: traitlets.List[int] = traitlets.List().tag(sync=True)
     _previews = traitlets.Any(None).tag(sync=True)
-    _notes: traitlets.List[str] = traitlets.List().tag(sync=True)
-    _standalone = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, trace: CrossAttentionTrace, **options: Any) -> None:
-        check_options("CrossAttentionView", options, _OPTIONS)
+    def __init__(
+        self,
+        trace: CrossAttentionTrace,
+        *,
+        word: int | str = 0,
+        step: int = -1,
+        resolutions: Sequence[str] | None = None,
+        opacity: float = 0.6,
+        cmap: str = "viridis",
+        batch_index: int = 0,
+        layers: Any = None,
+        special: bool = False,
+        title: str | None = None,
+        budget: int = DEFAULT_BUDGET,
+    ) -> None:
         if not isinstance(trace, CrossAttentionTrace):
             raise TypeError(f"CrossAttentionView needs a CrossAttentionTrace, not {type(trace).__name__}")
         self.trace = trace
-        self._layer_filter = options.get("layers")
-        self._special = bool(options.get("special", False))
-        self.budget = int(options.get("budget", DEFAULT_BUDGET))
-        batch_index = int(options.get("batch_index", 0))
+        self._layer_filter = layers
+        self._special = bool(special)
+        self.budget = budget
         data = self._data(batch_index)
-        word = options.get("word", 0)
         if isinstance(word, str):
-            word = [w.lower() for w in data["_words"]].index(word.strip().lower()) if word else 0
-        step = int(options.get("step", -1))
+            names = [w.lower() for w in data["_words"]]
+            if word.strip().lower() not in names:
+                raise KeyError(f"word {word!r} is not in the prompt; words: {data['_words']}")
+            word = names.index(word.strip().lower())
+        if not 0 <= word < len(data["_words"]):
+            raise IndexError(f"word {word} is out of range: the prompt shows {len(data['_words'])} words")
         if not -1 <= step < trace.num_steps:
             raise IndexError(f"step {step} is out of range: the trace holds {trace.num_steps} steps (-1: all)")
         keys = [g["key"] for g in data["_groups"]]
-        resolutions = list(options.get("resolutions") or keys)
-        for r in resolutions:
+        chosen = list(resolutions or keys)
+        for r in chosen:
             if r not in keys:
                 raise KeyError(f"resolution {r!r} is not in this view; resolutions: {keys}")
         super().__init__(
+            title=title,
+            budget=budget,
             word=int(word),
             step=step,
-            resolutions=resolutions,
-            opacity=float(options.get("opacity", 0.6)),
-            cmap=options.get("cmap", "viridis"),
+            resolutions=chosen,
+            opacity=float(opacity),
+            cmap=cmap,
             batch_index=batch_index,
-            _title=str(options.get("title") or ""),
             **data,
         )
+
+    def tokens(self) -> TokenTable:
+        """The prompt's token table for the batch item shown."""
+        return self.trace.tables[self.batch_index]
 
     def _data(self, batch_index: int) -> dict[str, Any]:
         data = cross_attention_state(self.trace, batch_index, self._layer_filter, self._special)
@@ -209,44 +222,24 @@ class CrossAttentionView(anywidget.AnyWidget):
                 if self.word >= len(self._words):
                     self.word = 0
 
-    # -- export --------------------------------------------------------------------------------------
-    def export_state(self, budget: int = DEFAULT_BUDGET) -> dict[str, Any]:
-        """The state an exported page embeds (everything: the maps are summaries already).
+    def figure(self, **options: Any) -> Figure | SubFigure:
+        """A matplotlib ``Figure``: the image and each word's map at the current step and resolutions.
 
         Args:
-            budget: bytes of maps the page may hold.
-
-        Raises:
-            BudgetError: the maps exceed ``budget``.
+            **options: overrides (``words=``, ``timesteps=``, ``layers=``, ``cmap=``, ``alpha=``, ``title=``;
+                see ``mmviz.export.cross_attention_figures.cross_attention_figure``).
         """
-        names = [*_DURABLE, "_view", "_title", "_words", "_timesteps", "_groups", "_image", "_image_size"]
-        names += ["_previews", "_notes"]
-        trim = "show fewer layers with trace.show(layers=[...]) or raise budget="
-        return embedded_state(self, "CrossAttentionView", names, budget, trim)
+        from mmviz.export.cross_attention_figures import cross_attention_figure
 
-    def save(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        title: str | None = None,
-        notes: str | None = None,
-        budget: int | None = None,
-        dpi: float | None = None,
-    ) -> Path:
-        """Writes the view: ``.html`` (one offline page), or ``.png``/``.svg``/``.pdf`` (matplotlib).
-
-        The figure shows the current step (or all steps) and the layers of the switched-on resolutions.
-        """
-
-        def figure() -> Any:
-            on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
-            layers = self.trace.layer_index(self._layer_filter)
-            slots = [s for s in layers if (self.trace.layers[s].resolution in on) or not on]
-            fig = self.trace.figure(
-                words=None, timesteps=None if self.step < 0 else [self.step], layers=slots, batch_index=self.batch_index
-            )
-            if title:
-                fig.suptitle(title)
-            return fig
-
-        return save_view(self, path, figure, title=title, notes=notes, budget=budget, dpi=dpi)
+        on = {tuple(int(v) for v in r.split("x")) for r in self.resolutions}
+        layers = self.trace.layer_index(self._layer_filter)
+        selection: dict[str, Any] = {
+            "timesteps": None if self.step < 0 else [self.step],
+            "layers": [s for s in layers if (self.trace.layers[s].resolution in on) or not on],
+            "batch_index": self.batch_index,
+            "cmap": self.cmap,
+            "alpha": self.opacity,
+            "title": self._title or None,
+        }
+        selection.update(options)
+        return cross_attention_figure(self.trace, **selection)

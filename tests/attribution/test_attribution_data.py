@@ -58,7 +58,7 @@ def test_helpers():
     assert attr.signed and "|delta|max=0.0002" in repr(attr)
     np.testing.assert_array_equal(attr.patch_map(), [[0.5, 3.0]])
     assert attr.word_scores()[1] == ("ared", -1.0)
-    assert attr.top(2) == [(4, "<img 0,1>", 3.0), (2, "red", -2.0)]
+    assert attr.top(2) == [(4, "img0[0,1]", 3.0), (2, "red", -2.0)]  # one patch label format
     assert attr.top(1, kind="text") == [(2, "red", -2.0)]
     assert attr.normalized()[0].max() == 1.0
     assert not _attr(method="saliency").signed

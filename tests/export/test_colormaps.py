@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmviz.export.figures import COLORMAP_FILE, colormap, colormap_lut, colormap_names
+from mmviz.data.display import COLORMAP_FILE, colormap_lut, colormap_names
+from mmviz.export.figures import colormap
 from mmviz.widgets import COLORMAPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def test_front_end_reads_the_shared_definition():
     source = COLORMAP_TS.read_text(encoding="utf-8")
     assert "mmviz/colormaps.json" in source
     assert not __import__("re").search(r'"[0-9a-fA-F]{6}"', source), "colormap stops belong in mmviz/colormaps.json"
-    assert list(json.loads(COLORMAP_FILE.read_text(encoding="utf-8"))) == list(COLORMAPS) == colormap_names()
+    assert list(json.loads(COLORMAP_FILE.read_text(encoding="utf-8"))) == list(COLORMAPS) == list(colormap_names())
 
 
 @pytest.mark.skipif(
@@ -49,7 +50,7 @@ def test_widget_lut_equals_matplotlib_colormap():
         check=True,
     )
     js = json.loads(result.stdout)
-    assert js["names"] == colormap_names()
+    assert js["names"] == list(colormap_names())
     for name in colormap_names():
         js_lut = np.asarray(js["luts"][name], dtype=np.uint8).reshape(256, 3)
         assert np.array_equal(js_lut, colormap_lut(name)), name

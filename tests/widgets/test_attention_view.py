@@ -119,7 +119,7 @@ def test_batch_index_switch_reloads():
 
 
 def test_thumbnails_match_block_means_of_the_data(trace):
-    from mmviz.widgets._state import block_mean, steps
+    from mmviz.data.display import block_mean, steps
 
     view = AttentionView(trace, modules=["language_model"])
     thumbs = view._thumbs["language_model"]
@@ -182,7 +182,7 @@ def test_browser_switching_module_with_its_layer_is_accepted(trace):
 
 
 def test_block_mean_matches_a_direct_computation():
-    from mmviz.widgets._state import block_mean
+    from mmviz.data.display import block_mean
 
     rng = np.random.default_rng(3)
     for shape, qs, ks in (((2, 10, 7), 3, 2), ((9, 9), 4, 4), ((1, 8, 8), 2, 4), ((5, 3), 1, 2)):

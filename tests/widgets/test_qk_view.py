@@ -7,7 +7,8 @@ import pytest
 
 from mmviz import _codec
 from mmviz.data import AttentionTrace, ModuleAttention, QKAttention, TokenTable
-from mmviz.widgets._state import MapKey, SliceSource, block_mean, steps
+from mmviz.data.display import block_mean, steps
+from mmviz.widgets._state import MapKey, SliceSource
 
 
 def _qk_trace(n: int = 300, heads: int = 3, layers: int = 2) -> AttentionTrace:

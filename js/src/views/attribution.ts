@@ -3,19 +3,18 @@
  * each image with its pixel map (or patch scores) over it, and, when an attribution has several targets
  * (an answer explained token by token), the `[generated, source]` matrix whose rows pick the target.
  * Signed methods use a diverging blue–red scale centred at 0; unsigned ones the selected colormap.
- * Hovering a token, patch or matrix column highlights that position in every pane, in the browser only.
+ * Hovering a token, patch or matrix column writes the position (and patch) to the link store; what other
+ * panes point at is highlighted here. All in the browser.
  */
 import type { AnyModel } from "@anywidget/types";
-import { decodeInts, decodeTensor, type Tensor, type TensorPayload } from "../codecs";
+import { decodeTensor, type Tensor, type TensorPayload } from "../codecs";
+import { createLink, type LinkState, type LinkStore, linkedPosition, type PatchIndex, paneId } from "../link";
+import type { TableState } from "../model";
 import { COLORMAPS, formatValue, lut } from "../render/colormap";
+import { decodeTable, gridPositions, tablePatches } from "../table";
 import css from "./attribution.css";
-import { h, sizeCanvas, themeColors } from "./dom";
-
-export interface AttributionImage {
-  image: TensorPayload;
-  grid: [number, number];
-  positions: TensorPayload;
-}
+import { fillSelect, h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { onChanges, paneHeading } from "./pane";
 
 export interface AttributionEntry {
   label: string;
@@ -34,7 +33,7 @@ export interface AttributionState {
   cmap: string;
   _view: "attribution";
   _title: string;
-  _tokens: { text: string[]; kind: string[]; generated: boolean[]; images: AttributionImage[] };
+  _tokens: TableState;
   _entries: AttributionEntry[];
   _notes: string[];
   _standalone: boolean;
@@ -106,15 +105,14 @@ export class AttributionApp {
   private cmap = "viridis";
   /** Position under the pointer (-1: none); set by this view's panes or by a linked pane. */
   private hover = -1;
-  /** Called when this view's hover changes (the Dashboard links panes through it). */
-  onHover: ((position: number) => void) | null = null;
+  private patches: PatchIndex | null = null;
+  private readonly id = paneId("attribution");
 
-  constructor(private readonly model: Model) {
-    const style = h("style");
-    style.textContent = css;
-    this.root.append(style);
-    const title = model.get("_title");
-    if (title) this.root.append(h("div", "mmviz-title", title));
+  constructor(
+    private readonly model: Model,
+    private readonly link: LinkStore = createLink(),
+  ) {
+    paneHeading(this.root, model.get("_title"), css);
     this.root.append(this.notes, this.buildControls(), this.status);
     const body = h("div", "mmviz-attr-body");
     const left = h("div", "mmviz-attr-left");
@@ -128,16 +126,11 @@ export class AttributionApp {
     this.matrixCanvas.addEventListener("mouseleave", () => this.setHover(-1, true));
     this.matrixCanvas.addEventListener("click", (e) => this.onMatrix(e, true));
     this.load();
-    for (const key of SYNCED) {
-      const handler = () => this.fromModel();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
-    for (const key of ["_tokens", "_entries", "_notes"] as const) {
-      const handler = () => this.load();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
+    this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
+    this.cleanups.push(
+      onChanges(model, SYNCED, () => this.fromModel()),
+      onChanges(model, ["_tokens", "_entries", "_notes"], () => this.load()),
+    );
   }
 
   destroy(): void {
@@ -149,37 +142,19 @@ export class AttributionApp {
     this.paint();
   }
 
-  /** Highlights a position (from a linked pane); `notify` tells the listener. */
-  setHover(position: number | null, notify: boolean): void {
+  /** Highlights a position; `notify` writes it (and its patch) to the link store for the other panes. */
+  private setHover(position: number | null, notify: boolean): void {
     const pos = position ?? -1;
     if (pos === this.hover) return;
     this.hover = pos;
     this.root.dataset.hover = String(pos);
     this.paint();
-    if (notify) this.onHover?.(pos);
+    if (notify) this.link.set({ position: pos, patch: this.patches?.patchOf(pos) ?? null, source: this.id });
   }
 
-  /** The position under fractions `(fx, fy)` of image `image` (-1: none). */
-  positionAt(image: number, fx: number, fy: number): number {
-    const im = this.images[image];
-    if (!im) return -1;
-    const [rows, cols] = im.grid;
-    const r = Math.floor(fy * rows);
-    const c = Math.floor(fx * cols);
-    return r >= 0 && c >= 0 && r < rows && c < cols ? (im.positions[r * cols + c] ?? -1) : -1;
-  }
-
-  /** `[image, fx, fy, 0]`: the centre of a patch position as fractions of its image, or null. */
-  imageCell(pos: number): [number, number, number, number] | null {
-    for (let i = 0; i < this.images.length; i++) {
-      const im = this.images[i];
-      const cell = im ? im.positions.indexOf(pos) : -1;
-      if (im && pos >= 0 && cell >= 0) {
-        const [rows, cols] = im.grid;
-        return [i, ((cell % cols) + 0.5) / cols, (Math.floor(cell / cols) + 0.5) / rows, 0];
-      }
-    }
-    return null;
+  private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
+    if (state.source === this.id || !(changed.has("position") || changed.has("patch"))) return;
+    if (this.patches) this.setHover(linkedPosition(state, this.patches, this.text.length), false);
   }
 
   // -- building --------------------------------------------------------------------------------------
@@ -202,13 +177,8 @@ export class AttributionApp {
     this.opacityInput.addEventListener("input", () =>
       this.update({ opacity: Number(this.opacityInput.value) }),
     );
-    const opacity = h("label", "mmviz-control");
-    opacity.append(h("span", undefined, "opacity"), this.opacityInput);
-    for (const name of COLORMAPS) {
-      const option = h("option", undefined, name);
-      option.value = name;
-      this.cmapSelect.append(option);
-    }
+    const opacity = labelled("opacity", this.opacityInput);
+    fillSelect(this.cmapSelect, COLORMAPS);
     this.cmapSelect.addEventListener("change", () => this.update({ cmap: this.cmapSelect.value }));
     const cmap = h("label", "mmviz-control");
     cmap.append(h("span", undefined, "colormap"), this.cmapSelect);
@@ -220,6 +190,8 @@ export class AttributionApp {
   private load(): void {
     const m = this.model;
     const tokens = m.get("_tokens");
+    const table = decodeTable(tokens);
+    this.patches = tablePatches(table);
     this.text = tokens.text;
     this.notes.replaceChildren(...m.get("_notes").map((n) => h("li", undefined, n)));
     this.spans = [];
@@ -228,7 +200,7 @@ export class AttributionApp {
     tokens.text.forEach((text, pos) => {
       const kind = tokens.kind[pos] ?? "text";
       if (kind === "image") {
-        const image = tokens.images.findIndex((im) => decodeInts(im.positions).includes(pos));
+        const image = table.imageIndex[pos] ?? 0;
         if (!chipped.has(image)) {
           chipped.add(image);
           children.push(h("span", "mmviz-chip", `image ${image}`));
@@ -238,7 +210,7 @@ export class AttributionApp {
       }
       const span = h(
         "span",
-        `mmviz-attr-tok mmviz-kind-${kind}${tokens.generated[pos] ? " mmviz-generated" : ""}`,
+        `mmviz-attr-tok mmviz-kind-${kind}${table.generated[pos] ? " mmviz-generated" : ""}`,
       );
       span.textContent = text;
       span.dataset.pos = String(pos);
@@ -246,7 +218,9 @@ export class AttributionApp {
       children.push(span);
     });
     this.strip.replaceChildren(...children);
-    this.images = tokens.images.map((im, i) => this.buildImage(im, i));
+    this.images = tokens.images.map((im, i) =>
+      this.buildImage(im, table.grids[i] ?? [1, 1], gridPositions(table, i), i),
+    );
     this.imagesEl.replaceChildren(...this.images.map((im, i) => figureOf(im, i)));
     this.entrySelect.replaceChildren(
       ...m.get("_entries").map((e, i) => {
@@ -258,21 +232,15 @@ export class AttributionApp {
     this.fromModel();
   }
 
-  private buildImage(payload: AttributionImage, index: number): DecodedImage {
-    const image = decodeTensor(payload.image);
+  private buildImage(
+    payload: TensorPayload,
+    grid: [number, number],
+    positions: Int32Array,
+    index: number,
+  ): DecodedImage {
+    const image = decodeTensor(payload);
     const [ih = 1, iw = 1] = image.shape;
-    const base = document.createElement("canvas");
-    base.width = iw;
-    base.height = ih;
-    const bctx = base.getContext("2d");
-    if (bctx) {
-      const rgba = bctx.createImageData(iw, ih);
-      for (let i = 0; i < iw * ih; i++) {
-        for (let c = 0; c < 3; c++) rgba.data[i * 4 + c] = image.data[i * 3 + c] ?? 0;
-        rgba.data[i * 4 + 3] = 255;
-      }
-      bctx.putImageData(rgba, 0, 0);
-    }
+    const base = rgbCanvas(image.data, ih, iw);
     const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
     const width = Math.max(32, Math.round(iw * f));
     const height = Math.max(32, Math.round(ih * f));
@@ -280,8 +248,8 @@ export class AttributionApp {
     canvas.dataset.image = String(index);
     const decoded = {
       base,
-      grid: payload.grid,
-      positions: decodeInts(payload.positions),
+      grid,
+      positions,
       canvas,
       width,
       height,

@@ -3,14 +3,18 @@
  * the selected word's map over it, a word strip (hover previews, click selects), a timestep scrubber with
  * play (its last position sums every step, DAAM's map), one toggle per resolution, opacity and colormap,
  * and small multiples of every word at the current step. Everything is computed in the browser from the
- * synced per-resolution maps; only durable selections go back to Python.
+ * synced per-resolution maps; only durable selections go back to Python. Hovering a word writes its first
+ * prompt position to the link store; a position hovered in another pane (the text encoder's attention
+ * over the same prompt) previews the word that holds it.
  */
 import type { AnyModel } from "@anywidget/types";
 import { decodeTensor, type TensorPayload } from "../codecs";
+import { createLink, type LinkState, type LinkStore, paneId } from "../link";
 import { COLORMAPS, lut } from "../render/colormap";
 import css from "./cross-attention.css";
 import { decodeGroup, type GroupPayload, heatRGBA, type MapGroup, wordMap } from "./cross-attention-maps";
-import { h, sizeCanvas } from "./dom";
+import { fillSelect, h, labelled, rgbCanvas, sizeCanvas } from "./dom";
+import { onChanges, paneHeading } from "./pane";
 
 /** The synced state, mirroring `CrossAttentionView`'s traits. */
 export interface CrossAttentionState {
@@ -25,6 +29,8 @@ export interface CrossAttentionState {
   _view: "cross_attention";
   _title: string;
   _words: string[];
+  /** Prompt positions of each word (what the link store names). */
+  _word_positions?: number[][];
   _timesteps: number[];
   _groups: GroupPayload[];
   _image: TensorPayload | null;
@@ -77,13 +83,14 @@ export class CrossAttentionApp {
   private readonly wordStrip = h("div", "mmviz-xattn-words");
   private readonly grid = h("div", "mmviz-xattn-grid");
   private thumbs: HTMLCanvasElement[] = [];
+  private wordPositions: number[][] = [];
+  private readonly id = paneId("cross_attention");
 
-  constructor(private readonly model: Model) {
-    const style = h("style");
-    style.textContent = css;
-    this.root.append(style);
-    const title = model.get("_title");
-    if (title) this.root.append(h("div", "mmviz-title", title));
+  constructor(
+    private readonly model: Model,
+    private readonly link: LinkStore = createLink(),
+  ) {
+    paneHeading(this.root, model.get("_title"), css);
     this.state = {
       word: model.get("word"),
       step: model.get("step"),
@@ -110,16 +117,13 @@ export class CrossAttentionApp {
     body.append(figure, this.previewFigure, side);
     this.root.append(body);
     this.load();
-    for (const key of SYNCED) {
-      const handler = () => this.fromModel();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
-    for (const key of ["_groups", "_image", "_words", "_timesteps", "_previews"] as const) {
-      const handler = () => this.load();
-      model.on(`change:${key}`, handler);
-      this.cleanups.push(() => model.off(`change:${key}`, handler));
-    }
+    this.cleanups.push(
+      onChanges(model, SYNCED, () => this.fromModel()),
+      onChanges(model, ["_groups", "_image", "_words", "_word_positions", "_timesteps", "_previews"], () =>
+        this.load(),
+      ),
+      link.subscribe((state, changed) => this.fromLink(state, changed)),
+    );
   }
 
   destroy(): void {
@@ -150,13 +154,8 @@ export class CrossAttentionApp {
     this.opacityInput.addEventListener("input", () =>
       this.update({ opacity: Number(this.opacityInput.value) }, true),
     );
-    const opacity = h("label", "mmviz-control");
-    opacity.append(h("span", undefined, "opacity"), this.opacityInput);
-    for (const name of COLORMAPS) {
-      const option = h("option", undefined, name);
-      option.value = name;
-      this.cmapSelect.append(option);
-    }
+    const opacity = labelled("opacity", this.opacityInput);
+    fillSelect(this.cmapSelect, COLORMAPS);
     this.cmapSelect.value = this.state.cmap;
     this.cmapSelect.addEventListener("change", () => this.update({ cmap: this.cmapSelect.value }, true));
     const cmap = h("label", "mmviz-control");
@@ -170,6 +169,7 @@ export class CrossAttentionApp {
     const m = this.model;
     this.groups = m.get("_groups").map(decodeGroup);
     this.words = m.get("_words");
+    this.wordPositions = m.get("_word_positions") ?? [];
     this.timesteps = m.get("_timesteps");
     this.imageSize = m.get("_image_size");
     const payload = m.get("_image");
@@ -203,21 +203,36 @@ export class CrossAttentionApp {
       const button = h("button", "mmviz-xattn-word", word);
       button.type = "button";
       button.dataset.index = String(i);
-      button.addEventListener("mouseenter", () => this.update({ hover: i }, false));
-      button.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      button.addEventListener("mouseenter", () => this.pointAt(i));
+      button.addEventListener("mouseleave", () => this.pointAt(-1));
       button.addEventListener("click", () => this.update({ word: i }, true));
       this.wordStrip.append(button);
       const cell = h("figure", "mmviz-xattn-cell");
       const canvas = h("canvas", "mmviz-xattn-thumb");
       canvas.dataset.index = String(i);
       canvas.addEventListener("click", () => this.update({ word: i }, true));
-      canvas.addEventListener("mouseenter", () => this.update({ hover: i }, false));
-      canvas.addEventListener("mouseleave", () => this.update({ hover: -1 }, false));
+      canvas.addEventListener("mouseenter", () => this.pointAt(i));
+      canvas.addEventListener("mouseleave", () => this.pointAt(-1));
       cell.append(canvas, h("figcaption", undefined, word));
       this.grid.append(cell);
       this.thumbs.push(canvas);
     });
     this.paint();
+  }
+
+  // -- linking ---------------------------------------------------------------------------------------
+  /** The user points at word `i` (-1: none): preview it here, and tell the other panes its position. */
+  private pointAt(i: number): void {
+    this.update({ hover: i }, false);
+    const position = i >= 0 ? (this.wordPositions[i]?.[0] ?? -1) : -1;
+    this.link.set({ position, patch: null, source: this.id });
+  }
+
+  /** Another pane points at a prompt position: preview the word that holds it. */
+  private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
+    if (state.source === this.id || !changed.has("position")) return;
+    const word = state.position < 0 ? -1 : this.wordPositions.findIndex((ps) => ps.includes(state.position));
+    if (word !== this.state.hover) this.update({ hover: word }, false);
   }
 
   // -- state -----------------------------------------------------------------------------------------
@@ -236,6 +251,7 @@ export class CrossAttentionApp {
 
   private update(patch: Partial<Local>, durable: boolean): void {
     this.state = { ...this.state, ...patch };
+    if (patch.step !== undefined) this.link.set({ timestep: patch.step, source: this.id });
     if (durable && !this.model.get("_standalone")) {
       if (patch.word !== undefined) this.model.set("word", patch.word);
       if (patch.step !== undefined) this.model.set("step", patch.step);
@@ -375,23 +391,4 @@ function imageCanvas(payload: TensorPayload): HTMLCanvasElement {
   const t = decodeTensor(payload);
   const [ih = 1, iw = 1] = t.shape;
   return rgbCanvas(t.data, ih, iw);
-}
-
-function rgbCanvas(data: Float32Array, ih: number, iw: number): HTMLCanvasElement {
-  const t = { data };
-  const canvas = document.createElement("canvas");
-  canvas.width = iw;
-  canvas.height = ih;
-  const ctx = canvas.getContext("2d");
-  if (ctx) {
-    const rgba = ctx.createImageData(iw, ih);
-    for (let i = 0, n = iw * ih; i < n; i++) {
-      rgba.data[i * 4] = t.data[i * 3] ?? 0;
-      rgba.data[i * 4 + 1] = t.data[i * 3 + 1] ?? 0;
-      rgba.data[i * 4 + 2] = t.data[i * 3 + 2] ?? 0;
-      rgba.data[i * 4 + 3] = 255;
-    }
-    ctx.putImageData(rgba, 0, 0);
-  }
-  return canvas;
 }

@@ -39,3 +39,40 @@ export function themeColors(el: Element): { fg: string; muted: string; accent: s
     bg: read("--mmviz-bg", "#ffffff"),
   };
 }
+
+/** An `iw × ih` canvas holding an RGB image (`[ih, iw, 3]` values 0–255, row-major). */
+export function rgbCanvas(data: ArrayLike<number>, ih: number, iw: number): HTMLCanvasElement {
+  const canvas = document.createElement("canvas");
+  canvas.width = iw;
+  canvas.height = ih;
+  const ctx = canvas.getContext("2d");
+  if (ctx) {
+    const rgba = ctx.createImageData(iw, ih);
+    for (let i = 0, n = iw * ih; i < n; i++) {
+      rgba.data[i * 4] = data[i * 3] ?? 0;
+      rgba.data[i * 4 + 1] = data[i * 3 + 1] ?? 0;
+      rgba.data[i * 4 + 2] = data[i * 3 + 2] ?? 0;
+      rgba.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(rgba, 0, 0);
+  }
+  return canvas;
+}
+
+/** A labelled control (`<label><span>name</span>control</label>`) for a pane's control bar. */
+export function labelled(name: string, control: HTMLElement): HTMLLabelElement {
+  const label = h("label", "mmviz-control");
+  label.append(h("span", undefined, name), control);
+  return label;
+}
+
+/** Fills a `<select>` with the given option names. */
+export function fillSelect(select: HTMLSelectElement, names: readonly string[]): void {
+  select.replaceChildren(
+    ...names.map((name) => {
+      const option = h("option", undefined, name);
+      option.value = name;
+      return option;
+    }),
+  );
+}

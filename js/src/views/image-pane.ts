@@ -4,7 +4,7 @@
  */
 import type { Tensor } from "../codecs";
 import { lutIndex } from "../render/colormap";
-import { h, sizeCanvas, themeColors } from "./dom";
+import { h, rgbCanvas, sizeCanvas, themeColors } from "./dom";
 
 const MAX_SIDE = 280;
 
@@ -42,20 +42,7 @@ export class ImagePane {
     this.width = Math.max(32, Math.round(iw * f));
     this.height = Math.max(32, Math.round(ih * f));
     this.ctx = sizeCanvas(this.canvas, this.width, this.height);
-    this.base = document.createElement("canvas");
-    this.base.width = iw;
-    this.base.height = ih;
-    const bctx = this.base.getContext("2d");
-    if (bctx) {
-      const rgba = bctx.createImageData(iw, ih);
-      for (let i = 0, n = iw * ih; i < n; i++) {
-        rgba.data[i * 4] = image.data[i * 3] ?? 0;
-        rgba.data[i * 4 + 1] = image.data[i * 3 + 1] ?? 0;
-        rgba.data[i * 4 + 2] = image.data[i * 3 + 2] ?? 0;
-        rgba.data[i * 4 + 3] = 255;
-      }
-      bctx.putImageData(rgba, 0, 0);
-    }
+    this.base = rgbCanvas(image.data, ih, iw);
     this.cellUnit = new Int32Array(positions.length).fill(-1);
     this.el.append(this.canvas, h("figcaption", "mmviz-pane-title", title));
     this.canvas.addEventListener("mousemove", (e) => this.handlers.hover(this.positionAt(e), e));

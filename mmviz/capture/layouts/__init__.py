@@ -29,6 +29,7 @@ import numpy as np
 
 from mmviz._hf.tokens import patch_table
 from mmviz.data import TokenTable
+from mmviz.data.display import patch_label
 
 __all__ = ["LayoutContext", "register_layout", "resolve_layout"]
 
@@ -156,7 +157,7 @@ class LayoutContext:
                 kind[pos] = "image"
                 index[pos] = len(images)
                 prow[pos], pcol[pos] = k // cols, k % cols
-                text[pos] = [f"<img {r},{c}>" for r, c in zip(k // cols, k % cols)]
+                text[pos] = [patch_label(len(images), r, c) for r, c in zip(k // cols, k % cols)]
                 images.append(self.image(image_counter))
                 table_grids.append((rows, cols))
                 image_counter += 1
