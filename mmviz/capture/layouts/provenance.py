@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz._hf.attention import register_implementation
 from mmviz._hf.modules import attention_implementation, stack_names
 
 __all__ = ["PixelLayout", "Provenance", "probe_stack", "trace_pixels"]
@@ -40,7 +41,6 @@ IDENTITY = "mmviz_identity"
 """Name of the identity attention registered with transformers while the pixels are traced."""
 
 _PROBE: ContextVar[_Probe | None] = ContextVar("mmviz_pixel_probe", default=None)
-_registered = False
 
 
 class _Stop(Exception):
@@ -104,15 +104,9 @@ def _identity_attention(
 
 
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(IDENTITY, _identity_attention)
-    AttentionMaskInterface.register(IDENTITY, sdpa_mask)
-    _registered = True
+    register_implementation(IDENTITY, _identity_attention, sdpa_mask)
 
 
 @dataclass
