@@ -180,6 +180,18 @@ def test_resampled_image_tokens_are_queries():
     assert cap.attention.tokens(resampler.name, side="query").tokens == [f"<query {k}>" for k in range(4)]
 
 
+def test_cross_attention_keys_of_tiles():
+    model, processor, inputs = tiny_vlms.mllama()
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    keys = cap.attention.tokens("language_model.cross_attention", side="key")
+    # per tile: its CLS, then the 4×4 patches; the vision tower pads each tile to a multiple of 8 positions
+    assert [p for p in range(len(keys)) if keys.text[p] == "[CLS]"] == [0, 17]
+    assert keys.kind.tolist().count("image") == 32
+    tower = cap.attention.tokens("vision_model")
+    assert len(tower) == 48 and tower.tokens[16:25] == ["<img0 3,3>", *(f"[{p}]" for p in range(17, 24)), "[CLS]"]
+
+
 def test_layout_verified_against_the_model(captured):
     name, model, processor, inputs, trace = captured
     stack, side = image_side(name, trace)

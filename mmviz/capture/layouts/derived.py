@@ -168,7 +168,7 @@ def derived_layout(ctx: LayoutContext) -> bool:
         inserted = text is not None and len(text) == batch and (~prov.depends).sum(axis=1).tolist() == [prompt] * batch
         tables = []
         for b in range(batch):
-            base = _with_text(text[b], prov.depends[b]) if inserted and text is not None else _blank(prov.depends[b])
+            base = _with_text(text[b], prov.depends[b]) if inserted and text is not None else _blank(prov.unit[b])
             tables.append(_labelled(base, prov, rows, cols, b, grids, units))
         ctx.tables[name] = tables
         q_name, k_name = ctx.module_tables.get(group, (None, None))
@@ -191,10 +191,17 @@ def _query_table(ctx: LayoutContext, group: str) -> str:
     return name
 
 
-def _blank(depends: np.ndarray) -> TokenTable:
-    """A table for a tower's own sequence: positions the pixels do not reach are special (CLS, registers)."""
-    texts = ["[CLS]" if p == 0 else f"[{p}]" for p in range(depends.size)]
-    return TokenTable.build(texts, kind=["special"] * depends.size)
+def _blank(unit: np.ndarray) -> TokenTable:
+    """A table for a tower's own sequence: positions the pixels do not reach are special.
+
+    One right before the first patch of an image or tile is its ``[CLS]``; others (registers, padding)
+    are named by position.
+    """
+    texts = []
+    for p in range(unit.size):
+        opens = p + 1 < unit.size and unit[p + 1] >= 0 and unit[p] < 0 and not (unit[:p] == unit[p + 1]).any()
+        texts.append("[CLS]" if opens else f"[{p}]")
+    return TokenTable.build(texts, kind=["special"] * unit.size)
 
 
 def _with_text(text: TokenTable, depends: np.ndarray) -> TokenTable:
