@@ -168,6 +168,23 @@ def test_any_resolution_tiles_of_a_padded_image():
     assert check.ok, check.failures
 
 
+def test_batch_of_prompts_with_different_tile_grids():
+    model, processor, _ = tiny_vlms.llava_next()
+    processor.tokenizer.padding_side = "left"
+    texts = ["<image> what shape", "a red <image> what"]
+    inputs = dict(processor(text=texts, images=[tiny_vlms.WIDE, tiny_vlms.IMG], return_tensors="pt", padding=True))
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    wide, square = (cap.attention.tokens("language_model", b, side="query") for b in range(2))
+    assert (wide.kind == "pad").sum() == 37 and laid_out(wide) == any_resolution()
+    assert square.grids == ((4, 4),) * 5 and len(square.tiles) == 5  # the base image and 2×2 tiles
+    assert square.tiles[4] == (0, 0.5, 0.5, 1.0, 1.0)
+    assert laid_out(square)[16:25] == [(1, 0, c) for c in range(4)] + [(2, 0, c) for c in range(4)] + [NEWLINE]
+    for b, table in enumerate((wide, square)):
+        check = verify_layout(model, inputs, table, "language_model", processor, batch_index=b)
+        assert check.ok and check.image_tokens == (48 if b == 0 else 80), check.failures
+
+
 def test_resampled_image_tokens_are_queries():
     model, processor, inputs = tiny_vlms.kosmos2()
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
