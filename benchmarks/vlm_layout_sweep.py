@@ -133,7 +133,13 @@ def generic(model_type: str, class_name: str) -> tuple[Any, Any, dict[str, Any]]
         if "image_sizes" in params:  # any-resolution families
             extra["image_sizes"] = torch.tensor([[size, size]])
     with torch.no_grad():
-        features = features_of(pixel_values=pixels, **extra)
+        try:
+            features = features_of(pixel_values=pixels, **extra)
+        except (ValueError, RuntimeError):
+            if pixels.ndim != 4:
+                raise
+            pixels = pixels[None]  # families that take [batch, images, C, H, W] (Idefics2)
+            features = features_of(pixel_values=pixels, **extra)
     features = getattr(features, "pooler_output", features)
     if isinstance(features, (list, tuple)):
         features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
