@@ -12,6 +12,9 @@ from mmviz.widgets.attention_view import AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
+from mmviz.widgets.decomposition_view import DecompositionView
+from mmviz.widgets.lens_view import LensView
+from mmviz.widgets.patching_view import PatchingView
 
 __all__ = [
     "COLORMAPS",
@@ -19,6 +22,9 @@ __all__ = [
     "AttributionView",
     "CrossAttentionView",
     "Dashboard",
+    "DecompositionView",
+    "LensView",
     "MissingBundleError",
+    "PatchingView",
     "View",
 ]
