@@ -18,10 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["METHODS", "attribute"]
+from mmviz.attribution.targets import SimilarityTarget, similarity_to
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
+
+DEFAULT_METHODS = {
+    "dual": "relevance",
+    "lm": "integrated_gradients",
+    "classifier": "integrated_gradients",
+    "embedding": "integrated_gradients",
+}
+"""``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models and
+VLMs (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by ``mmviz.evaluate`` on the teaching
+models (``docs/faithfulness.md``): the teaching CLIP's phrase relevance points at the named object and passes the
+model-randomisation check, while integrated gradients from zero embeddings and zero pixels points at chance."""
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -38,7 +51,7 @@ def attribute(
     model: Any,
     inputs: Any,
     *,
-    method: str = "integrated_gradients",
+    method: str | None = None,
     target: Any = None,
     processor: Any = None,
     baseline: Any = "zeros",
@@ -61,10 +74,14 @@ def attribute(
 
     Args:
         model: a transformers model: a causal LM or VLM (GPT-2, Llama, Qwen2, LLaVA, Qwen2-VL, PaliGemma,
-            ...), a classifier (BERT, ViT, ...) or a two-tower model (CLIP, SigLIP).
+            ...), a classifier (BERT, ViT, ...), a two-tower model (CLIP, SigLIP) or a bare encoder
+            (``BertModel``, a sentence-embedding model).
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
-            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``.
+            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``. Default (``None``): the method
+            that passes ``mmviz.evaluate``'s checks on the teaching models for this kind of model
+            (``DEFAULT_METHODS``): ``"relevance"`` for two-tower models (CLIP, SigLIP), whose integrated
+            gradients from the default baseline point at chance; ``"integrated_gradients"`` otherwise.
         target: what to explain.
 
             * ``None``: the model's own prediction (next token, top class, the first caption).
@@ -73,6 +90,11 @@ def attribute(
               (``per_token=True``: one row per answer token, a ``[generated, source]`` matrix); a label
               name for classifiers; a caption whose similarity to the image is explained for CLIP/SigLIP.
             * ``(a, b)``: a contrast, ``f(a) − f(b)`` (e.g. ``("red", "blue")``).
+            * ``mmviz.similarity_to(reference)``: the similarity of the input's pooled embedding to a
+              reference text or embedding (bare encoders and sentence-embedding models; there a plain
+              text or embedding means the same).
+            * a function ``f(outputs) → [batch]``: any differentiable scalar of the model's outputs, one
+              per row of the batch (the methods run several copies of the input at once).
         processor: the processor or tokenizer (token texts, answers, captions, image layout).
         baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
             embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
@@ -91,7 +113,8 @@ def attribute(
     Raises:
         ValueError: an unknown method or target, a token id out of range, an answer with a word the
             tokenizer does not know (the message lists the nearest tokens), ``steps``/``batch_size`` that
-            are not whole numbers ≥ 1, a batch of several examples, or nothing to attribute.
+            are not whole numbers ≥ 1, a batch of several examples, nothing to attribute, a bare model
+            without a target, or a target function whose value is not ``[batch]``.
         TypeError: ``inputs`` is not the processor's output (a dict of tensors).
     """
     import torch
@@ -100,6 +123,10 @@ def attribute(
     from mmviz.attribution._problem import Problem, prepared
     from mmviz.data import Attribution
 
+    if method is None:
+        from mmviz.attribution._targets import model_kind
+
+        method = DEFAULT_METHODS.get(model_kind(model), "integrated_gradients")
     fn = _method(method)
     inputs = check_inputs(inputs)
     steps = check_count(steps, "steps", "integrated gradients' points on the path, e.g. steps=50")
@@ -111,6 +138,7 @@ def attribute(
         result = fn(problem, baseline=baseline, steps=steps, batch_size=batch_size, progress=progress, rule=rule)
     info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", "")}
     info.update(result.get("info", {}))
+    info["call"] = _call_record(method, target, baseline, steps, per_token, sources, rule)
     return Attribution(
         scores=result["scores"],
         tokens=problem.table,
@@ -121,3 +149,36 @@ def attribute(
         delta=result.get("delta"),
         info=info,
     )
+
+
+def _call_record(
+    method: str, target: Any, baseline: Any, steps: int, per_token: bool, sources: Any, rule: str
+) -> dict[str, Any]:
+    """The arguments of an ``attribute`` call as JSON, so that the map can be recomputed (``mmviz.evaluate``).
+
+    A target or baseline that JSON cannot hold (a tensor, a callable) is recorded as ``None`` under
+    ``"target"``/``"baseline"`` with ``"<kind>_given": True``: recomputing then needs it passed again.
+    """
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float)) for v in value):
+            return list(value)
+        return None
+
+    record: dict[str, Any] = {"method": method, "steps": steps, "per_token": per_token, "rule": rule}
+    record["sources"] = None if sources is None else list(sources)
+    for name, value in (("target", target), ("baseline", baseline)):
+        record[name] = plain(value)
+        if value is not None and record[name] is None:
+            record[f"{name}_given"] = True
+    return record
+
+
+def __getattr__(name: str) -> Any:
+    if name == "explained":  # torch is imported by the module: only when asked for
+        from mmviz.attribution.perturbed import explained
+
+        return explained
+    raise AttributeError(f"module 'mmviz.attribution' has no attribute {name!r}")

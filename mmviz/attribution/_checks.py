@@ -49,7 +49,7 @@ def check_target(model: Any, tokenizer: Any, target: Any) -> None:
     for item in items:
         if isinstance(item, bool):
             raise TypeError(f"target={target!r}: {item!r} is not a token id, an answer or a label")
-        if isinstance(item, int) and kind != "dual":
+        if isinstance(item, int) and kind in ("lm", "classifier"):
             _check_id(model, item, kind)
         elif isinstance(item, str) and kind == "lm":
             _check_known(tokenizer, item)

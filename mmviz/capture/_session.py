@@ -12,6 +12,7 @@ import torch
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface, _shared
 from mmviz.capture._arguments import DenseEstimate, check_selection
 from mmviz.capture._budget import Budget, sequence_length
+from mmviz.capture._legacy import LegacyHooks
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
@@ -27,6 +28,26 @@ _INPUT_NAMES = (
     "decoder_attention_mask",
     "image_sizes",
     "inputs_embeds",
+    # what vision-language models need besides the pixels (the derived image layout runs them again)
+    "aspect_ratio_ids",
+    "aspect_ratio_mask",
+    "batch_num_images",
+    "cross_attention_mask",
+    "flattened_patches",
+    "image_attention_mask",
+    "image_embeds_position_mask",
+    "image_grid_hw",
+    "image_num_crops",
+    "image_position_ids",
+    "image_patches_indices",
+    "num_local_patches",
+    "patch_attention_mask",
+    "pixel_attention_mask",
+    "pixel_mask",
+    "pixel_values_images",
+    "pixel_values_local",
+    "spatial_shapes",
+    "vision_aspect_ratio",
 )
 
 
@@ -63,12 +84,6 @@ class Capture:
                 "mmviz.capture records models whose attention goes through transformers' AttentionInterface, "
                 "and diffusers pipelines."
             )
-        if hasattr(model, "_can_set_attn_implementation") and not model._can_set_attn_implementation():
-            raise CaptureError(
-                f"{type(model).__name__} does not route its attention through transformers' AttentionInterface, so "
-                "mmviz cannot record it. Load it with attn_implementation='eager' and call it with "
-                "output_attentions=True to get its attention weights, then build an AttentionTrace from them."
-            )
         if isinstance(qk_threshold, bool) or not isinstance(qk_threshold, int) or qk_threshold < 1:
             raise ValueError(f"qk_threshold must be a positive number of keys, not {qk_threshold!r}")
         picked, kept, names = check_selection(model, layers, heads, modules)
@@ -90,6 +105,7 @@ class Capture:
         self._in_generate = False
         self.thread = threading.get_ident()
         self._foreign_calls = 0
+        self._legacy: list[Any] | None = None
 
     # -- entering and leaving ------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -110,6 +126,9 @@ class Capture:
             self._restore.append(handle.remove)
             handle = model.register_forward_hook(self._on_forward_end)  # not called when the forward raises
             self._restore.append(handle.remove)
+            self._legacy = state.legacy
+            if self._legacy is not None:  # modules computing attention themselves: their own hooks
+                self._restore.append(LegacyHooks.attach(model, self.recorder))
             _interface.ACTIVE.set([*(_interface.ACTIVE.get() or []), self.recorder])
             self._restore.append(self._deactivate)
         except BaseException:
@@ -207,6 +226,12 @@ class Capture:
     def _nothing_recorded_message(self) -> str:
         assert self.recorder is not None
         name = type(self.model).__name__
+        if self.recorder.calls_seen == 0 and self._legacy is not None:
+            return (
+                f"{name} computes attention in modules of its own (not through transformers' AttentionInterface) "
+                "and they returned no attention probabilities with output_attentions=True (flash-only kernels, "
+                "state-space or custom blocks), so mmviz cannot record it."
+            )
         if self.recorder.calls_seen == 0:
             return (
                 f"the model ran but no attention went through transformers' AttentionInterface: {name} computes "

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from mmviz._hf.modules import all_configs
+from mmviz.capture._legacy import legacy_configs, use_eager_classes
 
 _LOCK = threading.Lock()
 
@@ -49,6 +50,10 @@ class ModelState:
     originals: list[tuple[Any, Any]]
     captures: list[GenerateListener] = field(default_factory=list)
     restore_generate: Callable[[], None] | None = None
+    legacy: list[Any] | None = None
+    """Configs of (sub-)models whose attention modules compute attention themselves (switched to eager)."""
+    restore_classes: Callable[[], None] | None = None
+    """Turns legacy modules switched to their eager class back (``_legacy.use_eager_classes``)."""
 
 
 _STATES: dict[int, ModelState] = {}
@@ -68,6 +73,14 @@ def join(model: torch.nn.Module, capture: GenerateListener, implementation: str)
             try:
                 for config in configs:
                     config._attn_implementation_internal = implementation
+                state.legacy = legacy_configs(model)
+                known = {id(c) for c, _ in state.originals}
+                for config in state.legacy or ():  # modules computing attention themselves read "eager"
+                    if id(config) not in known:
+                        state.originals.append((config, config._attn_implementation_internal))
+                    config._attn_implementation_internal = "eager"
+                if state.legacy is not None:
+                    state.restore_classes = use_eager_classes(model)
                 state.restore_generate = _wrap_generate(model, state)
             except BaseException:
                 _restore(model, state)
@@ -90,10 +103,12 @@ def leave(model: torch.nn.Module, capture: GenerateListener) -> None:
 
 
 def _restore(model: torch.nn.Module, state: ModelState) -> None:
-    for config, value in state.originals:
-        config._attn_implementation_internal = value
     if state.restore_generate is not None:
         state.restore_generate()
+    if state.restore_classes is not None:
+        state.restore_classes()
+    for config, value in state.originals:
+        config._attn_implementation_internal = value
 
 
 def _wrap_generate(model: torch.nn.Module, state: ModelState) -> Callable[[], None] | None:
