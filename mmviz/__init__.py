@@ -17,6 +17,11 @@ The public API::
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
     lens = mmviz.logit_lens(model, inputs, processor, tokens=[" red"])  # each layer read out as logits
     lens.prob(" red")                                        # [layers, positions]
+    dec = mmviz.decompose(clip, inputs, processor, texts=["a red shape"])   # CLIP/SigLIP embedding by head, patch
+    dec.scores("a red shape")                                # [layers, heads] shares of the similarity
+    with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
+        vlm.generate(**inputs)
+    rep = mmviz.evaluate(attr, model, inputs, masks=mask)    # can this map be trusted? (FaithfulnessReport)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -32,14 +37,21 @@ from mmviz.data import (
     AttentionTrace,
     Attribution,
     CrossAttentionTrace,
+    DecompositionTrace,
     DiffusionLensTrace,
+    FaithfulnessReport,
     LensTrace,
     ModuleAttention,
+    PatchingTrace,
     TokenTable,
     load,
 )
+from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.evaluation import evaluate
 from mmviz.lens import logit_lens
+from mmviz.patching import patch
+from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
 
@@ -50,20 +62,28 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "DecompositionTrace",
     "DiffusionLensTrace",
+    "FaithfulnessReport",
     "InputMismatchError",
     "LensTrace",
     "MMVizError",
     "ModuleAttention",
+    "PatchingTrace",
     "TokenTable",
     "TraceFileError",
     "__version__",
     "attribute",
     "capture",
+    "decompose",
+    "direction",
+    "evaluate",
     "load",
     "logit_lens",
+    "patch",
     "save_html",
     "similarity_to",
+    "steer",
 ]
 
 if TYPE_CHECKING:

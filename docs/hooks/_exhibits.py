@@ -145,6 +145,17 @@ def build(out: Path) -> list[Exhibit]:
         )
     )
 
+    # -- activation patching: which layers and patches carry the answer --------------------------------------
+    patching = mmviz.patch(vlm, inputs, "noise", metric=answer, processor=vlm_processor, progress=False)
+    patch_view = patching.show(layer=0, title=f"Restoring the residual stream: where is “{answer}” carried?")
+    patch_view.save(out / "patching.html", title="PatchingView: activation patching of a tiny VLM")
+    exhibits.append(
+        Exhibit(
+            "patching.html",
+            [Shot("patching-view.png"), Shot("patching-view-hover.png", action=_hover(".mmviz-patching-tok", "?"))],
+        )
+    )
+
     # -- CLIP's vision tower ------------------------------------------------------------------------------
     clip, clip_processor = teaching.load_clip()
     clip_inputs = clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)
@@ -158,6 +169,16 @@ def build(out: Path) -> list[Exhibit]:
             [Shot("attention-view-vision.png")],
         )
     )
+
+    # -- CLIP's image embedding, decomposed ---------------------------------------------------------------
+    scenes = [scene, *teaching.make_scenes(63, seed=0)]  # the scene detailed, 63 more for TextSpan
+    words = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "above", "below", "left"]
+    dec_inputs = clip_processor(images=[s.image for s in scenes], return_tensors="pt")
+    dec = mmviz.decompose(clip, dec_inputs, clip_processor, texts=words)
+    best = np.unravel_index(int(np.argmax(dec.scores("green"))), dec.heads.shape[:2])
+    dec_view = dec.show(text="green", layer=int(best[0]), head=int(best[1]), title="Teaching CLIP: who writes “green”?")
+    dec_view.save(out / "decomposition-clip.html", title="DecompositionView: a CLIP embedding by layer and head")
+    exhibits.append(Exhibit("decomposition-clip.html", [Shot("decomposition-view.png")]))
 
     # -- diffusion cross-attention --------------------------------------------------------------------------
     pipe = teaching.load_diffusion()

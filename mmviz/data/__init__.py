@@ -9,8 +9,11 @@ from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
+from mmviz.data.decomposition import DecompositionTrace
+from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
 from mmviz.data.io import load
 from mmviz.data.lens import DiffusionLensTrace, LensTrace
+from mmviz.data.patching import PatchingTrace
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
 
@@ -18,11 +21,15 @@ __all__ = [
     "KINDS",
     "AttentionTrace",
     "Attribution",
+    "CheckResult",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
+    "DecompositionTrace",
     "DiffusionLensTrace",
+    "FaithfulnessReport",
     "LensTrace",
     "ModuleAttention",
+    "PatchingTrace",
     "QKAttention",
     "TokenTable",
     "load",

@@ -12,7 +12,10 @@ from mmviz.widgets.attention_view import AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
+from mmviz.widgets.decomposition_view import DecompositionView
+from mmviz.widgets.faithfulness_view import FaithfulnessView
 from mmviz.widgets.lens_view import LensView
+from mmviz.widgets.patching_view import PatchingView
 
 __all__ = [
     "COLORMAPS",
@@ -20,7 +23,10 @@ __all__ = [
     "AttributionView",
     "CrossAttentionView",
     "Dashboard",
+    "DecompositionView",
+    "FaithfulnessView",
     "LensView",
     "MissingBundleError",
+    "PatchingView",
     "View",
 ]

@@ -8,7 +8,10 @@ import { AttentionApp } from "../app";
 import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
+import { DecompositionApp } from "./decomposition";
+import { FaithfulnessApp } from "./faithfulness";
 import { LensApp } from "./lens";
+import { PatchingApp } from "./patching";
 
 /** What every pane application is: a root element, a teardown, and an optional theme repaint. */
 export interface PaneApp {
@@ -25,7 +28,10 @@ export const PANES: Record<string, PaneFactory> = {
   attention: (model, link) => new AttentionApp(model, link),
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
+  decomposition: (model, link) => new DecompositionApp(model, link),
+  faithfulness: (model, link) => new FaithfulnessApp(model, link),
   lens: (model, link) => new LensApp(model, link),
+  patching: (model, link) => new PatchingApp(model, link),
 };
 
 /** Makes the pane of a view kind. */
