@@ -26,8 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from mmviz.attribution import attribute
 from mmviz.capture import capture
-from mmviz.data import AttentionTrace, Attribution, CrossAttentionTrace, ModuleAttention, TokenTable, load
+from mmviz.data import (
+    AttentionTrace,
+    Attribution,
+    CrossAttentionTrace,
+    DecompositionTrace,
+    ModuleAttention,
+    TokenTable,
+    load,
+)
+from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
 
@@ -38,6 +48,7 @@ __all__ = [
     "CaptureError",
     "CrossAttentionTrace",
     "Dashboard",
+    "DecompositionTrace",
     "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
@@ -46,8 +57,11 @@ __all__ = [
     "__version__",
     "attribute",
     "capture",
+    "decompose",
+    "direction",
     "load",
     "save_html",
+    "steer",
 ]
 
 if TYPE_CHECKING:

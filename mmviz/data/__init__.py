@@ -9,6 +9,7 @@ from mmviz.data import reductions
 from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
+from mmviz.data.decomposition import DecompositionTrace
 from mmviz.data.io import load
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
@@ -19,6 +20,7 @@ __all__ = [
     "Attribution",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
+    "DecompositionTrace",
     "ModuleAttention",
     "QKAttention",
     "TokenTable",

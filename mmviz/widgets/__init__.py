@@ -12,6 +12,7 @@ from mmviz.widgets.attention_view import AttentionView
 from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
+from mmviz.widgets.decomposition_view import DecompositionView
 
 __all__ = [
     "COLORMAPS",
@@ -19,6 +20,7 @@ __all__ = [
     "AttributionView",
     "CrossAttentionView",
     "Dashboard",
+    "DecompositionView",
     "MissingBundleError",
     "View",
 ]

@@ -76,3 +76,19 @@ export function fillSelect(select: HTMLSelectElement, names: readonly string[]):
     }),
   );
 }
+
+/** Makes `input` a range slider from `min` to `max` in steps of `step`, calling `onInput` with its value. */
+export function slider(
+  input: HTMLInputElement,
+  min: number,
+  max: number,
+  step: number,
+  onInput: (value: number) => void,
+): HTMLInputElement {
+  input.type = "range";
+  input.min = String(min);
+  input.max = String(max);
+  input.step = String(step);
+  input.addEventListener("input", () => onInput(Number(input.value)));
+  return input;
+}

@@ -8,6 +8,7 @@ import { AttentionApp } from "../app";
 import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
+import { DecompositionApp } from "./decomposition";
 
 /** What every pane application is: a root element, a teardown, and an optional theme repaint. */
 export interface PaneApp {
@@ -24,6 +25,7 @@ export const PANES: Record<string, PaneFactory> = {
   attention: (model, link) => new AttentionApp(model, link),
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
+  decomposition: (model, link) => new DecompositionApp(model, link),
 };
 
 /** Makes the pane of a view kind. */
