@@ -31,17 +31,20 @@ from mmviz.data import (
     Attribution,
     CrossAttentionTrace,
     DecompositionTrace,
+    FeatureTrace,
     ModuleAttention,
     TokenTable,
     load,
 )
 from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.features import SAE, features, load_sae
 from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAE",
     "AttentionTrace",
     "Attribution",
     "BudgetError",
@@ -49,6 +52,7 @@ __all__ = [
     "CrossAttentionTrace",
     "Dashboard",
     "DecompositionTrace",
+    "FeatureTrace",
     "InputMismatchError",
     "MMVizError",
     "ModuleAttention",
@@ -59,7 +63,9 @@ __all__ = [
     "capture",
     "decompose",
     "direction",
+    "features",
     "load",
+    "load_sae",
     "save_html",
     "steer",
 ]

@@ -10,6 +10,7 @@ from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.decomposition import DecompositionTrace
+from mmviz.data.features import FeatureTrace
 from mmviz.data.io import load
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
@@ -21,6 +22,7 @@ __all__ = [
     "CrossAttentionLayer",
     "CrossAttentionTrace",
     "DecompositionTrace",
+    "FeatureTrace",
     "ModuleAttention",
     "QKAttention",
     "TokenTable",
