@@ -24,7 +24,7 @@ __all__ = ["MAX_SAE_BYTES", "load_sae", "sae_from_arrays"]
 MAX_SAE_BYTES = 16 * 2**30
 """Largest total size of the arrays in an SAE file ``load_sae`` reads unless told otherwise."""
 
-_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors", "model.safetensors", "ae.safetensors", "sae.npz")
+_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors", "model.safetensors", "ae.safetensors", "sae.npz", "ae.npz")
 _CONFIG_FILES = ("cfg.json", "config.json")
 _MAX_HEADER = 100 * 2**20
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -86,10 +86,14 @@ def load_sae(
 def _find_files(path: Path) -> tuple[Path, dict[str, Any]]:
     if path.is_dir():
         weights = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), None)
+        only = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".npz"))
+        if weights is None and len(only) == 1:
+            weights = only[0]
         if weights is None:
             found = sorted(p.name for p in path.iterdir())[:12]
             raise TraceFileError(
-                f"{path} holds no SAE weights: expected one of {', '.join(_WEIGHT_FILES)} (found {found})"
+                f"{path} holds no SAE weights: expected one of {', '.join(_WEIGHT_FILES)} "
+                f"or a single .safetensors/.npz file (found {found})"
             )
     elif path.is_file():
         weights = path
@@ -258,8 +262,8 @@ def sae_from_arrays(
     elif "encoder.weight" in f32 and "decoder.weight" in f32:
         w_enc, w_dec = f32["encoder.weight"].T, f32["decoder.weight"].T
         d_sae, d_in = f32["encoder.weight"].shape if f32["encoder.weight"].ndim == 2 else (0, 0)
-        b_enc = _pick(f32, "encoder.bias")
-        b_enc = np.zeros(d_sae, np.float32) if b_enc is None else b_enc
+        enc_bias = _pick(f32, "encoder.bias")
+        b_enc = np.zeros(d_sae, np.float32) if enc_bias is None else enc_bias
         pre = _pick(f32, "bias", "b_dec", "pre_bias")
         post = _pick(f32, "decoder.bias")
         zeros = np.zeros(d_in, np.float32)
