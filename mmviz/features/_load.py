@@ -24,7 +24,14 @@ __all__ = ["MAX_SAE_BYTES", "load_sae", "sae_from_arrays"]
 MAX_SAE_BYTES = 16 * 2**30
 """Largest total size of the arrays in an SAE file ``load_sae`` reads unless told otherwise."""
 
-_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors", "model.safetensors", "ae.safetensors", "sae.npz", "ae.npz")
+_WEIGHT_FILES = (
+    "sae_weights.safetensors",
+    "sae.safetensors",
+    "model.safetensors",
+    "ae.safetensors",
+    "sae.npz",
+    "ae.npz",
+)
 _CONFIG_FILES = ("cfg.json", "config.json")
 _MAX_HEADER = 100 * 2**20
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

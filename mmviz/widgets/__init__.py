@@ -13,6 +13,7 @@ from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
 from mmviz.widgets.decomposition_view import DecompositionView
+from mmviz.widgets.feature_view import FeatureView
 
 __all__ = [
     "COLORMAPS",
@@ -21,6 +22,7 @@ __all__ = [
     "CrossAttentionView",
     "Dashboard",
     "DecompositionView",
+    "FeatureView",
     "MissingBundleError",
     "View",
 ]

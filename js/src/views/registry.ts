@@ -9,6 +9,7 @@ import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
 import { DecompositionApp } from "./decomposition";
+import { FeatureApp } from "./features";
 
 /** What every pane application is: a root element, a teardown, and an optional theme repaint. */
 export interface PaneApp {
@@ -26,6 +27,7 @@ export const PANES: Record<string, PaneFactory> = {
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
   decomposition: (model, link) => new DecompositionApp(model, link),
+  features: (model, link) => new FeatureApp(model, link),
 };
 
 /** Makes the pane of a view kind. */

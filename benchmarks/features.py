@@ -1,0 +1,117 @@
+"""``mmviz.features`` against capturing the same site alone (goal: ≤ 1.3× the capture).
+
+Model: a GPT-2-small-shaped ``GPT2LMHeadModel`` (12 layers × 12 heads × d768), random weights built from its
+config; input: 1024 random token ids. SAE: 16 384 features on d768 (random weights, relu, b_dec subtracted).
+
+Rows (the configurations interleaved ``--repeats`` times in one process, the fastest run of each kept — other
+jobs on a shared machine only ever slow a run down):
+
+* ``capture``: the baseline — the model's forward under ``torch.no_grad()`` with the residual stream after
+  block 6 recorded (what any method reading that site has to pay);
+* ``features k=16``: ``mmviz.features(model, inputs, sae, site="h.6", k=16)``: the same forward, then the
+  SAE encode, decode (reconstruction error) and top-k of every position;
+* ``features k=16, 8 named``: also keeps eight features' full activation rows.
+
+Peak memory: ``tracemalloc`` peak of the numpy/Python side (the trace), and the size of what the trace keeps
+against ``positions × k`` and against a dense ``positions × d_sae`` float32 array.
+
+Run: ``python benchmarks/features.py`` (``--repeats 3``, ``--threads 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+POSITIONS, D_MODEL, D_SAE, SITE = 1024, 768, 16384, "h.6"
+
+
+def _model() -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=1000, n_embd=D_MODEL, n_layer=12, n_head=12, n_positions=POSITIONS)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _sae() -> Any:
+    from mmviz.features import sae_from_arrays
+
+    rng = np.random.default_rng(0)
+    return sae_from_arrays(
+        {
+            "W_enc": (rng.standard_normal((D_MODEL, D_SAE), np.float32) / np.sqrt(D_MODEL)).astype(np.float32),
+            "W_dec": (rng.standard_normal((D_SAE, D_MODEL), np.float32) / np.sqrt(D_SAE)).astype(np.float32),
+            "b_enc": np.full(D_SAE, -0.5, np.float32),
+            "b_dec": np.zeros(D_MODEL, np.float32),
+        }
+    )
+
+
+def _best(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+
+    import mmviz
+    from mmviz._hf.residual import record_residual
+    from mmviz._hf.sites import find_site
+
+    torch.set_num_threads(args.threads)
+    model, sae = _model(), _sae()
+    inputs = {"input_ids": torch.randint(0, 1000, (1, POSITIONS))}
+    site = find_site(model, SITE)
+
+    def capture() -> Any:
+        with torch.no_grad(), record_residual(site.blocks, [site.state]) as seen:
+            model(**inputs)
+        return seen[site.state][0]
+
+    rows: dict[str, Callable[[], Any]] = {
+        "capture": capture,
+        "features k=16": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16),
+        "features k=16, 8 named": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16, features=range(8)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    rows["capture"]()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in rows.items():
+            times[name].append(_best(fn)[0])
+    base = min(times["capture"])
+    print(
+        f"{POSITIONS} positions, d_model {D_MODEL}, SAE {D_SAE} features, {args.threads} thread(s), "
+        f"best of {args.repeats}"
+    )
+    for name, ts in times.items():
+        print(f"  {name:<24} {min(ts):7.3f} s   {min(ts) / base:5.2f}× capture")
+
+    tracemalloc.start()
+    ft = rows["features k=16"]()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    kept = sum(getattr(ft, n).nbytes for n in ft._ARRAYS)
+    dense = POSITIONS * D_SAE * 4
+    print(
+        f"  trace arrays {kept / 2**20:.2f} MiB (positions × k × 8 B = {POSITIONS * 16 * 8 / 2**20:.2f} MiB, "
+        f"+ [d_sae] statistics {D_SAE * 12 / 2**20:.2f} MiB); numpy peak {peak / 2**20:.2f} MiB; "
+        f"a dense positions × d_sae float32 would be {dense / 2**20:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
