@@ -12,7 +12,8 @@ jobs on a shared machine only ever slow a run down):
   SAE encode, decode (reconstruction error) and top-k of every position;
 * ``features k=16, 8 named``: also keeps eight features' full activation rows.
 
-Peak memory: ``tracemalloc`` peak of the numpy/Python side (the trace), and the size of what the trace keeps
+Times: wall clock and process CPU time (the CPU time is what other jobs on a shared machine do not
+inflate). Peak memory: ``tracemalloc`` peak of the numpy/Python side (the trace), and the size of what the trace keeps
 against ``positions × k`` and against a dense ``positions × d_sae`` float32 array.
 
 Run: ``python benchmarks/features.py`` (``--repeats 3``, ``--threads 1``).
@@ -54,10 +55,11 @@ def _sae() -> Any:
     )
 
 
-def _best(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call (CPU time is what other jobs on the machine do not add)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -87,18 +89,23 @@ def main() -> None:
         "features k=16": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16),
         "features k=16, 8 named": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16, features=range(8)),
     }
-    times: dict[str, list[float]] = {name: [] for name in rows}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
     rows["capture"]()  # warm-up
     for _ in range(args.repeats):
         for name, fn in rows.items():
-            times[name].append(_best(fn)[0])
-    base = min(times["capture"])
+            times[name].append(_timed(fn))
+    base_wall = min(w for w, _ in times["capture"])
+    base_cpu = min(c for _, c in times["capture"])
     print(
         f"{POSITIONS} positions, d_model {D_MODEL}, SAE {D_SAE} features, {args.threads} thread(s), "
         f"best of {args.repeats}"
     )
     for name, ts in times.items():
-        print(f"  {name:<24} {min(ts):7.3f} s   {min(ts) / base:5.2f}× capture")
+        wall, cpu = min(w for w, _ in ts), min(c for _, c in ts)
+        print(
+            f"  {name:<24} wall {wall:7.3f} s ({wall / base_wall:4.2f}× capture)   "
+            f"cpu {cpu:7.3f} s ({cpu / base_cpu:4.2f}× capture)"
+        )
 
     tracemalloc.start()
     ft = rows["features k=16"]()
