@@ -20,7 +20,7 @@ from mmviz.widgets._state import table_state
 from mmviz.widgets._view import DEFAULT_BUDGET, View
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
     from mmviz.data.tokens import TokenTable
 
@@ -138,7 +138,7 @@ class FeatureView(View):
         """The positions of the trace."""
         return self.trace.tokens
 
-    def figure(self, **options: Any) -> Figure:
+    def figure(self, **options: Any) -> Figure | SubFigure:
         """A matplotlib ``Figure`` of the chosen feature (see ``mmviz.export.feature_figure``)."""
         from mmviz.export.feature_figures import feature_figure
 
