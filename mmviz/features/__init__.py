@@ -17,7 +17,7 @@ import numpy as np
 from mmviz.data.features import FeatureTrace
 from mmviz.data.tokens import TokenTable
 from mmviz.features._load import MAX_SAE_BYTES, load_sae, sae_from_arrays
-from mmviz.features._run import Accumulator, on_device, progress_bar, table_of_row, tables_of_run
+from mmviz.features._run import Accumulator, on_device, progress_bar, stop_after, table_of_row, tables_of_run
 from mmviz.features._sae import ACTIVATIONS, SAE
 
 __all__ = ["ACTIVATIONS", "MAX_SAE_BYTES", "SAE", "features", "load_sae", "sae_from_arrays"]
@@ -87,8 +87,9 @@ def features(
             torch.no_grad(),
             record_residual(where.blocks, [where.state]) as seen,
             tables_of_run(model, processor, batch, where.name, tables),
+            stop_after(where.blocks[where.index]) as stopped,
         ):
-            model(**batch)
+            stopped.run(model, batch)
         if not seen[where.state]:
             raise ValueError(f"site {where.name!r} did not run during the model's forward: pick another site")
         hidden = seen[where.state][0]

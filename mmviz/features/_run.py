@@ -17,7 +17,16 @@ from mmviz.data.tokens import TokenTable
 from mmviz.errors import CaptureError
 from mmviz.features._sae import SAE
 
-__all__ = ["CHUNK_BYTES", "Accumulator", "on_device", "progress_bar", "table_of_row", "tables_of_run"]
+__all__ = [
+    "CHUNK_BYTES",
+    "Accumulator",
+    "SiteReached",
+    "on_device",
+    "progress_bar",
+    "stop_after",
+    "table_of_row",
+    "tables_of_run",
+]
 
 CHUNK_BYTES = 64 * 2**20
 """Bytes of dense ``[positions, d_sae]`` activations encoded at once."""
@@ -43,6 +52,35 @@ def on_device(batch: Mapping[str, Any], model: Any) -> dict[str, Any]:
         k: v.to(device) if device is not None and hasattr(v, "to") and hasattr(v, "device") else v
         for k, v in batch.items()
     }
+
+
+class SiteReached(Exception):
+    """Raised by ``stop_after``'s hook once the site's block has run: the rest of the forward is not needed."""
+
+
+class _Stopper:
+    def run(self, model: Any, batch: Mapping[str, Any]) -> None:
+        """Runs ``model(**batch)`` up to the block (the blocks and head after it are skipped)."""
+        with contextlib.suppress(SiteReached):
+            model(**batch)
+
+
+@contextlib.contextmanager
+def stop_after(block: Any) -> Iterator[_Stopper]:
+    """Ends the model's forward right after ``block`` (registered after the recording hook, so it runs last).
+
+    Nothing after the site changes what is recorded there; skipping it saves the later blocks and the output
+    head (for a language model's vocabulary, often the largest single matrix product).
+    """
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        raise SiteReached
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield _Stopper()
+    finally:
+        handle.remove()
 
 
 def _stack_module(site: str, names: Iterable[str]) -> str | None:

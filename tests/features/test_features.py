@@ -150,3 +150,23 @@ def test_refusals(gpt2: Any, tok: Any) -> None:
         ft.activations(64)
     with pytest.raises(IndexError, match="positions 0 …"):
         ft.top(99)
+
+
+def test_vision_tower_site_and_the_model_left_as_it_was(llava: tuple[Any, Any]) -> None:
+    model, processor = llava
+    inputs = processor(images=[random_image(16, 1)], text="<image> a red square", return_tensors="pt")
+    layers = model.model.vision_tower.encoder.layers
+    with torch.no_grad():
+        before = model(**inputs).logits
+    hooks = [dict(b._forward_hooks) for b in layers]  # transformers installs its own on the first run
+    a = random_arrays(seed=6)
+    ft = mmviz.features(
+        model, inputs, sae_from_arrays(a), processor, site="vision_tower.encoder.layers.0", k=4, features=[1]
+    )
+    with torch.no_grad():
+        tower = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True)
+        after = model(**inputs).logits
+    check_against(ft, tower.hidden_states[1][0].numpy(), a, [1])
+    assert list(ft.tokens.kind[:2]) == ["special", "image"] and ft.tokens.grids == ((4, 4),)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # hooks gone, nothing changed
+    assert [dict(b._forward_hooks) for b in layers] == hooks
