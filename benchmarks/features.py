@@ -1,15 +1,18 @@
 """``mmviz.features`` against capturing the same site alone (goal: ≤ 1.3× the capture).
 
-Model: a GPT-2-small-shaped ``GPT2LMHeadModel`` (12 layers × 12 heads × d768), random weights built from its
-config; input: 1024 random token ids. SAE: 16 384 features on d768 (random weights, relu, b_dec subtracted).
+Model: a GPT-2-small-shaped ``GPT2LMHeadModel`` (12 layers × 12 heads × d768, vocabulary 50 257), random
+weights built from its config; input: 1024 random token ids. SAE: 16 384 features on d768 (random weights,
+relu, b_dec subtracted).
 
 Rows (the configurations interleaved ``--repeats`` times in one process, the fastest run of each kept — other
 jobs on a shared machine only ever slow a run down):
 
 * ``capture``: the baseline — the model's forward under ``torch.no_grad()`` with the residual stream after
-  block 6 recorded (what any method reading that site has to pay);
-* ``features k=16``: ``mmviz.features(model, inputs, sae, site="h.6", k=16)``: the same forward, then the
-  SAE encode, decode (reconstruction error) and top-k of every position;
+  block 6 recorded (what ``mmviz.capture`` or any method reading that site from a run pays);
+* ``capture to the site``: the same forward stopped after block 6, as ``mmviz.features`` runs it (the second
+  baseline: the ratio of ``features`` to it is the SAE's own cost);
+* ``features k=16``: ``mmviz.features(model, inputs, sae, site="h.6", k=16)``: the forward to the site, then
+  the SAE encode, decode (reconstruction error) and top-k of every position;
 * ``features k=16, 8 named``: also keeps eight features' full activation rows.
 
 Times: wall clock and process CPU time (the CPU time is what other jobs on a shared machine do not
@@ -37,7 +40,7 @@ def _model() -> Any:
     import transformers
 
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=1000, n_embd=D_MODEL, n_layer=12, n_head=12, n_positions=POSITIONS)
+    cfg = transformers.GPT2Config(n_embd=D_MODEL, n_layer=12, n_head=12, n_positions=POSITIONS)
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
@@ -73,10 +76,11 @@ def main() -> None:
     import mmviz
     from mmviz._hf.residual import record_residual
     from mmviz._hf.sites import find_site
+    from mmviz.features._run import stop_after
 
     torch.set_num_threads(args.threads)
     model, sae = _model(), _sae()
-    inputs = {"input_ids": torch.randint(0, 1000, (1, POSITIONS))}
+    inputs = {"input_ids": torch.randint(0, 50257, (1, POSITIONS))}
     site = find_site(model, SITE)
 
     def capture() -> Any:
@@ -84,8 +88,18 @@ def main() -> None:
             model(**inputs)
         return seen[site.state][0]
 
+    def capture_to_site() -> Any:
+        with (
+            torch.no_grad(),
+            record_residual(site.blocks, [site.state]) as seen,
+            stop_after(site.blocks[site.index]) as s,
+        ):
+            s.run(model, inputs)
+        return seen[site.state][0]
+
     rows: dict[str, Callable[[], Any]] = {
         "capture": capture,
+        "capture to the site": capture_to_site,
         "features k=16": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16),
         "features k=16, 8 named": lambda: mmviz.features(model, inputs, sae, site=SITE, k=16, features=range(8)),
     }
@@ -96,6 +110,7 @@ def main() -> None:
             times[name].append(_timed(fn))
     base_wall = min(w for w, _ in times["capture"])
     base_cpu = min(c for _, c in times["capture"])
+    site_cpu = min(c for _, c in times["capture to the site"])
     print(
         f"{POSITIONS} positions, d_model {D_MODEL}, SAE {D_SAE} features, {args.threads} thread(s), "
         f"best of {args.repeats}"
@@ -104,7 +119,7 @@ def main() -> None:
         wall, cpu = min(w for w, _ in ts), min(c for _, c in ts)
         print(
             f"  {name:<24} wall {wall:7.3f} s ({wall / base_wall:4.2f}× capture)   "
-            f"cpu {cpu:7.3f} s ({cpu / base_cpu:4.2f}× capture)"
+            f"cpu {cpu:7.3f} s ({cpu / base_cpu:4.2f}× capture, {cpu / site_cpu:4.2f}× capture to the site)"
         )
 
     tracemalloc.start()

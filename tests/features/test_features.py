@@ -170,3 +170,18 @@ def test_vision_tower_site_and_the_model_left_as_it_was(llava: tuple[Any, Any]) 
     assert list(ft.tokens.kind[:2]) == ["special", "image"] and ft.tokens.grids == ((4, 4),)
     torch.testing.assert_close(after, before, rtol=0, atol=0)  # hooks gone, nothing changed
     assert [dict(b._forward_hooks) for b in layers] == hooks
+
+
+def test_topk_sae_is_exact_and_a_padded_batch_gives_one_item_per_row(gpt2: Any, tok: Any) -> None:
+    batch = tok(["the red cat sat", "a dog"], return_tensors="pt", padding=True)
+    a = random_arrays(seed=7)
+    sae = sae_from_arrays(a, {"architecture": "topk", "k": 3})
+    ft = mmviz.features(gpt2, batch, sae, tok, site="h.0", k=4)
+    assert ft.n_items == 2 and list(np.bincount(ft.item)) == [batch["input_ids"].shape[1]] * 2
+    assert (ft.tokens.kind == "pad").sum() == int((batch["attention_mask"] == 0).sum())
+    with torch.no_grad():
+        hidden = gpt2(**batch, output_hidden_states=True).hidden_states[1].numpy().reshape(-1, 32)
+    dense = sae.encode(hidden)
+    for feature in (0, 17, 63):
+        assert ft.is_exact(feature)
+        np.testing.assert_allclose(ft.activations(feature), dense[:, feature], rtol=1e-4, atol=1e-5)

@@ -164,3 +164,13 @@ def test_unknown_architecture_and_normalisation_are_refused(tmp_path: Path) -> N
         mmviz.load_sae(saelens_dir(tmp_path, {"architecture": "gated"}, random_arrays()))
     with pytest.raises(ValueError, match="normalises its inputs"):
         mmviz.load_sae(saelens_dir(tmp_path, {"normalize_activations": "expected_average_only_in"}, random_arrays()))
+
+
+def test_bfloat16_weights_are_widened(tmp_path: Path) -> None:
+    from safetensors.torch import save_file as save_torch
+
+    a = random_arrays()
+    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in a.items()}, str(tmp_path / "sae.safetensors"))
+    sae = mmviz.load_sae(tmp_path)
+    assert sae.W_enc.dtype == np.float32
+    np.testing.assert_allclose(sae.W_enc, a["W_enc"], rtol=1e-2, atol=1e-2)
