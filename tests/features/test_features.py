@@ -185,3 +185,20 @@ def test_topk_sae_is_exact_and_a_padded_batch_gives_one_item_per_row(gpt2: Any, 
     for feature in (0, 17, 63):
         assert ft.is_exact(feature)
         np.testing.assert_allclose(ft.activations(feature), dense[:, feature], rtol=1e-4, atol=1e-5)
+
+
+def test_collection_of_vlm_inputs_keeps_each_items_image(llava: tuple[Any, Any]) -> None:
+    model, processor = llava
+    batches = [
+        processor(images=[random_image(16, seed)], text="<image> a red square", return_tensors="pt") for seed in (0, 1)
+    ]
+    ft = mmviz.features(
+        model, batches, sae_from_arrays(random_arrays()), processor, site="language_model.layers.1", k=3
+    )
+    assert ft.n_items == 2 and len(ft.tokens.images) == 2
+    second = np.flatnonzero((ft.item == 1) & (ft.tokens.kind == "image"))
+    assert set(ft.tokens.image_index[second].tolist()) == {1}
+    p = int(second[0])
+    r, c = int(ft.tokens.patch_row[p]), int(ft.tokens.patch_col[p])
+    np.testing.assert_array_equal(ft.crop(p, margin=0), ft.tokens.images[1][r * 4 : r * 4 + 4, c * 4 : c * 4 + 4])
+    assert not np.array_equal(ft.tokens.images[0], ft.tokens.images[1])
