@@ -16,6 +16,17 @@ from typing import Any
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 BUNDLE = ("widget.js", "widget.css", "standalone.js")
+NODE_MIN = 18
+"""Oldest Node.js major version that builds the bundle (esbuild's minimum)."""
+
+
+def node_major(node: str) -> int | None:
+    """The major version of the ``node`` executable (``None`` when it cannot be read)."""
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+        return int(out.strip().lstrip("v").split(".")[0])
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
 
 
 class JSBuildHook(BuildHookInterface):  # type: ignore[misc]
@@ -33,11 +44,18 @@ class JSBuildHook(BuildHookInterface):  # type: ignore[misc]
             return
         if missing:
             js = root / "js"
-            npm = shutil.which("npm")
-            if npm is None or not (js / "package.json").is_file():
+            npm, node = shutil.which("npm"), shutil.which("node")
+            if npm is None or node is None or not (js / "package.json").is_file():
                 raise RuntimeError(
-                    "mmviz: the front-end bundle is missing and cannot be built here (needs npm and js/). "
-                    "Run `npm --prefix js ci && npm --prefix js run build`, or set MMVIZ_SKIP_JS_BUILD=1."
+                    f"mmviz: the front-end bundle is missing and cannot be built here (needs Node.js >= {NODE_MIN} "
+                    "with npm, and js/). Install Node.js, or install a built mmviz wheel instead; or run "
+                    "`npm --prefix js ci && npm --prefix js run build`, or set MMVIZ_SKIP_JS_BUILD=1."
+                )
+            major = node_major(node)
+            if major is not None and major < NODE_MIN:
+                raise RuntimeError(
+                    f"mmviz: building the front end needs Node.js >= {NODE_MIN}; `node` is version {major}. "
+                    "Install a newer Node.js, or install a built mmviz wheel instead."
                 )
             self.app.display_info("mmviz: building the front end (npm ci && npm run build)")
             if not (js / "node_modules").is_dir():

@@ -15,6 +15,10 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    dec = mmviz.decompose(clip, inputs, processor, texts=["a red shape"])   # CLIP/SigLIP embedding by head, patch
+    dec.scores("a red shape")                                # [layers, heads] shares of the similarity
+    with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
+        vlm.generate(**inputs)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mmviz.attribution import attribute
+from mmviz.attribution import attribute, similarity_to
 from mmviz.capture import capture
 from mmviz.data import (
     AttentionTrace,
@@ -67,6 +71,7 @@ __all__ = [
     "load",
     "load_sae",
     "save_html",
+    "similarity_to",
     "steer",
 ]
 

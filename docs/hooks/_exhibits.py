@@ -159,6 +159,16 @@ def build(out: Path) -> list[Exhibit]:
         )
     )
 
+    # -- CLIP's image embedding, decomposed ---------------------------------------------------------------
+    scenes = [scene, *teaching.make_scenes(63, seed=0)]  # the scene detailed, 63 more for TextSpan
+    words = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "above", "below", "left"]
+    dec_inputs = clip_processor(images=[s.image for s in scenes], return_tensors="pt")
+    dec = mmviz.decompose(clip, dec_inputs, clip_processor, texts=words)
+    best = np.unravel_index(int(np.argmax(dec.scores("green"))), dec.heads.shape[:2])
+    dec_view = dec.show(text="green", layer=int(best[0]), head=int(best[1]), title="Teaching CLIP: who writes “green”?")
+    dec_view.save(out / "decomposition-clip.html", title="DecompositionView: a CLIP embedding by layer and head")
+    exhibits.append(Exhibit("decomposition-clip.html", [Shot("decomposition-view.png")]))
+
     # -- diffusion cross-attention --------------------------------------------------------------------------
     pipe = teaching.load_diffusion()
     generator = torch.Generator().manual_seed(3)  # a clean draw: one circle, the star below it

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["METHODS", "attribute"]
+from mmviz.attribution.targets import SimilarityTarget, similarity_to
+
+__all__ = ["METHODS", "SimilarityTarget", "attribute", "similarity_to"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
@@ -61,7 +63,8 @@ def attribute(
 
     Args:
         model: a transformers model: a causal LM or VLM (GPT-2, Llama, Qwen2, LLaVA, Qwen2-VL, PaliGemma,
-            ...), a classifier (BERT, ViT, ...) or a two-tower model (CLIP, SigLIP).
+            ...), a classifier (BERT, ViT, ...), a two-tower model (CLIP, SigLIP) or a bare encoder
+            (``BertModel``, a sentence-embedding model).
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
             ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``.
@@ -73,6 +76,11 @@ def attribute(
               (``per_token=True``: one row per answer token, a ``[generated, source]`` matrix); a label
               name for classifiers; a caption whose similarity to the image is explained for CLIP/SigLIP.
             * ``(a, b)``: a contrast, ``f(a) − f(b)`` (e.g. ``("red", "blue")``).
+            * ``mmviz.similarity_to(reference)``: the similarity of the input's pooled embedding to a
+              reference text or embedding (bare encoders and sentence-embedding models; there a plain
+              text or embedding means the same).
+            * a function ``f(outputs) → [batch]``: any differentiable scalar of the model's outputs, one
+              per row of the batch (the methods run several copies of the input at once).
         processor: the processor or tokenizer (token texts, answers, captions, image layout).
         baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
             embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
@@ -89,7 +97,8 @@ def attribute(
         An ``Attribution``.
 
     Raises:
-        ValueError: an unknown method or target, a batch of several examples, or nothing to attribute.
+        ValueError: an unknown method or target, a batch of several examples, nothing to attribute, a
+            bare model without a target, or a target function whose value is not ``[batch]``.
     """
     import torch
 

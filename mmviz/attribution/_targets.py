@@ -67,12 +67,18 @@ class Plan:
 
 
 def model_kind(model: Any) -> str:
-    """``"dual"`` for two-tower similarity models, ``"lm"`` for language-model heads, else ``"classifier"``."""
+    """The kind of model a target is read from.
+
+    ``"dual"`` for two-tower similarity models, ``"lm"`` for language-model heads, ``"embedding"`` for
+    bare models (no head: ``BertModel``, sentence-embedding models), else ``"classifier"``.
+    """
     name = type(model).__name__
     if hasattr(model, "logit_scale") and hasattr(model, "get_text_features"):
         return "dual"
     if name.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
         return "lm"
+    if getattr(model, "base_model", None) is model:
+        return "embedding"
     return "classifier"
 
 
@@ -110,7 +116,13 @@ def _extend(inputs: dict[str, Any], ids: list[int], model: Any) -> dict[str, Any
 
 def plan_target(model: Any, inputs: dict[str, Any], tokenizer: Any, target: Any, per_token: bool) -> Plan:
     """Resolves a target spec into variants (see ``mmviz.attribute`` for the specs)."""
+    from mmviz.attribution import _custom_targets as custom
+
     kind = model_kind(model)
+    if custom.is_function_target(target):
+        return custom.plan_function(model, inputs, target, kind)
+    if kind == "embedding" or custom.is_similarity(target):
+        return custom.plan_similarity(model, inputs, tokenizer, target, kind)
     if kind == "dual":
         return _plan_dual(model, inputs, tokenizer, target)
     if kind == "classifier":
@@ -283,7 +295,9 @@ def _class_logits(out: Any) -> torch.Tensor:
     if logits is None or logits.ndim != 2:
         raise ValueError(
             "the model returned no [batch, classes] logits: give a classifier (…ForSequenceClassification, "
-            "…ForImageClassification), a language model, or a CLIP/SigLIP model"
+            "…ForImageClassification), a language model, or a CLIP/SigLIP model; or explain an embedding with "
+            "target=mmviz.similarity_to('a reference text'), or any scalar with a function "
+            "target=lambda outputs: ... returning one value per batch row"
         )
     return logits
 

@@ -184,7 +184,7 @@ class DecompositionTrace(Shown):
         Args:
             layer: one block, or ``None`` for all blocks summed.
         """
-        return self.patches.sum(0) if layer is None else self.patches[self._layer(layer)]
+        return self.patches.sum(0) if layer is None else self.patches[self.layer_index(layer)]
 
     def by_head_and_patch(self, layer: int) -> np.ndarray:
         """``[heads, positions, dim]`` every term of one block (kept only for ``detail_layers``).
@@ -192,7 +192,7 @@ class DecompositionTrace(Shown):
         Raises:
             KeyError: the layer's full terms were not kept; ``mmviz.decompose(..., layers=[layer])`` keeps them.
         """
-        layer = self._layer(layer)
+        layer = self.layer_index(layer)
         if self.detail is None or layer not in self.detail_layers:
             raise KeyError(
                 f"layer {layer}'s [heads, positions, dim] terms were not kept (kept: {list(self.detail_layers)}); "
@@ -201,7 +201,12 @@ class DecompositionTrace(Shown):
         return self.detail[self.detail_layers.index(layer)]
 
     # -- similarity ------------------------------------------------------------------------------
-    def _text_row(self, text: str | int) -> int:
+    def text_index(self, text: str | int) -> int:
+        """The row of ``text`` (one of ``texts``, or an index into them) in ``texts`` and ``text_embeddings``.
+
+        Raises:
+            KeyError: not one of the trace's texts (the message lists them); IndexError: index out of range.
+        """
         if isinstance(text, (int, np.integer)):
             if not 0 <= int(text) < len(self.texts):
                 raise IndexError(f"text index {text} out of range: the trace holds {len(self.texts)} text(s)")
@@ -214,7 +219,7 @@ class DecompositionTrace(Shown):
     def _unit_text(self, text: str | int) -> np.ndarray:
         if self.text_embeddings is None:
             raise KeyError("this trace holds no texts: pass texts=[...] to mmviz.decompose")
-        return _unit(self.text_embeddings[self._text_row(text)].astype(np.float64))
+        return _unit(self.text_embeddings[self.text_index(text)].astype(np.float64))
 
     def similarity(self, text: str | int) -> float:
         """The cosine similarity of the image embedding and the text's embedding (what ``scores`` splits)."""
@@ -258,10 +263,10 @@ class DecompositionTrace(Shown):
             layer: one block (``None``: all).
             head: one head (``None``: all); needs nothing else kept.
         """
-        row = 0 if text is None else 1 + self._text_row(text)
+        row = 0 if text is None else 1 + self.text_index(text)
         maps = self.maps[row]
-        maps = maps if layer is None else maps[self._layer(layer)][None]
-        maps = maps if head is None else maps[:, self._head(head)][:, None]
+        maps = maps if layer is None else maps[self.layer_index(layer)][None]
+        maps = maps if head is None else maps[:, self.head_index(head)][:, None]
         return (maps.sum((0, 1)) / float(np.linalg.norm(self.embedding))).astype(np.float32)
 
     def patch_map(self, text: str | int | None = None, layer: int | None = None, head: int | None = None) -> np.ndarray:
@@ -295,7 +300,7 @@ class DecompositionTrace(Shown):
                 "describe spans each head's outputs over a set of images: decompose a batch of several "
                 "images (TextSpan used thousands; tens already separate colour from shape heads)"
             )
-        chosen = range(self.n_layers) if layers is None else [self._layer(i) for i in layers]
+        chosen = range(self.n_layers) if layers is None else [self.layer_index(i) for i in layers]
         out: dict[tuple[int, int], list[tuple[str, float]]] = {}
         for layer in chosen:
             for head in range(self.n_heads):
@@ -304,12 +309,14 @@ class DecompositionTrace(Shown):
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _layer(self, layer: int) -> int:
+    def layer_index(self, layer: int) -> int:
+        """``layer`` as an index ``0 … n_layers − 1`` (negative counts from the end); IndexError when out of range."""
         if not -self.n_layers <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range: the tower has {self.n_layers} blocks")
         return layer % self.n_layers
 
-    def _head(self, head: int) -> int:
+    def head_index(self, head: int) -> int:
+        """``head`` as an index ``0 … n_heads − 1`` (negative counts from the end); IndexError when out of range."""
         if not -self.n_heads <= head < self.n_heads:
             raise IndexError(f"head {head} out of range: each block has {self.n_heads} heads")
         return head % self.n_heads

@@ -122,7 +122,7 @@ def _read_meta(zf: zipfile.ZipFile, path: str) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise TraceFileError(
             f"{path!r} uses mmviz file format version {version!r}; this mmviz reads up to version "
-            f"{FORMAT_VERSION}. Upgrade mmviz (pip install -U mmviz)."
+            f"{FORMAT_VERSION}. Upgrade mmviz (reinstall it from a newer checkout or wheel)."
         )
     if not isinstance(meta.get("arrays"), list) or not isinstance(meta.get("type"), str):
         raise TraceFileError(f"{path!r}: meta.json lacks the list of arrays or the trace type")

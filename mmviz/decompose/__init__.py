@@ -26,6 +26,7 @@ def decompose(
     texts: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     batch_index: int = 0,
+    batch_size: int = 8,
     budget: int = DEFAULT_BUDGET,
 ) -> Any:
     """Writes a CLIP or SigLIP image embedding as the sum of the direct contributions of its parts.
@@ -52,6 +53,8 @@ def decompose(
             when they fit in ``budget`` and none otherwise (head, patch and per-text map reductions are
             always kept).
         batch_index: the image detailed by patch (every image of the batch gets its per-head terms).
+        batch_size: images run through the tower at once (what the hooks hold is a few times one forward's
+            activations for this many images).
         budget: bytes the kept arrays may take.
 
     Returns:
@@ -66,7 +69,6 @@ def decompose(
 
     from mmviz._hf.tokens import images_from_pixels, patch_table
     from mmviz.data.decomposition import DecompositionTrace
-    from mmviz.decompose._run import decompose_image, run
     from mmviz.decompose._towers import find_tower
     from mmviz.errors import CaptureError
 
@@ -75,29 +77,20 @@ def decompose(
     pixels = _pixel_values(inputs, processor).to(parameter.device)
     if not 0 <= batch_index < pixels.shape[0]:
         raise IndexError(f"batch_index {batch_index} out of range: the inputs hold {pixels.shape[0]} image(s)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of images, not {batch_size!r}")
     was_training = model.training
     try:
         model.eval()
-        rec = run(tower, pixels)
         text_emb = _text_embeddings(model, processor, list(texts)) if texts else None
+        with torch.no_grad():
+            main, batch_heads, keep = _decompose_batches(
+                tower, pixels, batch_index, text_emb, layers, budget, batch_size
+            )
     finally:
         model.train(was_training)
-    assert rec.embedding is not None and rec.stream0 is not None
-    first_attention: Any = tower.blocks[0].self_attn
-    n_pos, n_heads = rec.stream0.shape[1], int(first_attention.num_heads)
-    shape = _Shape(len(tower.blocks), n_heads, n_pos, rec.embedding.shape[-1], len(texts or ()), pixels.shape[0])
-    keep = _kept_layers(shape, layers, budget)
-    with torch.no_grad():
-        unit = rec.embedding[batch_index] / rec.embedding[batch_index].norm().clamp_min(1e-12)
-        directions = (
-            unit[None] if text_emb is None else torch.cat([unit[None], torch.nn.functional.normalize(text_emb, dim=-1)])
-        )
-        main, folds = decompose_image(tower, rec, batch_index, directions=directions, detail_layers=keep)
-        assert main.patches is not None and main.maps is not None
-        batch_heads = [
-            main.heads if i == batch_index else decompose_image(tower, rec, i, folds=folds)[0].heads
-            for i in range(pixels.shape[0])
-        ]
+    assert main.patches is not None and main.maps is not None
+    n_pos = main.patches.shape[1]
     grid = (pixels.shape[-2] // _patch_size(tower), pixels.shape[-1] // _patch_size(tower))
     image = images_from_pixels(pixels[batch_index : batch_index + 1], processor)[0]
     trace = DecompositionTrace(
@@ -115,7 +108,7 @@ def decompose(
         detail_layers=keep,
         texts=tuple(texts or ()),
         text_embeddings=text_emb.cpu().numpy() if text_emb is not None else None,
-        batch_heads=torch.stack(batch_heads).cpu().numpy(),
+        batch_heads=batch_heads.cpu().numpy(),
         info={"model": type(model).__name__, "family": tower.family, "batch_index": batch_index},
     )
     error = float(abs(trace.total().astype("float64") - trace.embedding).max() / max(abs(trace.embedding).max(), 1e-12))
@@ -126,6 +119,59 @@ def decompose(
             "computes something the decomposition does not model. Please report the model class."
         )
     return trace
+
+
+def _decompose_batches(
+    tower: Any,
+    pixels: Any,
+    batch_index: int,
+    text_emb: Any,
+    layers: Sequence[int] | None,
+    budget: int,
+    batch_size: int,
+) -> tuple[Any, Any, tuple[int, ...]]:
+    """Runs the tower ``batch_size`` images at a time, the detailed image first.
+
+    Returns:
+        The detailed image's ``ImageTerms``, ``[images, layers, heads, dim]`` every image's head terms (in
+        the inputs' order) and the layers whose full terms were kept.
+    """
+    import torch
+
+    from mmviz.decompose._run import decompose_image, run
+
+    n = pixels.shape[0]
+    order = [batch_index] + [i for i in range(n) if i != batch_index]
+    heads: list[Any] = [None] * n
+    main: Any = None
+    folds = None
+    keep: tuple[int, ...] = ()
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        rec = run(tower, pixels[chunk])
+        assert rec.embedding is not None and rec.stream0 is not None
+        first = 0
+        if main is None:
+            first_attention: Any = tower.blocks[0].self_attn
+            shape = _Shape(
+                len(tower.blocks),
+                int(first_attention.num_heads),
+                rec.stream0.shape[1],
+                rec.embedding.shape[-1],
+                0 if text_emb is None else text_emb.shape[0],
+                n,
+            )
+            keep = _kept_layers(shape, layers, budget)
+            directions = torch.nn.functional.normalize(rec.embedding[:1], dim=-1)
+            if text_emb is not None:
+                directions = torch.cat([directions, torch.nn.functional.normalize(text_emb.to(directions), dim=-1)])
+            main, folds = decompose_image(tower, rec, 0, directions=directions, detail_layers=keep)
+            heads[batch_index] = main.heads
+            first = 1
+        for j in range(first, len(chunk)):
+            heads[chunk[j]] = decompose_image(tower, rec, j, folds=folds)[0].heads
+        del rec
+    return main, torch.stack(heads), keep
 
 
 class _Shape(NamedTuple):

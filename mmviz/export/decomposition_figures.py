@@ -54,7 +54,7 @@ def decomposition_figure(
     from matplotlib.patches import Rectangle
 
     scale = float(np.linalg.norm(trace.embedding))
-    row = 0 if text is None else 1 + trace._text_row(text)
+    row = 0 if text is None else 1 + trace.text_index(text)
     label = "image embedding" if text is None else trace.texts[row - 1]
     shares = trace.maps[row].sum(-1) / scale  # [layers, heads]
     patch = trace.patch_map(text, layer, head)
@@ -71,8 +71,8 @@ def decomposition_figure(
         ax_grid.set_yticks(range(trace.n_layers))
         ax_grid.set_title("share of " + ("‖embedding‖" if text is None else "the similarity"), fontsize=9)
         if layer is not None:
-            the_layer = trace._layer(layer)
-            heads = range(trace.n_heads) if head is None else [trace._head(head)]
+            the_layer = trace.layer_index(layer)
+            heads = range(trace.n_heads) if head is None else [trace.head_index(head)]
             for h in heads:
                 ax_grid.add_patch(Rectangle((h - 0.5, the_layer - 0.5), 1, 1, fill=False, lw=2, ec="#1f2328"))
         bar = fig.colorbar(shown, ax=ax_grid, shrink=0.8, pad=0.02)
@@ -90,14 +90,14 @@ def decomposition_figure(
         )
         ax_img.set_xticks([])
         ax_img.set_yticks([])
-        where = "all layers" if layer is None else f"layer {trace._layer(layer)}"
-        where += "" if head is None else f", head {trace._head(head)}"
+        where = "all layers" if layer is None else f"layer {trace.layer_index(layer)}"
+        where += "" if head is None else f", head {trace.head_index(head)}"
         ax_img.set_title(f"per patch ({where})", fontsize=9)
         bar = fig.colorbar(over, ax=ax_img, shrink=0.8, pad=0.02)
         bar.ax.tick_params(labelsize=6)
         notes = [f"{trace.info.get('model', '')} · similarity {_similarity(trace, text):.3f}".strip(" ·")]
         if layer is not None and head is not None and describe > 0 and trace.texts:
-            picks = _picks(trace, trace._layer(layer), trace._head(head), describe)
+            picks = _picks(trace, trace.layer_index(layer), trace.head_index(head), describe)
             if picks:
                 notes.append("TextSpan: " + ", ".join(f"{clean_label(t)} ({s:.0%})" for t, s in picks))
         heading = title or f"{clean_label(label)} · direct contributions"

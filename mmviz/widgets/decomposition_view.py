@@ -127,10 +127,10 @@ class DecompositionView(View):
         if not isinstance(trace, DecompositionTrace):
             raise TypeError(f"DecompositionView needs a DecompositionTrace, not {type(trace).__name__}")
         self.trace = trace
-        direction = 0 if text is None else 1 + trace._text_row(text)
+        direction = 0 if text is None else 1 + trace.text_index(text)
         selected = (layer, head) != (-1, -1)
         if selected:
-            layer, head = trace._layer(layer), trace._head(head)
+            layer, head = trace.layer_index(layer), trace.head_index(head)
         if not 0.0 <= float(opacity) <= 1.0:
             raise ValueError(f"opacity must lie in [0, 1], not {opacity!r}")
         data = decomposition_state(trace, describe)

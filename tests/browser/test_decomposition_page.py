@@ -8,7 +8,7 @@ import numpy as np
 
 from mmviz.data import DecompositionTrace, TokenTable
 
-MARGIN, CELL = 28, 22  # js/src/views/decomposition.ts
+MARGIN = 28  # js/src/views/decomposition.ts
 
 
 def synthetic_decomposition() -> DecompositionTrace:
@@ -55,7 +55,9 @@ def test_grid_hover_shows_the_heads_patch_map_and_texts(tmp_path: Any, page: Any
     root = p.locator(".mmviz-root.mmviz-dec")
     assert root.get_attribute("data-direction") == "2" and root.get_attribute("data-head") == "-1"
     grid = p.locator(".mmviz-dec-grid-canvas").bounding_box()
-    p.mouse.move(grid["x"] + MARGIN + CELL * 0.5, grid["y"] + MARGIN + CELL * 1.5)  # layer 1, head 0
+    cell = float(p.locator(".mmviz-dec-grid-canvas").get_attribute("data-cell") or 0)
+    assert cell == 36  # a 2 × 2 grid gets the biggest cells
+    p.mouse.move(grid["x"] + MARGIN + cell * 0.5, grid["y"] + MARGIN + cell * 1.5)  # layer 1, head 0
     assert root.get_attribute("data-layer") == "1" and root.get_attribute("data-head") == "0"
     image = p.locator(".mmviz-dec-image-canvas")
     assert image.get_attribute("data-painted") == "head"
@@ -68,7 +70,7 @@ def test_grid_hover_shows_the_heads_patch_map_and_texts(tmp_path: Any, page: Any
     texts = p.locator(".mmviz-dec-texts li").all_text_contents()
     assert len(texts) == 2 and any("<b>red</b>" in t for t in texts)  # markup stays text
     assert "layer 1, head 0" in (p.locator(".mmviz-dec-status").text_content() or "")
-    p.mouse.click(grid["x"] + MARGIN + CELL * 1.5, grid["y"] + MARGIN + CELL * 0.5)  # select layer 0, head 1
+    p.mouse.click(grid["x"] + MARGIN + cell * 1.5, grid["y"] + MARGIN + cell * 0.5)  # select layer 0, head 1
     box = image.bounding_box()
     p.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.1)  # patch (0, 3)
     assert root.get_attribute("data-layer") == "0" and root.get_attribute("data-head") == "1"  # the selection

@@ -217,3 +217,87 @@ def test_half_precision_tower_decomposes_in_float32(clip: tuple[Any, Any]) -> No
     dec = mmviz.decompose(half, _images(processor, 1), processor)
     assert dec.heads.dtype == np.float32
     assert dec.info["relative_error"] < 1e-2  # the model's own bfloat16 rounding, nothing more
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_a_bare_vision_model_decomposes_its_pooled_output(name: str, request: pytest.FixtureRequest) -> None:
+    model, processor = request.getfixturevalue(name)
+    pixels = _images(processor, 2)["pixel_values"]
+    dec = mmviz.decompose(model.vision_model, pixels)  # CLIPVisionModel / SiglipVisionModel: no projection
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=pixels).pooler_output[0].numpy()
+    np.testing.assert_allclose(dec.embedding, pooled, atol=1e-6)
+    assert np.abs(dec.total() - pooled).max() <= 1e-4 * np.abs(pooled).max()
+    assert dec.info["model"] == type(model.vision_model).__name__ and dec.texts == ()
+
+
+def test_siglip_head_removed_by_hand_with_the_pooling_fixed(siglip: tuple[Any, Any], siglip_dec: Any) -> None:
+    """SigLIP's readout with the run's norm statistics, pooling weights and pooling MLP output held fixed.
+
+    Head 1 of the last block is zeroed in its out_proj input; the final norm divides by the clean run's
+    per-position std, the pooling attention uses the clean run's weights (recomputed by hand below) and the
+    last block's MLP and the pooling MLP replay their clean outputs: the embedding then moves by exactly the
+    head's direct term.
+    """
+    model, processor = siglip
+    vision = model.vision_model
+    pixels = _images(processor)["pixel_values"]
+    norm, pool, block = vision.post_layernorm, vision.head, vision.encoder.layers[-1]
+    seen: list[Any] = []  # the stream entering the final norm (SigLIP's last_hidden_state is after it)
+    with _hooks([norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))]), torch.no_grad():
+        vision(pixel_values=pixels)
+    last = seen[0]
+    std = (last.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    d, n = last.shape[-1], pool.attention.num_heads
+    w_q, w_k, w_v = pool.attention.in_proj_weight.split(d)
+    b_q, b_k, b_v = pool.attention.in_proj_bias.split(d)
+    with torch.no_grad():
+        clean_normed = norm(last)
+        query = (pool.probe[0] @ w_q.T + b_q).view(1, n, -1).transpose(0, 1)  # [heads, 1, hd]
+        keys = (clean_normed @ w_k.T + b_k).view(3, -1, n, d // n).transpose(1, 2)  # [batch, heads, pos, hd]
+        weights = torch.softmax(query @ keys.transpose(-1, -2) / (d // n) ** 0.5, dim=-1)  # [batch, heads, 1, pos]
+    clean_mlp: list[Any] = []  # the last block's MLP, then the pooling head's
+    keep = [m.register_forward_hook(lambda _m, _a, out: clean_mlp.append(out)) for m in (block.mlp, pool.mlp)]
+    with _hooks(keep), torch.no_grad():
+        vision(pixel_values=pixels)
+
+    def drop_head(_m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0].clone()
+        x[..., d // n : 2 * d // n] = 0
+        return (x,)
+
+    def fixed_std(_m: Any, args: tuple[Any, ...], _out: Any) -> Any:
+        x = args[0]
+        return (x - x.mean(-1, keepdim=True)) / std * norm.weight + norm.bias
+
+    def fixed_pooling(_m: Any, args: tuple[Any, ...], _out: Any) -> Any:
+        values = (args[2] @ w_v.T + b_v).view(3, -1, n, d // n).transpose(1, 2)  # [batch, heads, pos, hd]
+        mixed = (weights @ values).transpose(1, 2).reshape(3, 1, d)
+        return pool.attention.out_proj(mixed), None
+
+    def frozen(drop: bool) -> np.ndarray:
+        handles = [
+            norm.register_forward_hook(fixed_std),
+            pool.attention.register_forward_hook(fixed_pooling),
+            block.mlp.register_forward_hook(lambda _m, _a, _out: clean_mlp[0]),
+            pool.mlp.register_forward_hook(lambda _m, _a, _out: clean_mlp[1]),
+        ]
+        if drop:
+            handles.append(block.self_attn.out_proj.register_forward_pre_hook(drop_head))
+        with _hooks(handles), torch.no_grad():
+            return vision(pixel_values=pixels).pooler_output[0].numpy()
+
+    np.testing.assert_allclose(frozen(drop=False), siglip_dec.embedding, atol=1e-5)  # the hooks alone change nothing
+    removed = frozen(drop=True)
+    term = siglip_dec.heads[-1, 1]
+    np.testing.assert_allclose(removed, siglip_dec.embedding - term, atol=1e-5)
+    assert np.abs(term).max() > 1e-2
+
+
+def test_batch_size_changes_nothing_but_memory(clip: tuple[Any, Any], clip_dec: Any) -> None:
+    model, processor = clip
+    one_by_one = mmviz.decompose(model, _images(processor), processor, texts=TEXTS, batch_size=1)
+    np.testing.assert_allclose(one_by_one.batch_heads, clip_dec.batch_heads, atol=1e-6)
+    np.testing.assert_allclose(one_by_one.maps, clip_dec.maps, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        mmviz.decompose(model, _images(processor), processor, batch_size=0)

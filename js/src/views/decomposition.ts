@@ -42,7 +42,8 @@ export interface DecompositionState {
 
 type Model = AnyModel<DecompositionState>;
 
-const CELL = 22;
+/** Grid cells are as big as fits this many pixels across the larger of layers and heads (12–36 each). */
+const GRID_SIDE = 300;
 const MARGIN = 28;
 const IMAGE_SIDE = 260;
 const SYNCED = ["direction", "layer", "head", "opacity"] as const;
@@ -75,6 +76,8 @@ export class DecompositionApp {
   private hoverHead: Head | null = null;
   /** Position under the pointer (-1: none). */
   private hoverPos = -1;
+  /** Side of a grid cell in CSS pixels (set when the grid is painted; exposed as `data-cell`). */
+  private cell = 22;
 
   constructor(
     private readonly model: Model,
@@ -169,8 +172,8 @@ export class DecompositionApp {
     const box = this.gridCanvas.getBoundingClientRect();
     const x = e.clientX - box.left - MARGIN;
     const y = e.clientY - box.top - MARGIN;
-    const head = Math.floor(x / CELL);
-    const layer = Math.floor(y / CELL);
+    const head = Math.floor(x / this.cell);
+    const layer = Math.floor(y / this.cell);
     return layer >= 0 && head >= 0 && layer < layers && head < heads ? { layer, head } : null;
   }
 
@@ -267,8 +270,10 @@ export class DecompositionApp {
   }
 
   private paintGrid(plane: Float32Array, layers: number, heads: number): void {
-    const width = MARGIN + heads * CELL + 4;
-    const height = MARGIN + layers * CELL + 4;
+    this.cell = Math.max(12, Math.min(36, Math.floor(GRID_SIDE / Math.max(layers, heads))));
+    this.gridCanvas.dataset.cell = String(this.cell);
+    const width = MARGIN + heads * this.cell + 4;
+    const height = MARGIN + layers * this.cell + 4;
     const ctx = sizeCanvas(this.gridCanvas, width, height);
     const colors = themeColors(this.root);
     ctx.clearRect(0, 0, width, height);
@@ -279,25 +284,37 @@ export class DecompositionApp {
       for (let k = 0; k < heads; k++) {
         const [r, g, b, a] = scoreColor(plane[l * heads + k] ?? 0, vmax, true, table);
         ctx.fillStyle = `rgba(${r},${g},${b},${a.toFixed(3)})`;
-        ctx.fillRect(MARGIN + k * CELL + 1, MARGIN + l * CELL + 1, CELL - 2, CELL - 2);
+        ctx.fillRect(MARGIN + k * this.cell + 1, MARGIN + l * this.cell + 1, this.cell - 2, this.cell - 2);
       }
     }
     ctx.fillStyle = colors.muted;
     ctx.font = "10px sans-serif";
     ctx.textAlign = "center";
-    for (let k = 0; k < heads; k++) ctx.fillText(String(k), MARGIN + k * CELL + CELL / 2, MARGIN - 6);
+    for (let k = 0; k < heads; k++)
+      ctx.fillText(String(k), MARGIN + k * this.cell + this.cell / 2, MARGIN - 6);
     ctx.textAlign = "right";
-    for (let l = 0; l < layers; l++) ctx.fillText(String(l), MARGIN - 6, MARGIN + l * CELL + CELL / 2 + 3);
+    for (let l = 0; l < layers; l++)
+      ctx.fillText(String(l), MARGIN - 6, MARGIN + l * this.cell + this.cell / 2 + 3);
     ctx.strokeStyle = colors.accent;
     ctx.lineWidth = 2;
     const selected = this.model.get("layer");
     if (selected >= 0) {
       const k = this.model.get("head");
-      ctx.strokeRect(MARGIN + k * CELL + 1, MARGIN + selected * CELL + 1, CELL - 2, CELL - 2);
+      ctx.strokeRect(
+        MARGIN + k * this.cell + 1,
+        MARGIN + selected * this.cell + 1,
+        this.cell - 2,
+        this.cell - 2,
+      );
     }
     if (this.hoverHead) {
       ctx.setLineDash([3, 2]);
-      ctx.strokeRect(MARGIN + this.hoverHead.head * CELL, MARGIN + this.hoverHead.layer * CELL, CELL, CELL);
+      ctx.strokeRect(
+        MARGIN + this.hoverHead.head * this.cell,
+        MARGIN + this.hoverHead.layer * this.cell,
+        this.cell,
+        this.cell,
+      );
       ctx.setLineDash([]);
     }
   }
