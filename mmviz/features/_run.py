@@ -172,8 +172,8 @@ class Accumulator:
             active = top.values > 0
             feats = torch.where(active, top.indices, torch.full_like(top.indices, -1))
             self._keep(item, x.shape[0], feats, torch.where(active, top.values, 0.0), err, x, f[:, named])
-            peak = torch.maximum(peak, f.max(dim=0).values)
-            count += (f > 0).sum(dim=0)
+            peak = torch.maximum(peak, f.amax(dim=0))
+            count += torch.count_nonzero(f, dim=0)  # activations are never negative
         self.feature_max = np.maximum(self.feature_max, peak.cpu().numpy())
         self.feature_count += count.cpu().numpy()
 

@@ -116,8 +116,7 @@ class SAE:
         torch_in = _is_torch(x)
         xt = self._torch_in(x, "x", self.d_in)
         w, b_enc, b_pre = (self._param(a, xt) for a in (self.W_enc, self.b_enc, self.b_pre))
-        pre = (xt - b_pre) @ w + b_enc
-        feats = self._activate(pre)
+        feats = self._activate(_affine(xt - b_pre, w, b_enc))
         return feats if torch_in else feats.numpy()
 
     def decode(self, f: Any) -> Any:
@@ -131,17 +130,18 @@ class SAE:
         """
         torch_in = _is_torch(f)
         ft = self._torch_in(f, "f", self.d_sae)
-        out = ft @ self._param(self.W_dec, ft) + self._param(self.b_dec, ft)
+        out = _affine(ft, self._param(self.W_dec, ft), self._param(self.b_dec, ft))
         return out if torch_in else out.numpy()
 
     def _activate(self, pre: Any) -> Any:
         import torch
 
         if self.activation == "relu":
-            return torch.relu(pre)
+            return pre.relu_()  # ``pre`` is a fresh tensor: in place saves a pass over [positions, d_sae]
         if self.activation == "jumprelu":
             assert self.threshold is not None
-            return torch.relu(pre) * (pre > self._param(self.threshold, pre))
+            keep = pre > self._param(self.threshold, pre)
+            return pre.relu_().mul_(keep)
         assert self.k is not None
         top = torch.topk(pre, self.k, dim=-1)
         return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
@@ -163,6 +163,14 @@ class SAE:
         if key not in cache:
             cache[key] = torch.from_numpy(value).to(device=like.device, dtype=like.dtype)
         return cache[key]
+
+
+def _affine(x: Any, w: Any, b: Any) -> Any:
+    """``x @ w + b`` in one fused call for ``[..., d]`` inputs (a new tensor, never a view of ``x``)."""
+    import torch
+
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.addmm(b, flat, w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _is_torch(x: Any) -> bool:
