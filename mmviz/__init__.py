@@ -19,6 +19,9 @@ The public API::
     dec.scores("a red shape")                                # [layers, heads] shares of the similarity
     with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
         vlm.generate(**inputs)
+    sae = mmviz.load_sae("saes/layer3")                      # SAELens / dictionary-learning weights
+    ft = mmviz.features(vlm, inputs, sae, processor, site="language_model.layers.3")   # a FeatureTrace
+    ft.top(5); ft.activations(812)                           # top features at a position; a feature's row
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
