@@ -60,9 +60,14 @@ class SiteReached(Exception):
 
 class _Stopper:
     def run(self, model: Any, batch: Mapping[str, Any]) -> None:
-        """Runs ``model(**batch)`` up to the block (the blocks and head after it are skipped)."""
-        with contextlib.suppress(SiteReached):
-            model(**batch)
+        """Runs ``model(**batch)`` in evaluation mode (no dropout) up to the block; the mode restored after."""
+        training = bool(getattr(model, "training", False))
+        model.eval()
+        try:
+            with contextlib.suppress(SiteReached):
+                model(**batch)
+        finally:
+            model.train(training)
 
 
 @contextlib.contextmanager

@@ -202,3 +202,17 @@ def test_collection_of_vlm_inputs_keeps_each_items_image(llava: tuple[Any, Any])
     r, c = int(ft.tokens.patch_row[p]), int(ft.tokens.patch_col[p])
     np.testing.assert_array_equal(ft.crop(p, margin=0), ft.tokens.images[1][r * 4 : r * 4 + 4, c * 4 : c * 4 + 4])
     assert not np.array_equal(ft.tokens.images[0], ft.tokens.images[1])
+
+
+def test_a_model_in_training_mode_is_run_without_dropout_and_left_training(gpt2: Any, tok: Any) -> None:
+    inputs = tok("the red cat sat on the mat", return_tensors="pt")
+    sae = sae_from_arrays(random_arrays(seed=8))
+    expected = mmviz.features(gpt2, inputs, sae, tok, site="h.1", k=4)
+    gpt2.train()
+    try:
+        got = mmviz.features(gpt2, inputs, sae, tok, site="h.1", k=4)
+        assert gpt2.training and gpt2.transformer.h[0].training
+    finally:
+        gpt2.eval()
+    np.testing.assert_array_equal(got.top_features, expected.top_features)
+    np.testing.assert_allclose(got.reconstruction_error, expected.reconstruction_error, rtol=1e-6)
