@@ -84,7 +84,7 @@ class FeatureView(View):
     """
 
     KIND = "features"
-    TRIM = "offer fewer features with features=[...] or raise budget="
+    TRIM = "offer fewer features with features=[...], keep fewer per position (k=) or raise budget="
 
     feature = traitlets.Int(0).tag(sync=True)
     """Feature colouring the tokens and patches."""
