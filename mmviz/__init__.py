@@ -15,6 +15,8 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    lens = mmviz.logit_lens(model, inputs, processor, tokens=[" red"])  # each layer read out as logits
+    lens.prob(" red")                                        # [layers, positions]
     dec = mmviz.decompose(clip, inputs, processor, texts=["a red shape"])   # CLIP/SigLIP embedding by head, patch
     dec.scores("a red shape")                                # [layers, heads] shares of the similarity
     with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
@@ -22,6 +24,7 @@ The public API::
     sae = mmviz.load_sae("saes/layer3")                      # SAELens / dictionary-learning weights
     ft = mmviz.features(vlm, inputs, sae, processor, site="language_model.layers.3")   # a FeatureTrace
     ft.top(5); ft.activations(812)                           # top features at a position; a feature's row
+    rep = mmviz.evaluate(attr, model, inputs, masks=mask)    # can this map be trusted? (FaithfulnessReport)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
 saved trace work without them; ``capture`` imports them when called.
@@ -38,14 +41,21 @@ from mmviz.data import (
     Attribution,
     CrossAttentionTrace,
     DecompositionTrace,
+    DiffusionLensTrace,
+    FaithfulnessReport,
     FeatureTrace,
+    LensTrace,
     ModuleAttention,
+    PatchingTrace,
     TokenTable,
     load,
 )
 from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
+from mmviz.evaluation import evaluate
 from mmviz.features import SAE, features, load_sae
+from mmviz.lens import logit_lens
+from mmviz.patching import patch
 from mmviz.steering import direction, steer
 
 __version__ = "0.1.0"
@@ -59,10 +69,14 @@ __all__ = [
     "CrossAttentionTrace",
     "Dashboard",
     "DecompositionTrace",
+    "DiffusionLensTrace",
+    "FaithfulnessReport",
     "FeatureTrace",
     "InputMismatchError",
+    "LensTrace",
     "MMVizError",
     "ModuleAttention",
+    "PatchingTrace",
     "TokenTable",
     "TraceFileError",
     "__version__",
@@ -70,9 +84,12 @@ __all__ = [
     "capture",
     "decompose",
     "direction",
+    "evaluate",
     "features",
     "load",
     "load_sae",
+    "logit_lens",
+    "patch",
     "save_html",
     "similarity_to",
     "steer",

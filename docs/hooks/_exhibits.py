@@ -145,6 +145,17 @@ def build(out: Path) -> list[Exhibit]:
         )
     )
 
+    # -- activation patching: which layers and patches carry the answer --------------------------------------
+    patching = mmviz.patch(vlm, inputs, "noise", metric=answer, processor=vlm_processor, progress=False)
+    patch_view = patching.show(layer=0, title=f"Restoring the residual stream: where is “{answer}” carried?")
+    patch_view.save(out / "patching.html", title="PatchingView: activation patching of a tiny VLM")
+    exhibits.append(
+        Exhibit(
+            "patching.html",
+            [Shot("patching-view.png"), Shot("patching-view-hover.png", action=_hover(".mmviz-patching-tok", "?"))],
+        )
+    )
+
     # -- CLIP's vision tower ------------------------------------------------------------------------------
     clip, clip_processor = teaching.load_clip()
     clip_inputs = clip_processor(text=[scene.caption], images=[scene.image], return_tensors="pt", padding=True)

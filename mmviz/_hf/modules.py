@@ -17,6 +17,8 @@ import torch
 _CONTAINERS = {"model", "layers", "layer", "h", "block", "blocks", "transformer", "resblocks"}
 _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
 _SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
+_NAMED_LIST = re.compile(r"\w+_(layers|blocks)")
+_ATTENTION_WORD = re.compile(r"attn|attention", re.IGNORECASE)
 _GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
@@ -31,7 +33,13 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``("mask_decoder.cross_attn_token_to_image", 0)`` (a layer with several kinds of cross-attention);
     ``mask_decoder.transformer.final_attn_token_to_image`` (outside any numbered stack) →
     ``("mask_decoder.final_attn_token_to_image", 0)``;
-    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``.
+    ``layers.1.mlp_input`` (an attention beside the layer's ``self_attn``) → ``("language_model.mlp_input", 1)``;
+    ``video_model.vision_model.temporal_layers.1.attention`` (one of a sub-model's named lists of layers) →
+    ``("video_model.temporal_layers", 1)``;
+    ``encoder.cross_attention.attention.self`` (a single cross-attention, Perceiver) →
+    ``("encoder.cross_attention", 0)``;
+    ``layers.4.self_attn.1`` (the second of a layer's list of attentions, LongCat-Flash) →
+    ``("language_model.self_attn1", 4)``, the first keeping the stack's name.
 
     Args:
         path: the module's name in ``model.named_modules()``.
@@ -45,9 +53,16 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
     words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
     name = words[0] if words else "language_model"
-    if not digits and len(words) > 1:
-        name = f"{words[0]}.{words[-1]}"
+    cross = next((w for w in words[1:] if _CROSS.search(w)), None) if not digits else None
+    if cross is not None:  # a single cross-attention outside any list (Perceiver's encoder)
+        name = f"{words[0]}.cross_attention" if _GENERIC_CROSS.fullmatch(cross) else f"{words[0]}.{cross}"
+    elif len(words) > 1 and (not digits or _NAMED_LIST.fullmatch(words[-1])):
+        name = f"{words[0]}.{words[-1]}"  # one of several named stacks (VideoPrism's spatial_layers, ...)
     inner = [i for i, p in enumerate(rest) if p.isdigit()]
+    if len(rest) == 2 and inner == [1] and _ATTENTION_WORD.search(rest[0]):  # a layer's list of attentions
+        index = int(rest[1])
+        name = name if index == 0 else f"{name}.{rest[0]}{index}"
+        return name, layer
     if inner and (inner[0] == 0 or rest[inner[0] - 1] != "layer"):  # "layer.N" is T5's sub-layer slot
         name, layer, rest = f"{name}.stage{layer}", int(rest[inner[0]]), rest[inner[0] + 1 :]
     suffix = ".".join(rest)

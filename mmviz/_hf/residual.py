@@ -9,10 +9,12 @@ recorded here is the raw residual stream, so one readout — final norm, then un
   model of a VLM, masked-LM encoders), as a ``Readout`` whose ``logits(hidden)`` maps states to logits;
 * ``find_vision_readout(model)`` — a CLIP/SigLIP vision tower's blocks, post-norm, pooling head and
   projection into the joint embedding space, as a ``VisionReadout``;
+* ``find_blocks(module)`` — the stack of blocks of any module (a diffusion pipeline's text encoder, ...);
 * ``record_residual(blocks, states)`` — records chosen hidden states while the model runs (also across the
   steps of ``generate``);
 * ``edit_residual(blocks, state, fn)`` — replaces one hidden state by ``fn(state)`` while the model runs;
-* ``block_hidden`` / ``with_block_hidden`` — read and replace the hidden state in a block's output.
+* ``block_hidden`` / ``with_block_hidden`` — read and replace the hidden state in a block's output;
+* ``evaluating(model)`` — evaluation mode without gradients for a block, the model's modes restored after.
 
 Nothing here is public API.
 """
@@ -31,6 +33,8 @@ __all__ = [
     "VisionReadout",
     "block_hidden",
     "edit_residual",
+    "evaluating",
+    "find_blocks",
     "find_readout",
     "find_vision_readout",
     "record_residual",
@@ -88,6 +92,18 @@ def _layer_lists(root: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList]]
     return found
 
 
+def find_blocks(root: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The longest stack of repeated transformer blocks under ``root``: its dotted path and the list.
+
+    Raises:
+        ValueError: ``root`` holds no stack of blocks.
+    """
+    lists = _layer_lists(root)
+    if not lists:
+        raise ValueError(f"found no stack of transformer blocks in {type(root).__name__}")
+    return max(lists, key=lambda item: len(item[1]))
+
+
 def _path_of(root: torch.nn.Module, target: torch.nn.Module) -> str:
     for path, module in root.named_modules():
         if module is target:
@@ -122,6 +138,7 @@ class Readout:
         norm: the final norm after the last block (``None``: the model has none, e.g. BERT).
         head: the module from normed states to logits: the output embedding, or the prediction head that holds
             it (BERT's ``cls``: dense, activation, norm, decoder).
+        output: the output embedding itself (``model.get_output_embeddings()``; ``head`` or inside it).
         softcap: final logit soft-capping ``cap · tanh(logits / cap)`` (Gemma 2), or ``None``.
         scale: factor the model multiplies its logits by (Cohere's ``logit_scale``; Granite divides), or ``None``.
     """
@@ -130,6 +147,7 @@ class Readout:
     blocks_path: str
     norm: torch.nn.Module | None
     head: torch.nn.Module
+    output: torch.nn.Module
     softcap: float | None = None
     scale: float | None = None
 
@@ -137,6 +155,14 @@ class Readout:
     def n_states(self) -> int:
         """Number of hidden states: blocks + 1 (the input of the first block)."""
         return len(self.blocks) + 1
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of logits: rows of the output embedding's ``[vocab, dim]`` weight."""
+        weight = getattr(self.output, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise ValueError(f"the output embedding {type(self.output).__name__} has no weight matrix")
+        return int(weight.shape[0])
 
     def normed(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., dim]`` hidden states through the final norm (unchanged when there is none)."""
@@ -187,10 +213,7 @@ def find_readout(model: Any) -> Readout:
         trunk = getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
     if not isinstance(trunk, torch.nn.Module):
         trunk = model
-    lists = _layer_lists(trunk)
-    if not lists:
-        raise ValueError(f"found no stack of transformer blocks in {type(model).__name__}")
-    rel, blocks = max(lists, key=lambda item: len(item[1]))
+    rel, blocks = find_blocks(trunk)
     trunk_path = _path_of(model, trunk)
     blocks_path = f"{trunk_path}.{rel}" if trunk_path else rel
     parent = trunk.get_submodule(rel.rsplit(".", 1)[0]) if "." in rel else trunk
@@ -209,6 +232,7 @@ def find_readout(model: Any) -> Readout:
         blocks_path=blocks_path,
         norm=norm,
         head=head,
+        output=head_leaf,
         softcap=None if softcap is None else float(softcap),
         scale=None if scale is None or isinstance(scale, torch.Tensor) else float(scale),
     )
@@ -351,3 +375,16 @@ def edit_residual(
         yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode (no dropout) and no gradients for the block; each module's mode restored, also on errors."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode

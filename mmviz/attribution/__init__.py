@@ -20,10 +20,21 @@ from typing import Any
 
 from mmviz.attribution.targets import SimilarityTarget, similarity_to
 
-__all__ = ["METHODS", "SimilarityTarget", "attribute", "similarity_to"]
+__all__ = ["DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
+
+DEFAULT_METHODS = {
+    "dual": "relevance",
+    "lm": "integrated_gradients",
+    "classifier": "integrated_gradients",
+    "embedding": "integrated_gradients",
+}
+"""``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models and
+VLMs (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by ``mmviz.evaluate`` on the teaching
+models (``docs/faithfulness.md``): the teaching CLIP's phrase relevance points at the named object and passes the
+model-randomisation check, while integrated gradients from zero embeddings and zero pixels points at chance."""
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -40,7 +51,7 @@ def attribute(
     model: Any,
     inputs: Any,
     *,
-    method: str = "integrated_gradients",
+    method: str | None = None,
     target: Any = None,
     processor: Any = None,
     baseline: Any = "zeros",
@@ -67,7 +78,10 @@ def attribute(
             (``BertModel``, a sentence-embedding model).
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
-            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``.
+            ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``. Default (``None``): the method
+            that passes ``mmviz.evaluate``'s checks on the teaching models for this kind of model
+            (``DEFAULT_METHODS``): ``"relevance"`` for two-tower models (CLIP, SigLIP), whose integrated
+            gradients from the default baseline point at chance; ``"integrated_gradients"`` otherwise.
         target: what to explain.
 
             * ``None``: the model's own prediction (next token, top class, the first caption).
@@ -105,6 +119,10 @@ def attribute(
     from mmviz.attribution._problem import Problem, prepared
     from mmviz.data import Attribution
 
+    if method is None:
+        from mmviz.attribution._targets import model_kind
+
+        method = DEFAULT_METHODS.get(model_kind(model), "integrated_gradients")
     fn = _method(method)
     if hasattr(inputs, "data") and not isinstance(inputs, dict):
         inputs = dict(inputs.data)
@@ -116,6 +134,7 @@ def attribute(
         result = fn(problem, baseline=baseline, steps=steps, batch_size=batch_size, progress=progress, rule=rule)
     info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", "")}
     info.update(result.get("info", {}))
+    info["call"] = _call_record(method, target, baseline, steps, per_token, sources, rule)
     return Attribution(
         scores=result["scores"],
         tokens=problem.table,
@@ -126,3 +145,36 @@ def attribute(
         delta=result.get("delta"),
         info=info,
     )
+
+
+def _call_record(
+    method: str, target: Any, baseline: Any, steps: int, per_token: bool, sources: Any, rule: str
+) -> dict[str, Any]:
+    """The arguments of an ``attribute`` call as JSON, so that the map can be recomputed (``mmviz.evaluate``).
+
+    A target or baseline that JSON cannot hold (a tensor, a callable) is recorded as ``None`` under
+    ``"target"``/``"baseline"`` with ``"<kind>_given": True``: recomputing then needs it passed again.
+    """
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float)) for v in value):
+            return list(value)
+        return None
+
+    record: dict[str, Any] = {"method": method, "steps": steps, "per_token": per_token, "rule": rule}
+    record["sources"] = None if sources is None else list(sources)
+    for name, value in (("target", target), ("baseline", baseline)):
+        record[name] = plain(value)
+        if value is not None and record[name] is None:
+            record[f"{name}_given"] = True
+    return record
+
+
+def __getattr__(name: str) -> Any:
+    if name == "explained":  # torch is imported by the module: only when asked for
+        from mmviz.attribution.perturbed import explained
+
+        return explained
+    raise AttributeError(f"module 'mmviz.attribution' has no attribute {name!r}")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
 import torch
 
+from mmviz._hf.run import progress_bar
 from mmviz.attribution._problem import Problem
 
 __all__ = ["gradients", "progress_bar"]
@@ -41,16 +39,3 @@ def gradients(
             g = iter(grads)
             out.append((next(g) if emb is not None else None, next(g) if pix is not None else None))
     return values.detach(), out
-
-
-def progress_bar(items: Iterable[Any], total: int, enabled: bool, desc: str) -> Iterator[Any]:
-    """``tqdm.auto`` progress over ``items`` when enabled and tqdm is installed."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            pass
-        else:
-            yield from tqdm(items, total=total, desc=desc, leave=False)
-            return
-    yield from items

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz._hf.run import prepared
 from mmviz.attribution._pixels import PixelLayout, cell_sums
 from mmviz.attribution._targets import TEXT_KEYS, Plan, plan_target
 from mmviz.data import TokenTable
@@ -30,27 +31,6 @@ from mmviz.data import TokenTable
 __all__ = ["Problem", "prepared"]
 
 SOURCES = ("text", "image")
-
-
-@contextlib.contextmanager
-def prepared(model: torch.nn.Module) -> Iterator[None]:
-    """Evaluation mode and frozen parameters for the duration; both restored afterwards, also on errors.
-
-    Freezing the parameters keeps autograd from saving what only weight gradients need, which is most of
-    the activation memory of a backward pass.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
 
 
 def input_embeddings(model: Any) -> torch.nn.Module | None:

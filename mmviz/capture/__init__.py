@@ -1,8 +1,9 @@
 """Capture attention while models run: transformers models (text, vision, VLMs) and diffusers pipelines.
 
 ``with mmviz.capture(model, processor=processor) as cap:`` switches the model to a recording attention
-implementation registered in transformers' AttentionInterface, and switches it back on exit, also when
-the block raises. ``cap.attention`` is an ``AttentionTrace`` (numpy only).
+implementation registered in transformers' AttentionInterface (attention modules that compute attention
+themselves are switched to eager and their returned weights collected), and switches it back on exit,
+also when the block raises. ``cap.attention`` is an ``AttentionTrace`` (numpy only).
 
 ``with mmviz.capture(pipe) as cap:`` around a diffusers pipeline (or its UNet / transformer) records the
 cross-attention maps of every denoising step: ``cap.cross_attention`` is a
@@ -103,7 +104,9 @@ def capture(
     ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE).
 
     Raises:
-        CaptureError: the model does not route attention through transformers' AttentionInterface.
+        CaptureError: the model hands back no attention at all (neither through transformers'
+            AttentionInterface nor, for modules that compute attention themselves, as eager
+            ``output_attentions=True`` weights).
     """
     if not isinstance(model, type) and _is_diffusers(model):
         from mmviz.capture._diffusers import DiffusionCapture

@@ -107,25 +107,32 @@ def _block_diagonal(steps: list[torch.Tensor]) -> np.ndarray:
     return out
 
 
-def _split_calls(steps: list[torch.Tensor], packed: int | None, generate: bool) -> list[np.ndarray]:
+def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | None) -> list[np.ndarray]:
     """The arrays of the calls one attention module made during a run, one per application.
 
-    * one call, or (outside generation) the same probabilities computed twice, as DiffLlama does for
-      its two value halves: one array;
+    * one call: one array;
     * independent chunks of one sequence (see ``_chunked``): one block-diagonal array;
-    * outside generation, calls of equal shape: the module was applied several times (ALBERT's shared
-      layer, recurrent blocks), one array each;
-    * otherwise decoding steps, joined into one causal matrix.
+    * outside generation (``forwards`` is ``None``), calls of equal shape: the module was applied several
+      times (ALBERT's shared layer, recurrent blocks), one array each;
+    * during generation, a module applied ``a`` times per forward call (looped blocks such as HRM's, each
+      application with its own cache) makes ``a`` calls per decoding step: call ``i`` belongs to application
+      ``i % a``, and each application's steps are joined into one causal matrix (``forwards``: the forward
+      calls of the captured model; 0 where ``generate`` called a sub-model only, taken as one application).
+
+    (The same probabilities computed twice in one call, as DiffLlama does for its two value halves, are
+    stored once by the recorder.)
     """
     shapes = [(int(s.shape[2]), int(s.shape[3])) for s in steps]
-    same_shape = len({s.shape for s in steps}) == 1
-    if len(steps) == 1 or (same_shape and not generate and all(torch.equal(steps[0], s) for s in steps[1:])):
+    if len(steps) == 1:
         return [steps[0].numpy()]
-    if _chunked(shapes, packed):
+    if len({s.shape[:2] for s in steps}) == 1 and _chunked(shapes, packed):
         return [_block_diagonal(steps)]
-    if same_shape and not generate:
-        return [s.numpy() for s in steps]
-    return [assemble_dense(steps)]
+    if forwards is None:
+        if len({s.shape for s in steps}) == 1 or len({s.shape[:2] for s in steps}) > 1:
+            return [s.numpy() for s in steps]  # applications (of other batch sizes: split by shape later)
+        return [assemble_dense(steps)]
+    per_forward = len(steps) // forwards if forwards and len(steps) % forwards == 0 else 1
+    return [assemble_dense(steps[a::per_forward]) for a in range(per_forward)]
 
 
 def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[list[int], list[np.ndarray]]:
@@ -134,7 +141,8 @@ def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[
     Repeated applications are numbered in the order a loop over the stack would run them: application
     ``r`` of layer ``l`` becomes layer ``r · (last layer + 1) + l``.
     """
-    split = [_split_calls(run.dense[t], packed, run.generate) for t in targets]
+    forwards = len(run.calls) - 1 if run.generate else None  # 0: generate never called the model itself
+    split = [_split_calls(run.dense[t], packed, forwards) for t in targets]
     if all(len(a) == 1 for a in split):
         return [t.layer for t in targets], [a[0] for a in split]
     span = max(t.layer for t in targets) + 1

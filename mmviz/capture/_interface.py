@@ -154,7 +154,7 @@ def record_attention(
     if rows is None:
         whole, probs = eager(module, query, key, value, mask, **kwargs)
         for r, t in dense:
-            r.add_dense(t, probs)
+            r.add_dense(t, probs, query=query)
         return whole, probs
     # a big layer: its query rows in blocks, each written into the float16 store as it comes, so the
     # eager function's float32 scores never exist for the whole layer at once
@@ -168,7 +168,7 @@ def record_attention(
         if out is None:  # [batch, query, heads, dim], filled block by block
             out = block.new_empty((block.shape[0], n, *block.shape[2:]))
         out[:, start:stop] = block
-        stores = [r.add_dense(t, probs, rows=(start, stop, n)) for r, t in dense]  # every recorder writes
+        stores = [r.add_dense(t, probs, rows=(start, stop, n), query=query) for r, t in dense]  # every recorder writes
         stored = stores[0]
         del block, probs
     assert out is not None

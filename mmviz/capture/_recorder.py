@@ -90,6 +90,10 @@ class Recorder:
         self._expected: dict[str, int] = {}
         self.calls_seen = 0
         self.groups_seen: set[str] = set()
+        self._interface_modules: set[int] = set()
+        self._last_query: dict[Target, weakref.ref[torch.Tensor]] = {}
+        self.warned_dense = False
+        """Whether a legacy module was stored densely under ``store="qk"`` (warned once per capture)."""
 
     # -- decisions ---------------------------------------------------------------------------------
     def owns(self, module: torch.nn.Module) -> bool:
@@ -103,9 +107,21 @@ class Recorder:
         impl = impl or self.default_implementation
         return impl if impl in ("eager", "sdpa") else "sdpa"
 
-    def target(self, module: torch.nn.Module) -> Target | None:
-        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model."""
+    def used_interface(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` called the recording attention function during this capture."""
+        return id(module) in self._interface_modules
+
+    def target(self, module: torch.nn.Module, interface: bool = True) -> Target | None:
+        """Where to record this module's call, or ``None`` if it is not wanted or not part of this model.
+
+        Args:
+            module: the attention module.
+            interface: whether the call came through the attention interface (``False``: a legacy module's
+                returned probabilities, see ``mmviz.capture._legacy``).
+        """
         self.calls_seen += 1
+        if interface:
+            self._interface_modules.add(id(module))
         entry = self.names.get(id(module))
         if entry is None:
             return None
@@ -148,7 +164,11 @@ class Recorder:
         return tensor[:, self.heads]
 
     def add_dense(
-        self, target: Target, probs: torch.Tensor | None, rows: tuple[int, int, int] | None = None
+        self,
+        target: Target,
+        probs: torch.Tensor | None,
+        rows: tuple[int, int, int] | None = None,
+        query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Stores ``[batch, heads, query, key]`` probabilities as float16 on CPU.
 
@@ -157,6 +177,10 @@ class Recorder:
             probs: the call's probabilities, or a block of its query rows.
             rows: ``(start, stop, total)`` when ``probs`` holds query rows ``start:stop`` of ``total``; the
                 blocks of one call arrive in order.
+            query: the queries of the call (the whole call's, also for a block). A call with the very
+                queries of the layer's previous call computes the same probabilities again (DiffLlama
+                attends twice, to two value halves) and is not stored twice; a layer applied again
+                (shared or looped layers) brings new queries and is stored as another application.
 
         Returns:
             The float16 store of the call (filled up to ``stop``).
@@ -169,6 +193,11 @@ class Recorder:
         run = self.current
         calls = run.dense.setdefault(target, [])
         start, stop, total = rows if rows is not None else (0, kept.shape[2], kept.shape[2])
+        if query is not None:
+            previous = self._last_query.get(target)
+            if calls and target not in run.partial and previous is not None and previous() is query:
+                return calls[-1]  # the same probabilities, computed again for other values
+            self._last_query[target] = weakref.ref(query)
         if start == 0:
             shape = (kept.shape[0], kept.shape[1], total, kept.shape[3])
             slot = None if run.generate or calls else self._buffer_slot(run, target, shape)

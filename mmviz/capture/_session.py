@@ -10,6 +10,7 @@ import torch
 
 from mmviz._hf.modules import all_configs
 from mmviz.capture import DEFAULT_QK_THRESHOLD, _interface
+from mmviz.capture._legacy import LegacyHooks, legacy_configs, use_eager_classes
 from mmviz.capture._recorder import Recorder, Run
 from mmviz.data import AttentionTrace
 from mmviz.errors import CaptureError
@@ -60,12 +61,6 @@ class Capture:
                 "mmviz.capture records models whose attention goes through transformers' AttentionInterface, "
                 "and diffusers pipelines."
             )
-        if hasattr(model, "_can_set_attn_implementation") and not model._can_set_attn_implementation():
-            raise CaptureError(
-                f"{type(model).__name__} does not route its attention through transformers' AttentionInterface, so "
-                "mmviz cannot record it. Load it with attn_implementation='eager' and call it with "
-                "output_attentions=True to get its attention weights, then build an AttentionTrace from them."
-            )
         self.model = model
         self.processor = processor
         self._options = {
@@ -79,6 +74,7 @@ class Capture:
         self._restore: list[Callable[[], None]] = []
         self._traces: list[AttentionTrace] | None = None
         self._in_generate = False
+        self._legacy: list[Any] | None = None
 
     # -- entering and leaving ------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -99,9 +95,20 @@ class Capture:
                     )
                 )
                 config._attn_implementation_internal = _interface.IMPLEMENTATION
+            self._legacy = legacy_configs(model)
+            for config in self._legacy or ():  # modules computing attention themselves read "eager"
+                self._restore.append(
+                    functools.partial(
+                        setattr, config, "_attn_implementation_internal", config._attn_implementation_internal
+                    )
+                )
+                config._attn_implementation_internal = "eager"
             handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
             self._restore.append(handle.remove)
             self._wrap_generate()
+            if self._legacy is not None:
+                self._restore.append(use_eager_classes(model))
+                self._restore.append(LegacyHooks.attach(model, self.recorder))
             stack = list(_interface.ACTIVE.get() or [])
             token = _interface.ACTIVE.set([*stack, self.recorder])
             self._restore.append(functools.partial(_interface.ACTIVE.reset, token))
@@ -167,6 +174,12 @@ class Capture:
     def _nothing_recorded_message(self) -> str:
         assert self.recorder is not None
         name = type(self.model).__name__
+        if self.recorder.calls_seen == 0 and self._legacy is not None:
+            return (
+                f"{name} computes attention in modules of its own (not through transformers' AttentionInterface) "
+                "and they returned no attention probabilities with output_attentions=True (flash-only kernels, "
+                "state-space or custom blocks), so mmviz cannot record it."
+            )
         if self.recorder.calls_seen == 0:
             return (
                 f"the model ran but no attention went through transformers' AttentionInterface: {name} computes "

@@ -10,8 +10,11 @@ from mmviz.data.attention import AttentionTrace, ModuleAttention
 from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.decomposition import DecompositionTrace
+from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
 from mmviz.data.features import FeatureTrace
 from mmviz.data.io import load
+from mmviz.data.lens import DiffusionLensTrace, LensTrace
+from mmviz.data.patching import PatchingTrace
 from mmviz.data.qk import QKAttention
 from mmviz.data.tokens import KINDS, TokenTable
 
@@ -19,11 +22,16 @@ __all__ = [
     "KINDS",
     "AttentionTrace",
     "Attribution",
+    "CheckResult",
     "CrossAttentionLayer",
     "CrossAttentionTrace",
     "DecompositionTrace",
+    "DiffusionLensTrace",
+    "FaithfulnessReport",
     "FeatureTrace",
+    "LensTrace",
     "ModuleAttention",
+    "PatchingTrace",
     "QKAttention",
     "TokenTable",
     "load",

@@ -28,6 +28,10 @@ the mask's area fraction (the chance that a uniformly random pixel hits it).
 Run ``python -m mmviz.teaching.evaluate`` for the full figures (a few minutes on
 one CPU thread); the tests run the same functions on fewer scenes.
 
+These maps come from the kit's own hooks (``_maps``). The maps a user draws with the public API
+(``mmviz.attribute`` / ``mmviz.capture``), judged by ``mmviz.evaluate`` with both chance levels and the
+model-randomisation sanity check, are measured by ``mmviz.teaching.faithfulness``.
+
 Measured for the shipped weights (`MEASURED`), pointing game vs random baseline
 (CLIP: 400 maps, VLM: 800 maps, diffusion: 128 / 64 maps):
 

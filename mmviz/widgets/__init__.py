@@ -13,7 +13,10 @@ from mmviz.widgets.attribution_view import AttributionView
 from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
 from mmviz.widgets.decomposition_view import DecompositionView
+from mmviz.widgets.faithfulness_view import FaithfulnessView
 from mmviz.widgets.feature_view import FeatureView
+from mmviz.widgets.lens_view import LensView
+from mmviz.widgets.patching_view import PatchingView
 
 __all__ = [
     "COLORMAPS",
@@ -22,7 +25,10 @@ __all__ = [
     "CrossAttentionView",
     "Dashboard",
     "DecompositionView",
+    "FaithfulnessView",
     "FeatureView",
+    "LensView",
     "MissingBundleError",
+    "PatchingView",
     "View",
 ]

@@ -33,6 +33,10 @@ def _label(attr: Attribution) -> str:
     label = f"{attr.method}: {attr.target}" if attr.target else attr.method
     if attr.delta is not None:
         label += f" (|delta| ≤ {float(np.abs(attr.delta).max()):.2g})"
+    verdict = attr.info.get("faithfulness")  # recorded by mmviz.evaluate
+    if isinstance(verdict, dict) and verdict.get("verdict"):
+        failed = verdict.get("failed") or []
+        label += f" · faithfulness: {verdict['verdict']}" + (f" ({', '.join(failed)})" if failed else "")
     return label
 
 

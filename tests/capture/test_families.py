@@ -455,6 +455,12 @@ def test_hierarchical_stages_are_separate_stacks():
         ("mask_decoder.transformer.layers.0.cross_attn_token_to_image", ("mask_decoder.cross_attn_token_to_image", 0)),
         ("mask_decoder.transformer.final_attn_token_to_image", ("mask_decoder.final_attn_token_to_image", 0)),
         ("layers.1.mlp_input", ("language_model.mlp_input", 1)),
+        ("model.layers.4.self_attn.0", ("language_model", 4)),
+        ("video_model.vision_model.temporal_layers.1.attention", ("video_model.temporal_layers", 1)),
+        ("video_model.auxiliary_layers.0.attention", ("video_model.auxiliary_layers", 0)),
+        ("spatial_layers.0.attention", ("spatial_layers", 0)),
+        ("encoder.cross_attention.attention.self", ("encoder.cross_attention", 0)),
+        ("model.layers.4.self_attn.1", ("language_model.self_attn1", 4)),
     ],
 )
 def test_module_group_names(path, expected):

@@ -9,6 +9,7 @@ import pytest
 from tests.attribution.conftest import (  # noqa: F401  (fixtures shared with the attribution tests)
     _one_thread,
     _seed,
+    bert_classifier,
     clip,
     gpt2,
     image_processor,

@@ -13,8 +13,17 @@ import type { TableState } from "../model";
 import { COLORMAPS, formatValue, lut } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import css from "./attribution.css";
-import { fillSelect, h, labelled, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { fillSelect, h, labelled, sizeCanvas, themeColors } from "./dom";
 import { onChanges, paneHeading } from "./pane";
+import {
+  drawBase,
+  outlinePatch,
+  paintSpans,
+  patchOverlay,
+  type ScoreImage,
+  scoreImage,
+  tokenStrip,
+} from "./score-panes";
 
 export interface AttributionEntry {
   label: string;
@@ -44,15 +53,6 @@ type Model = AnyModel<AttributionState>;
 const IMAGE_SIDE = 260;
 const SYNCED = ["entry", "target", "opacity", "cmap"] as const;
 
-interface DecodedImage {
-  base: HTMLCanvasElement;
-  grid: [number, number];
-  positions: Int32Array;
-  canvas: HTMLCanvasElement;
-  width: number;
-  height: number;
-}
-
 /** RGBA of a score: diverging blue (negative) – transparent – red (positive), or a colormap ramp. */
 export function scoreColor(
   value: number,
@@ -72,7 +72,7 @@ export function scoreColor(
 }
 
 /** Largest absolute finite value. */
-function absMax(values: ArrayLike<number>, from = 0, to = values.length): number {
+export function absMax(values: ArrayLike<number>, from = 0, to = values.length): number {
   let m = 0;
   for (let i = from; i < to; i++) {
     const v = Math.abs(values[i] ?? 0);
@@ -95,7 +95,7 @@ export class AttributionApp {
   private readonly matrixFigure = h("figure", "mmviz-attr-matrix");
   private readonly matrixCanvas = h("canvas", "mmviz-attr-matrix-canvas");
   private spans: (HTMLSpanElement | null)[] = [];
-  private images: DecodedImage[] = [];
+  private images: ScoreImage[] = [];
   private scores: Tensor | null = null;
   private pixels: Tensor[] = [];
   private text: string[] = [];
@@ -194,32 +194,19 @@ export class AttributionApp {
     this.patches = tablePatches(table);
     this.text = tokens.text;
     this.notes.replaceChildren(...m.get("_notes").map((n) => h("li", undefined, n)));
-    this.spans = [];
-    const children: HTMLElement[] = [];
-    const chipped = new Set<number>();
-    tokens.text.forEach((text, pos) => {
-      const kind = tokens.kind[pos] ?? "text";
-      if (kind === "image") {
-        const image = table.imageIndex[pos] ?? 0;
-        if (!chipped.has(image)) {
-          chipped.add(image);
-          children.push(h("span", "mmviz-chip", `image ${image}`));
-        }
-        this.spans.push(null);
-        return;
-      }
-      const span = h(
-        "span",
-        `mmviz-attr-tok mmviz-kind-${kind}${table.generated[pos] ? " mmviz-generated" : ""}`,
-      );
-      span.textContent = text;
-      span.dataset.pos = String(pos);
-      this.spans.push(span);
-      children.push(span);
-    });
-    this.strip.replaceChildren(...children);
-    this.images = tokens.images.map((im, i) =>
-      this.buildImage(im, table.grids[i] ?? [1, 1], gridPositions(table, i), i),
+    const strip = tokenStrip(tokens, table, "mmviz-attr-tok");
+    this.spans = strip.spans;
+    this.strip.replaceChildren(...strip.children);
+    this.images = tokens.images.map((payload, i) =>
+      scoreImage(
+        payload,
+        table.grids[i] ?? [1, 1],
+        gridPositions(table, i),
+        i,
+        "mmviz-attr-image-canvas",
+        IMAGE_SIDE,
+        (pos) => this.setHover(pos, true),
+      ),
     );
     this.imagesEl.replaceChildren(...this.images.map((im, i) => figureOf(im, i)));
     this.entrySelect.replaceChildren(
@@ -230,40 +217,6 @@ export class AttributionApp {
       }),
     );
     this.fromModel();
-  }
-
-  private buildImage(
-    payload: TensorPayload,
-    grid: [number, number],
-    positions: Int32Array,
-    index: number,
-  ): DecodedImage {
-    const image = decodeTensor(payload);
-    const [ih = 1, iw = 1] = image.shape;
-    const base = rgbCanvas(image.data, ih, iw);
-    const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
-    const width = Math.max(32, Math.round(iw * f));
-    const height = Math.max(32, Math.round(ih * f));
-    const canvas = h("canvas", "mmviz-attr-image-canvas");
-    canvas.dataset.image = String(index);
-    const decoded = {
-      base,
-      grid,
-      positions,
-      canvas,
-      width,
-      height,
-    };
-    const at = (e: MouseEvent) => {
-      const box = canvas.getBoundingClientRect();
-      const [rows, cols] = decoded.grid;
-      const c = Math.floor(((e.clientX - box.left) / box.width) * cols);
-      const r = Math.floor(((e.clientY - box.top) / box.height) * rows);
-      return r >= 0 && c >= 0 && r < rows && c < cols ? (decoded.positions[r * cols + c] ?? -1) : -1;
-    };
-    canvas.addEventListener("mousemove", (e) => this.setHover(at(e), true));
-    canvas.addEventListener("mouseleave", () => this.setHover(-1, true));
-    return decoded;
   }
 
   // -- state -----------------------------------------------------------------------------------------
@@ -326,14 +279,7 @@ export class AttributionApp {
     const row = scores.data.subarray(this.target * cols, (this.target + 1) * cols);
     const vmax = absMax(row);
     const table = lut(this.cmap);
-    this.spans.forEach((span, pos) => {
-      if (!span) return;
-      const [r, g, b, a] = scoreColor(row[pos] ?? 0, vmax, signed, table);
-      span.style.backgroundColor = a > 0 ? `rgba(${r},${g},${b},${a.toFixed(3)})` : "";
-      span.style.color = a > 0.6 ? "#ffffff" : "";
-      span.dataset.value = String(row[pos] ?? 0);
-      span.classList.toggle("mmviz-active", pos === this.hover);
-    });
+    paintSpans(this.spans, row, (value) => scoreColor(value, vmax, signed, table), this.hover);
     this.images.forEach((im, i) => {
       this.paintImage(im, i, row, vmax, signed, table);
     });
@@ -348,24 +294,21 @@ export class AttributionApp {
   }
 
   private paintImage(
-    im: DecodedImage,
+    im: ScoreImage,
     index: number,
     row: Float32Array,
     vmax: number,
     signed: boolean,
     table: Uint8ClampedArray,
   ): void {
-    const ctx = sizeCanvas(im.canvas, im.width, im.height);
-    ctx.clearRect(0, 0, im.width, im.height);
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(im.base, 0, 0, im.width, im.height);
-    const [rows, cols] = im.grid;
+    const ctx = drawBase(im);
     const pixels = this.pixels[index];
-    const overlay = document.createElement("canvas");
+    let overlay: HTMLCanvasElement;
     if (pixels) {
       const [, ph = 1, pw = 1] = pixels.shape;
       const plane = pixels.data.subarray(this.target * ph * pw, (this.target + 1) * ph * pw);
       const pmax = absMax(plane);
+      overlay = document.createElement("canvas");
       overlay.width = pw;
       overlay.height = ph;
       const octx = overlay.getContext("2d");
@@ -378,31 +321,13 @@ export class AttributionApp {
         octx.putImageData(rgba, 0, 0);
       }
     } else {
-      overlay.width = cols;
-      overlay.height = rows;
-      const octx = overlay.getContext("2d");
-      if (octx) {
-        const rgba = octx.createImageData(cols, rows);
-        for (let i = 0; i < rows * cols; i++) {
-          const pos = im.positions[i] ?? -1;
-          const [r, g, b, a] = pos >= 0 ? scoreColor(row[pos] ?? 0, vmax, signed, table) : [0, 0, 0, 0];
-          rgba.data.set([r, g, b, Math.round(a * 255)], i * 4);
-        }
-        octx.putImageData(rgba, 0, 0);
-      }
+      overlay = patchOverlay(im, row, (value) => scoreColor(value, vmax, signed, table));
     }
     ctx.globalAlpha = this.opacity;
     ctx.imageSmoothingEnabled = Boolean(pixels);
     ctx.drawImage(overlay, 0, 0, im.width, im.height);
     ctx.globalAlpha = 1;
-    const cell = im.positions.indexOf(this.hover);
-    if (this.hover >= 0 && cell >= 0) {
-      const cw = im.width / cols;
-      const ch = im.height / rows;
-      ctx.strokeStyle = themeColors(this.root).accent;
-      ctx.lineWidth = 2.5;
-      ctx.strokeRect((cell % cols) * cw + 1, Math.floor(cell / cols) * ch + 1, cw - 2, ch - 2);
-    }
+    outlinePatch(ctx, im, this.hover, themeColors(this.root).accent);
     im.canvas.dataset.painted = pixels ? "pixels" : "patches";
   }
 
@@ -433,7 +358,7 @@ export class AttributionApp {
   }
 }
 
-function figureOf(im: DecodedImage, index: number): HTMLElement {
+function figureOf(im: ScoreImage, index: number): HTMLElement {
   const figure = h("figure", "mmviz-attr-image");
   figure.append(
     im.canvas,

@@ -9,7 +9,10 @@ import type { LinkStore } from "../link";
 import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
 import { DecompositionApp } from "./decomposition";
+import { FaithfulnessApp } from "./faithfulness";
 import { FeatureApp } from "./features";
+import { LensApp } from "./lens";
+import { PatchingApp } from "./patching";
 
 /** What every pane application is: a root element, a teardown, and an optional theme repaint. */
 export interface PaneApp {
@@ -28,6 +31,9 @@ export const PANES: Record<string, PaneFactory> = {
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
   decomposition: (model, link) => new DecompositionApp(model, link),
   features: (model, link) => new FeatureApp(model, link),
+  faithfulness: (model, link) => new FaithfulnessApp(model, link),
+  lens: (model, link) => new LensApp(model, link),
+  patching: (model, link) => new PatchingApp(model, link),
 };
 
 /** Makes the pane of a view kind. */

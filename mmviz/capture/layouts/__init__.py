@@ -34,7 +34,7 @@ __all__ = ["LayoutContext", "register_layout", "resolve_layout"]
 
 Layout = Callable[["LayoutContext"], None]
 _LAYOUTS: dict[str, Layout] = {}
-_BUILTIN = ("vision", "llava", "qwen2_vl", "paligemma", "blip2")
+_BUILTIN = ("vision", "llava", "qwen2_vl", "paligemma", "blip2", "git")
 
 
 def register_layout(*model_types: str) -> Callable[[Layout], Layout]:
