@@ -68,3 +68,18 @@ def test_joins_a_dashboard_with_an_attribution_of_the_same_input() -> None:
     attr = Attribution(np.linspace(0, 1, 23, dtype=np.float32)[None], ft.tokens, "saliency", ("x",), "x")
     board = mmviz.Dashboard(ft, attr, title="features and attribution")
     assert [type(p).__name__ for p in board.panes] == ["FeatureView", "AttributionView"]
+
+
+def test_a_damaged_features_file_is_refused(tmp_path: Path) -> None:
+    from mmviz.data import io
+    from mmviz.errors import TraceFileError
+
+    class Damaged:
+        def to_payload(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+            meta, arrays = synthetic_features().to_payload()
+            arrays["top_activations"] = arrays["top_activations"][:, :2]  # no longer [positions, k]
+            return meta, arrays
+
+    io.save(Damaged(), tmp_path / "bad.mmviz", "features")
+    with pytest.raises(TraceFileError, match="damaged"):
+        mmviz.load(tmp_path / "bad.mmviz")
