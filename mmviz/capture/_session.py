@@ -26,6 +26,26 @@ _INPUT_NAMES = (
     "decoder_attention_mask",
     "image_sizes",
     "inputs_embeds",
+    # what vision-language models need besides the pixels (the derived image layout runs them again)
+    "aspect_ratio_ids",
+    "aspect_ratio_mask",
+    "batch_num_images",
+    "cross_attention_mask",
+    "flattened_patches",
+    "image_attention_mask",
+    "image_embeds_position_mask",
+    "image_grid_hw",
+    "image_num_crops",
+    "image_position_ids",
+    "image_patches_indices",
+    "num_local_patches",
+    "patch_attention_mask",
+    "pixel_attention_mask",
+    "pixel_mask",
+    "pixel_values_images",
+    "pixel_values_local",
+    "spatial_shapes",
+    "vision_aspect_ratio",
 )
 
 

@@ -43,6 +43,10 @@ class TokenTable:
         generated: ``[positions]`` ``True`` for tokens produced by ``generate``.
         images: the images, each ``uint8 [height, width, 3]``.
         grids: each image's patch grid as ``(rows, cols)``.
+        tiles: empty when every image is a whole image; else, per image, ``(source, top, left, bottom,
+            right)``: the image is a tile cut from the prompt's ``source``-th image (counted in order of
+            appearance in this table), covering that box in fractions of the source's height and width (a
+            whole image or a global view is ``(source, 0, 0, 1, 1)``).
     """
 
     text: np.ndarray
@@ -55,6 +59,7 @@ class TokenTable:
     generated: np.ndarray
     images: tuple[np.ndarray, ...] = ()
     grids: tuple[tuple[int, int], ...] = field(default=())
+    tiles: tuple[tuple[int, float, float, float, float], ...] = field(default=())
 
     @classmethod
     def build(
@@ -70,6 +75,7 @@ class TokenTable:
         generated: Sequence[bool] | np.ndarray | None = None,
         images: Sequence[np.ndarray] = (),
         grids: Sequence[tuple[int, int]] = (),
+        tiles: Sequence[tuple[int, float, float, float, float]] = (),
     ) -> TokenTable:
         """Builds a table, filling what is not given with defaults.
 
@@ -84,6 +90,7 @@ class TokenTable:
             generated: generated flag per position (default ``False``).
             images: ``uint8 [height, width, 3]`` images referred to by ``image_index``.
             grids: ``(rows, cols)`` patch grid per image.
+            tiles: per image, ``(source, top, left, bottom, right)`` where images are tiles (else empty).
 
         Returns:
             A validated ``TokenTable``.
@@ -102,6 +109,7 @@ class TokenTable:
             generated=gen,
             images=tuple(np.ascontiguousarray(im) for im in images),
             grids=tuple((int(r), int(c)) for r, c in grids),
+            tiles=tuple((int(t[0]), float(t[1]), float(t[2]), float(t[3]), float(t[4])) for t in tiles),
         )
 
     def __post_init__(self) -> None:
@@ -114,6 +122,8 @@ class TokenTable:
             raise ValueError(f"TokenTable: unknown token kind(s) {sorted(unknown)}; use one of {KINDS}")
         if len(self.grids) != len(self.images):
             raise ValueError("TokenTable: give one (rows, cols) grid per image")
+        if self.tiles and len(self.tiles) != len(self.images):
+            raise ValueError("TokenTable: give one (source, top, left, bottom, right) tile box per image, or none")
         for i, image in enumerate(self.images):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(
@@ -211,6 +221,7 @@ class TokenTable:
             generated=self.generated[idx],
             images=self.images,
             grids=self.grids,
+            tiles=self.tiles,
         )
 
     def concat(self, other: TokenTable) -> TokenTable:
@@ -233,6 +244,7 @@ class TokenTable:
             generated=np.concatenate([self.generated, other.generated]),
             images=self.images + other.images,
             grids=self.grids + other.grids,
+            tiles=_joined_tiles(self, other),
         )
 
     # -- files ---------------------------------------------------------------------------------
@@ -248,7 +260,9 @@ class TokenTable:
         }
         for i, image in enumerate(self.images):
             arrays[f"{prefix}.image{i}"] = image
-        meta = {"prefix": prefix, "images": len(self.images), "grids": [list(g) for g in self.grids]}
+        meta: dict[str, Any] = {"prefix": prefix, "images": len(self.images), "grids": [list(g) for g in self.grids]}
+        if self.tiles:
+            meta["tiles"] = [list(t) for t in self.tiles]
         return meta, arrays
 
     @classmethod
@@ -266,4 +280,20 @@ class TokenTable:
             generated=arrays[f"{p}.generated"].astype(bool),
             images=tuple(arrays[f"{p}.image{i}"] for i in range(int(meta["images"]))),
             grids=tuple((int(r), int(c)) for r, c in meta["grids"]),
+            tiles=tuple((int(t[0]), float(t[1]), float(t[2]), float(t[3]), float(t[4])) for t in meta.get("tiles", [])),
         )
+
+
+def _joined_tiles(first: TokenTable, second: TokenTable) -> tuple[tuple[int, float, float, float, float], ...]:
+    """Tile boxes of ``first``'s images, then ``second``'s with sources shifted past; empty if neither has any."""
+    if not first.tiles and not second.tiles:
+        return ()
+
+    def boxes(table: TokenTable, shift: int) -> list[tuple[int, float, float, float, float]]:
+        if table.tiles:
+            return [(t[0] + shift, t[1], t[2], t[3], t[4]) for t in table.tiles]
+        return [(shift + i, 0.0, 0.0, 1.0, 1.0) for i in range(len(table.images))]
+
+    head = boxes(first, 0)
+    shift = max((t[0] for t in head), default=-1) + 1
+    return tuple(head + boxes(second, shift))

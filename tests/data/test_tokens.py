@@ -74,3 +74,19 @@ def test_select_and_concat(image_table):
 def test_markup_is_kept_verbatim():
     t = TokenTable.build(["<script>alert(1)</script>"])
     assert t.tokens == ["<script>alert(1)</script>"]
+
+
+def test_tiles_survive_files_select_and_concat():
+    image = np.zeros((4, 4, 3), np.uint8)
+    left, right = (0, 0.0, 0.0, 1.0, 0.5), (0, 0.0, 0.5, 1.0, 1.0)
+    tiled = TokenTable.build(["p", "p"], kind=["image"] * 2, image_index=[0, 1], patch_row=[0, 0], patch_col=[0, 0],
+                             images=[image, image], grids=[(1, 1), (1, 1)], tiles=[left, right])  # fmt: skip
+    meta, arrays = tiled.to_payload("t")
+    assert TokenTable.from_payload(meta, arrays).tiles == (left, right)
+    assert tiled.select([1]).tiles == (left, right)  # images are kept whole by select
+    whole = TokenTable.build(["q"], kind=["image"], image_index=[0], patch_row=[0], patch_col=[0],
+                             images=[image], grids=[(1, 1)])  # fmt: skip
+    assert whole.concat(tiled).tiles == ((0, 0.0, 0.0, 1.0, 1.0), (1, *left[1:]), (1, *right[1:]))
+    assert whole.concat(whole).tiles == ()
+    with pytest.raises(ValueError, match="tile box per image"):
+        TokenTable.build(["p"], images=[image], grids=[(1, 1)], tiles=[left, right])

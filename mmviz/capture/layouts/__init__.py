@@ -20,6 +20,7 @@ query and key table names). Stacks a layout leaves out are matched to tables by 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +50,30 @@ def register_layout(*model_types: str) -> Callable[[Layout], Layout]:
 
 
 def resolve_layout(ctx: LayoutContext) -> None:
-    """Runs the layout registered for the model's type, if any."""
+    """Runs the layout registered for the model's type; a vision-language model without one gets the derived layout.
+
+    The derived layout (``mmviz.capture.layouts.derived``) runs the model once more with identity
+    attention to see which pixels reach which position; if that forward fails, the stacks keep the
+    tables matched by length and a warning says why.
+    """
     for name in _BUILTIN:
         importlib.import_module(f"mmviz.capture.layouts.{name}")
     layout = _LAYOUTS.get(getattr(ctx.config, "model_type", ""))
     if layout is not None:
         layout(ctx)
+        return
+    from mmviz.capture.layouts.derived import PIXEL_INPUTS, derived_layout
+
+    if "input_ids" in ctx.inputs and any(k in ctx.inputs for k in PIXEL_INPUTS):
+        try:
+            derived_layout(ctx)
+        except Exception as err:  # a layout never costs the user the trace
+            warnings.warn(
+                f"mmviz could not derive the image layout of {type(ctx.model).__name__} ({type(err).__name__}: "
+                f"{err}); image tokens are left unlabelled. Register a layout for model_type "
+                f"{getattr(ctx.config, 'model_type', '')!r} (see docs/families.md).",
+                stacklevel=2,
+            )
 
 
 @dataclass

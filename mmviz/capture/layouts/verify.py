@@ -1,0 +1,134 @@
+"""Checks a laid-out table against the model: do the pixels of patch row ``r`` reach exactly the row-``r`` tokens?
+
+``verify_layout`` is independent of how the table was laid out (by hand or derived): for every image of
+the table and every row and every column of its grid, it perturbs only that band of the image's pixels,
+runs the model with identity attention (so positions do not mix, see
+``mmviz.capture.layouts.provenance``) and compares the positions that changed with the positions the
+table puts in that row or column. A token is *verified* when every band check it takes part in agrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmviz._hf.modules import stack_names
+from mmviz.capture.layouts.derived import PIXEL_INPUTS, forward_inputs, unit_images
+from mmviz.capture.layouts.provenance import PixelLayout, probe_stack
+from mmviz.data import TokenTable
+
+__all__ = ["LayoutCheck", "verify_layout"]
+
+
+@dataclass(frozen=True)
+class LayoutCheck:
+    """What ``verify_layout`` found for one batch item.
+
+    Attributes:
+        image_tokens: positions the pixels reach (the image's tokens, by measurement).
+        laid_out: of those, positions the table marks ``image`` with an image, row and column.
+        verified: of those, positions whose row and column band checks all agree with the table.
+        failures: human-readable reasons for the positions that did not verify.
+    """
+
+    image_tokens: int
+    laid_out: int
+    verified: int
+    failures: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Every image token laid out and verified."""
+        return self.image_tokens > 0 and self.verified == self.laid_out == self.image_tokens
+
+
+def verify_layout(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    table: TokenTable,
+    stack: str,
+    processor: Any = None,
+    batch_index: int = 0,
+    side: str = "query",
+) -> LayoutCheck:
+    """Checks that each image token of ``table`` is the patch it claims, by perturbing bands of pixels.
+
+    Args:
+        model: the vision-language model the table was captured from.
+        inputs: the forward inputs of that capture (as the processor returned them).
+        table: the table of ``stack``'s ``side`` positions for batch item ``batch_index``.
+        stack: the recorded stack whose positions the table describes (``"language_model"``, ...).
+        processor: the processor (its mean and std turn the pixels back into the table's images).
+        batch_index: the batch item the table belongs to.
+        side: ``"query"``, or ``"key"`` for the image side of a cross-attention (Mllama).
+
+    Returns:
+        A `LayoutCheck`; ``check.ok`` when every image token is laid out and verified.
+    """
+    pixel_key = next((k for k in PIXEL_INPUTS if k in inputs), None)
+    if pixel_key is None:
+        raise ValueError(f"the inputs hold no pixels (expected one of {PIXEL_INPUTS})")
+    config = getattr(model.config, "vision_config", None) or model.config
+    merge = int(getattr(config, "spatial_merge_size", 2) or 2)
+    pixels = torch.as_tensor(inputs[pixel_key])
+    layout = PixelLayout.of(pixels, inputs.get("image_grid_thw"), merge)
+    if layout is None:
+        raise ValueError(f"pixels of shape {tuple(pixels.shape)} have no layout mmviz knows")
+    run = forward_inputs(model, inputs)
+    names = stack_names(model)
+    base = probe_stack(model, run, names, stack, pixel_key, pixels, side)[batch_index]
+    n = base.shape[0]
+
+    noise = np.random.default_rng(0).uniform(0.2, 0.6, pixels.numel())  # not one factor: norms would undo it
+
+    def changed(mask: np.ndarray) -> np.ndarray:
+        scale = torch.from_numpy((1 + noise * mask).reshape(pixels.shape)).to(pixels.dtype)
+        moved = probe_stack(model, run, names, stack, pixel_key, pixels * scale, side)[batch_index]
+        tol = 1e-5 * float(base.abs().max().clamp_min(1e-12))
+        return ((moved - base).abs() > tol).numpy()
+
+    reached = changed(np.ones(pixels.numel()))
+    units = _match_units(table, unit_images(pixels, inputs.get("image_grid_thw"), config, processor))
+    image = (table.kind[:n] == "image") & (table.image_index[:n] >= 0)
+    good = image.copy()
+    failures = []
+    for i, unit in enumerate(units):
+        mine = image & (table.image_index[:n] == i)
+        if unit < 0:
+            good &= ~mine
+            failures.append(f"image {i} of the table matches no unit of the pixels")
+            continue
+        rows, cols = table.grids[i]
+        height, width = layout.sizes[unit]
+        in_unit = layout.unit == unit
+        for axis, count, size, coord, label in (
+            ("row", rows, height, layout.y, table.patch_row[:n]),
+            ("col", cols, width, layout.x, table.patch_col[:n]),
+        ):
+            for k in range(count):
+                band = in_unit & (coord * count // size == k)
+                expected = mine & (label == k)
+                got = changed(band.astype(np.float64)) & reached
+                wrong = (got ^ expected) & (image | reached)
+                if wrong.any():
+                    failures.append(f"image {i} {axis} {k}: positions {np.flatnonzero(wrong).tolist()}")
+                good &= ~wrong
+    return LayoutCheck(
+        image_tokens=int(reached.sum()),
+        laid_out=int((image & reached).sum()),
+        verified=int((good & reached).sum()),
+        failures=tuple(failures),
+    )
+
+
+def _match_units(table: TokenTable, images: list[np.ndarray]) -> list[int]:
+    """The unit of the pixels each of the table's images was recovered from (``-1`` where none matches)."""
+    out = []
+    for img in table.images:
+        out.append(
+            next((u for u, cand in enumerate(images) if cand.shape == img.shape and np.array_equal(cand, img)), -1)
+        )
+    return out
