@@ -104,21 +104,16 @@ def tables_of_run(
     Only runs with images need it (text-only tables come from the input ids); when capture cannot follow
     the model, ``tables`` stays empty and the caller falls back to text or anonymous positions.
     """
-    if not any(key in batch for key in _IMAGE_KEYS):
-        yield
-        return
-    from mmviz.capture import capture
+    session = None
+    with contextlib.ExitStack() as stack:
+        if any(key in batch for key in _IMAGE_KEYS):
+            from mmviz.capture import capture
 
-    try:
-        session = capture(model, processor, layers=[0], store="dense")
-        session.__enter__()
-    except CaptureError:
+            with contextlib.suppress(CaptureError):
+                session = stack.enter_context(capture(model, processor, layers=[0], store="dense"))
         yield
+    if session is None:
         return
-    try:
-        yield
-    finally:
-        session.__exit__(None, None, None)
     with contextlib.suppress(CaptureError, KeyError, AttributeError):
         trace = session.attention
         module = _stack_module(site, trace.modules)

@@ -85,7 +85,7 @@ export class FeatureApp {
       hover: (unit, e) => this.pointAt(unit, e),
       click: (unit) => this.pickAt(unit),
     });
-    const body = h("div", "mmviz-feat-body");
+    const body = h("div", "mmviz-body");
     const galleryBox = h("section", "mmviz-feat-gallery-box");
     galleryBox.append(h("div", "mmviz-pane-title", "top-activating positions"), this.gallery);
     const left = h("div", "mmviz-feat-left");
