@@ -21,6 +21,9 @@ The public API::
     dec.scores("a red shape")                                # [layers, heads] shares of the similarity
     with mmviz.steer(vlm, direction, site="language_model.layers.3", alpha=4.0):   # add / ablate a direction
         vlm.generate(**inputs)
+    sae = mmviz.load_sae("saes/layer3")                      # SAELens / dictionary-learning weights
+    ft = mmviz.features(vlm, inputs, sae, processor, site="language_model.layers.3")   # a FeatureTrace
+    ft.top(5); ft.activations(812)                           # top features at a position; a feature's row
     rep = mmviz.evaluate(attr, model, inputs, masks=mask)    # can this map be trusted? (FaithfulnessReport)
 
 torch and transformers are optional: ``import mmviz`` and everything that reads, reduces and shows a
@@ -40,6 +43,7 @@ from mmviz.data import (
     DecompositionTrace,
     DiffusionLensTrace,
     FaithfulnessReport,
+    FeatureTrace,
     LensTrace,
     ModuleAttention,
     PatchingTrace,
@@ -49,6 +53,7 @@ from mmviz.data import (
 from mmviz.decompose import decompose
 from mmviz.errors import BudgetError, CaptureError, InputMismatchError, MMVizError, TraceFileError
 from mmviz.evaluation import evaluate
+from mmviz.features import SAE, features, load_sae
 from mmviz.lens import logit_lens
 from mmviz.patching import patch
 from mmviz.steering import direction, steer
@@ -56,6 +61,7 @@ from mmviz.steering import direction, steer
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAE",
     "AttentionTrace",
     "Attribution",
     "BudgetError",
@@ -65,6 +71,7 @@ __all__ = [
     "DecompositionTrace",
     "DiffusionLensTrace",
     "FaithfulnessReport",
+    "FeatureTrace",
     "InputMismatchError",
     "LensTrace",
     "MMVizError",
@@ -78,7 +85,9 @@ __all__ = [
     "decompose",
     "direction",
     "evaluate",
+    "features",
     "load",
+    "load_sae",
     "logit_lens",
     "patch",
     "save_html",

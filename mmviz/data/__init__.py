@@ -11,6 +11,7 @@ from mmviz.data.attribution import Attribution
 from mmviz.data.cross_attention import CrossAttentionLayer, CrossAttentionTrace
 from mmviz.data.decomposition import DecompositionTrace
 from mmviz.data.faithfulness import CheckResult, FaithfulnessReport
+from mmviz.data.features import FeatureTrace
 from mmviz.data.io import load
 from mmviz.data.lens import DiffusionLensTrace, LensTrace
 from mmviz.data.patching import PatchingTrace
@@ -27,6 +28,7 @@ __all__ = [
     "DecompositionTrace",
     "DiffusionLensTrace",
     "FaithfulnessReport",
+    "FeatureTrace",
     "LensTrace",
     "ModuleAttention",
     "PatchingTrace",

@@ -14,6 +14,7 @@ from mmviz.widgets.cross_attention_view import CrossAttentionView
 from mmviz.widgets.dashboard import Dashboard
 from mmviz.widgets.decomposition_view import DecompositionView
 from mmviz.widgets.faithfulness_view import FaithfulnessView
+from mmviz.widgets.feature_view import FeatureView
 from mmviz.widgets.lens_view import LensView
 from mmviz.widgets.patching_view import PatchingView
 
@@ -25,6 +26,7 @@ __all__ = [
     "Dashboard",
     "DecompositionView",
     "FaithfulnessView",
+    "FeatureView",
     "LensView",
     "MissingBundleError",
     "PatchingView",

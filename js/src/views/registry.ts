@@ -10,6 +10,7 @@ import { AttributionApp } from "./attribution";
 import { CrossAttentionApp } from "./cross-attention";
 import { DecompositionApp } from "./decomposition";
 import { FaithfulnessApp } from "./faithfulness";
+import { FeatureApp } from "./features";
 import { LensApp } from "./lens";
 import { PatchingApp } from "./patching";
 
@@ -29,6 +30,7 @@ export const PANES: Record<string, PaneFactory> = {
   attribution: (model, link) => new AttributionApp(model, link),
   cross_attention: (model, link) => new CrossAttentionApp(model, link),
   decomposition: (model, link) => new DecompositionApp(model, link),
+  features: (model, link) => new FeatureApp(model, link),
   faithfulness: (model, link) => new FaithfulnessApp(model, link),
   lens: (model, link) => new LensApp(model, link),
   patching: (model, link) => new PatchingApp(model, link),
