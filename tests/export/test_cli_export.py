@@ -27,11 +27,11 @@ def test_export_round_trip_from_a_saved_trace(trace, tmp_path, capsys):
 def test_export_errors_are_clear(trace, tmp_path, capsys):
     run = tmp_path / "run.mmviz"
     trace.save(run)
-    assert main(["export", str(run), "--out", str(tmp_path / "fig.jpg")]) == 1
+    assert main(["export", str(run), "--out", str(tmp_path / "fig.jpg")]) == 2
     assert "give a path ending in .html, .png, .svg, .pdf" in capsys.readouterr().err
-    assert main(["export", str(run), "--out", str(tmp_path / "fig.png"), "--layer", "7"]) == 1
+    assert main(["export", str(run), "--out", str(tmp_path / "fig.png"), "--layer", "7"]) == 2
     assert "layer 7 was not captured" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "missing.mmviz"), "--out", str(tmp_path / "fig.png")]) == 1
+    assert main(["export", str(tmp_path / "missing.mmviz"), "--out", str(tmp_path / "fig.png")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "fig.png").exists()
 
@@ -44,7 +44,7 @@ def test_export_of_a_saved_attribution(tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "a.svg"), "--title", "IG of $x$"]) == 0
     assert "IG of $x$" in (tmp_path / "a.svg").read_text(encoding="utf-8")
     assert main(["export", str(run), "--out", str(tmp_path / "a.html")]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "b.png"), "--layer", "1"]) == 1
+    assert main(["export", str(run), "--out", str(tmp_path / "b.png"), "--layer", "1"]) == 2
     assert "--layer apply to attention traces" in capsys.readouterr().err
 
 
