@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmviz import _codec
-from mmviz.data.attention import AttentionTrace, ModuleAttention
+from mmviz.data.attention import AttentionTrace
 from mmviz.data.display import block_mean, select_map, steps
 from mmviz.data.tokens import TokenTable
 
@@ -72,27 +72,6 @@ def module_state(
     }
 
 
-def streamed_blocks(
-    module: ModuleAttention, batch: int, layer: int, heads: list[int], q_step: int, k_step: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Block means of some heads' maps and of their maximum, from query rows recomputed in chunks.
-
-    For ``store="qk"`` modules: only a few hundred rows of probabilities exist at a time.
-
-    Returns:
-        ``([heads, rows, cols], [rows, cols])`` float32 block means of each head and of the head max.
-    """
-    n_query = module.shape[3]
-    chunk = q_step * max(1, 512 // q_step)  # whole blocks per chunk, so block edges line up
-    per_head, maxed = [], []
-    for start in range(0, n_query, chunk):
-        rows = np.arange(start, min(start + chunk, n_query))
-        p = np.stack([module.rows(rows, batch, layer, head) for head in heads])
-        per_head.append(block_mean(p, q_step, k_step))
-        maxed.append(block_mean(p.max(axis=0), q_step, k_step))
-    return np.concatenate(per_head, axis=-2), np.concatenate(maxed, axis=-2)
-
-
 def map_nbytes(n_query: int, n_key: int, q_step: int, k_step: int) -> int:
     """Bytes one attention map costs on the wire (uint8 cells plus a float32 scale and offset per row)."""
     rows, cols = math.ceil(n_query / q_step), math.ceil(n_key / k_step)
@@ -137,8 +116,10 @@ class SliceSource:
         module = t.module(key.module)
         if module.store == "qk" and key.aggregate != "rollout":
             heads = [key.head] if key.aggregate == "head" else list(module.heads)
-            per_head, maxed = streamed_blocks(module, b, key.layer, heads, *self.steps(key.module))
-            out = maxed if key.aggregate == "max" else per_head.mean(axis=0)
+            per_head, maxed = module.block_means(
+                b, *self.steps(key.module), layers=[key.layer], heads=heads, head_max=key.aggregate == "max"
+            )
+            out = maxed[0] if maxed is not None else per_head[0].mean(axis=0)
             self._remember(key.key, out)
             return out
         rollout = None
@@ -167,23 +148,19 @@ class SliceSource:
             ``{"heads": [layers, heads, s, s], "mean": [layers, s, s], "max": [layers, s, s]}`` payloads,
             each quantised per thumbnail.
         """
-        _, _, _, nq, nk = self.trace.module(module).shape
-        qs, ks = steps(nq, nk, size)
-        per_head, means, maxes = [], [], []
         stack = self.trace.module(module)
-        for layer in layers:
-            if stack.store == "qk":  # recomputed a chunk of rows at a time: N × N never exists
-                thumbs, maxed = streamed_blocks(stack, self.batch_index, layer, heads, qs, ks)
-            else:
-                p = self.trace.probs(module, self.batch_index, layers=[layer], heads=heads)[0]
-                thumbs, maxed = block_mean(p, qs, ks), block_mean(p.max(axis=0), qs, ks)
-            per_head.append(thumbs)
-            means.append(thumbs.mean(axis=0))  # block means are linear: the mean of thumbnails is exact
-            maxes.append(maxed)
+        _, _, _, nq, nk = stack.shape
+        qs, ks = steps(nq, nk, size)
+        # computed once per trace (cached on the module: the export and other views reuse it); store="qk"
+        # recomputes rows a chunk at a time, layers in threads, with a progress bar on long traces
+        per_head, maxed = stack.block_means(
+            self.batch_index, qs, ks, layers=layers, heads=heads, head_max=True, progress=stack.store == "qk"
+        )
+        assert maxed is not None
         return {
-            "heads": _codec.encode_uint8(np.stack(per_head), axes=2),
-            "mean": _codec.encode_uint8(np.stack(means), axes=1),
-            "max": _codec.encode_uint8(np.stack(maxes), axes=1),
+            "heads": _codec.encode_uint8(per_head, axes=2),
+            "mean": _codec.encode_uint8(per_head.mean(axis=1), axes=1),  # block means are linear: exact
+            "max": _codec.encode_uint8(maxed, axes=1),
         }
 
 

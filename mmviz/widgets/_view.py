@@ -59,6 +59,15 @@ def _bundle(name: str) -> Any:
     return path if path.is_file() else "export default { render() {} };\n"
 
 
+def trace_title(title: str | None, trace: Any) -> str:
+    """A view's heading: ``title``, marked when the trace is partial (the run stopped before it ended)."""
+    text = str(title or "")
+    if getattr(trace, "complete", True) is False:
+        mark = "partial trace: the run stopped early"
+        text = f"{text} ({mark})" if text else mark.capitalize()
+    return text
+
+
 def _keywords(init: Callable[..., Any]) -> list[str]:
     params = inspect.signature(init).parameters.values()
     return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]

@@ -17,7 +17,7 @@ from mmviz.data.attention import AttentionTrace
 from mmviz.data.display import AGGREGATES
 from mmviz.errors import BudgetError
 from mmviz.widgets import _state
-from mmviz.widgets._view import DEFAULT_BUDGET, Reply, View
+from mmviz.widgets._view import DEFAULT_BUDGET, Reply, View, trace_title
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -137,7 +137,7 @@ class AttentionView(View):
                 "(0 … n - 1; -1 pins nothing)"
             )
         super().__init__(
-            title=title,
+            title=trace_title(title, trace),
             budget=budget,
             module=module,
             layer=first["layers"][-1] if layer is None else int(layer),

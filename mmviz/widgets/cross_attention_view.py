@@ -18,7 +18,7 @@ import traitlets
 from mmviz import _codec
 from mmviz.data.cross_attention import CrossAttentionTrace
 from mmviz.errors import BudgetError
-from mmviz.widgets._view import DEFAULT_BUDGET, View
+from mmviz.widgets._view import DEFAULT_BUDGET, View, trace_title
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -171,7 +171,7 @@ class CrossAttentionView(View):
             if r not in keys:
                 raise KeyError(f"resolution {r!r} is not in this view; resolutions: {keys}")
         super().__init__(
-            title=title,
+            title=trace_title(title, trace),
             budget=budget,
             word=int(word),
             step=step,

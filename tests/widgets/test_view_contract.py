@@ -120,3 +120,35 @@ def test_generated_tokens_are_not_part_of_the_input() -> None:
     target = _table([*prompt, " Paris"])  # an attribution of a teacher-forced target after the same prompt
     board = Dashboard(_trace(generated), _attribution(target))
     assert [p.KIND for p in board.panes] == ["attention", "attribution"]
+
+
+def test_a_partial_trace_says_so_in_its_view_title() -> None:
+    trace = _trace(_table(["a", "b"]))
+    trace.complete = False
+    assert trace.show()._title == "Partial trace: the run stopped early"
+    assert trace.show(title="run 3")._title == "run 3 (partial trace: the run stopped early)"
+    cross = synthetic_cross_trace(batch=1)
+    cross.complete = False
+    assert cross.show()._title == "Partial trace: the run stopped early"
+
+
+def test_qk_thumbnails_are_computed_once_per_trace() -> None:
+    from tests.fixtures.synthetic import big_trace
+
+    trace = big_trace(64, n_layers=2, n_heads=2)
+    module = trace.module(trace.default_module)
+    calls = {"n": 0}
+    original = type(module).block_means
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    type(module).block_means = counting  # type: ignore[method-assign]
+    try:
+        first = trace.show(thumb_size=8)
+        second = trace.show(thumb_size=8)
+    finally:
+        type(module).block_means = original  # type: ignore[method-assign]
+    assert calls["n"] == 2 and first._thumbs == second._thumbs
+    assert len(module._blocks) == 2  # one cached entry per layer, shared by both views
