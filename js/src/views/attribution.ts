@@ -20,6 +20,7 @@ import {
   outlinePatch,
   paintSpans,
   patchOverlay,
+  SCORE_CSS,
   type ScoreImage,
   scoreImage,
   tokenStrip,
@@ -112,7 +113,7 @@ export class AttributionApp {
     private readonly model: Model,
     private readonly link: LinkStore = createLink(),
   ) {
-    paneHeading(this.root, model.get("_title"), css);
+    paneHeading(this.root, model.get("_title"), SCORE_CSS + css);
     this.root.append(this.notes, this.buildControls(), this.status);
     const body = h("div", "mmviz-attr-body");
     const left = h("div", "mmviz-attr-left");

@@ -22,6 +22,7 @@ import {
   outlinePatch,
   paintSpans,
   patchOverlay,
+  SCORE_CSS,
   type ScoreImage,
   scoreImage,
   tokenStrip,
@@ -91,7 +92,7 @@ export class PatchingApp {
     private readonly model: Model,
     private readonly link: LinkStore = createLink(),
   ) {
-    paneHeading(this.root, model.get("_title"), css);
+    paneHeading(this.root, model.get("_title"), SCORE_CSS + css);
     this.root.append(this.notes, this.buildControls(), this.summary, this.status);
     const gridFigure = h("figure", "mmviz-patching-figure");
     const gridRow = h("div", "mmviz-patching-grid-row");

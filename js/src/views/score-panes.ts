@@ -7,6 +7,10 @@ import { decodeTensor, type TensorPayload } from "../codecs";
 import type { TableState } from "../model";
 import type { Table } from "../render/matrix";
 import { h, rgbCanvas, sizeCanvas } from "./dom";
+import sharedCss from "./score-panes.css";
+
+/** Styles of the shared token strip; a pane adds them before its own (`paneHeading(root, title, SCORE_CSS + css)`). */
+export const SCORE_CSS = sharedCss;
 
 /** RGBA (alpha 0–1) of a value. */
 export type ColorOf = (value: number) => [number, number, number, number];
@@ -41,7 +45,10 @@ export function tokenStrip(
       spans.push(null);
       return;
     }
-    const span = h("span", `${tokClass} mmviz-kind-${kind}${table.generated[pos] ? " mmviz-generated" : ""}`);
+    const span = h(
+      "span",
+      `mmviz-score-tok ${tokClass} mmviz-kind-${kind}${table.generated[pos] ? " mmviz-generated" : ""}`,
+    );
     span.textContent = text;
     span.dataset.pos = String(pos);
     spans.push(span);
