@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,3 +104,40 @@ c => {
 }
 """
 """JS for ``locator.evaluate``: painted pixels, distinct colours and a checksum of a canvas."""
+
+
+def open_in_lab(browser: Any, url: str, notebook: str, viewport: dict[str, int]) -> tuple[Any, Any, list[str]]:
+    """Opens ``notebook`` in a fresh JupyterLab workspace and waits for an idle kernel.
+
+    Returns:
+        The browser context, its page and the list the page's script errors are collected into.
+    """
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/lab/workspaces/{uuid.uuid4().hex}/tree/{notebook}")
+    page.wait_for_selector(".jp-Notebook", timeout=60000)
+    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
+    return context, page, errors
+
+
+def run_first_cell(page: Any, root: Any, ready: str, failed_shot: Path) -> None:
+    """Runs the notebook's first cell until ``root`` shows, then waits for the selector ``ready``.
+
+    A keystroke sent while the editor is still attaching can be lost, so the cell is sent up to three times.
+    If the view never gets ready, the page is saved to ``failed_shot`` before the error is raised.
+    """
+    try:
+        for _ in range(3):
+            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+            page.keyboard.press("Shift+Enter")
+            try:
+                root.wait_for(timeout=30000)
+                break
+            except Exception:
+                continue
+        page.wait_for_selector(ready, timeout=30000)
+    except Exception:
+        page.screenshot(path=str(failed_shot))
+        raise

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.browser.browser_helpers import ROOT, jupyter_server, write_notebook
+from tests.browser.browser_helpers import ROOT, jupyter_server, run_first_cell, write_notebook
 
 CELLS = [
     "import sys\n"
@@ -52,19 +52,7 @@ def test_view_in_jupyter(lab, browser, shots):
     if app == "jupyterlab":
         page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
     root = page.locator(".mmviz-root")
-    try:
-        for _ in range(3):  # a keystroke sent while the editor is still attaching can be lost
-            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-            page.keyboard.press("Shift+Enter")
-            try:
-                root.wait_for(timeout=30000)
-                break
-            except Exception:
-                continue
-        page.wait_for_selector(".mmviz-root[data-state='ready']", timeout=30000)
-    except Exception:
-        page.screenshot(path=str(shots / f"{app}-failed.png"))
-        raise
+    run_first_cell(page, root, ".mmviz-root[data-state='ready']", shots / f"{app}-failed.png")
 
     token = root.locator(".mmviz-tok").last
     token.hover()

@@ -3,11 +3,9 @@ selections sync both ways between the browser and the kernel."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from tests.browser.browser_helpers import ROOT, jupyter_server, write_notebook
+from tests.browser.browser_helpers import ROOT, jupyter_server, open_in_lab, run_first_cell, write_notebook
 
 CELLS = [
     "import sys\n"
@@ -32,27 +30,9 @@ def lab(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cross_attention_view_in_jupyterlab(lab, browser, shots):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab}/lab/workspaces/{uuid.uuid4().hex}/tree/view.ipynb")
-    page.wait_for_selector(".jp-Notebook", timeout=60000)
-    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
+    context, page, errors = open_in_lab(browser, lab, "view.ipynb", {"width": 1500, "height": 1100})
     root = page.locator(".mmviz-root.mmviz-xattn")
-    try:
-        for _ in range(3):  # a keystroke sent while the editor is still attaching can be lost
-            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-            page.keyboard.press("Shift+Enter")
-            try:
-                root.wait_for(timeout=30000)
-                break
-            except Exception:
-                continue
-        page.wait_for_selector(".mmviz-xattn-canvas[data-painted='map']", timeout=30000)
-    except Exception:
-        page.screenshot(path=str(shots / "jupyterlab-xattn-failed.png"))
-        raise
+    run_first_cell(page, root, ".mmviz-xattn-canvas[data-painted='map']", shots / "jupyterlab-xattn-failed.png")
     assert root.get_attribute("data-word") == "2"
 
     # the browser's selection reaches Python

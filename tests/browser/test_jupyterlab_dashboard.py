@@ -5,11 +5,17 @@ through the browser's link store (no kernel round trip)."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import pytest
 
-from tests.browser.browser_helpers import CANVAS_STATS, ROOT, jupyter_server, write_notebook
+from tests.browser.browser_helpers import (
+    CANVAS_STATS,
+    ROOT,
+    jupyter_server,
+    open_in_lab,
+    run_first_cell,
+    write_notebook,
+)
 
 CELLS = [
     "import sys\n"
@@ -32,27 +38,9 @@ def lab(tmp_path_factory):
 
 @pytest.mark.slow
 def test_three_pane_dashboard_links_in_jupyterlab(lab, browser, shots):
-    context = browser.new_context(viewport={"width": 1500, "height": 3200})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab}/lab/workspaces/{uuid.uuid4().hex}/tree/board.ipynb")
-    page.wait_for_selector(".jp-Notebook", timeout=60000)
-    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=60000)
+    context, page, errors = open_in_lab(browser, lab, "board.ipynb", {"width": 1500, "height": 3200})
     board = page.locator(".mmviz-root.mmviz-dashboard")
-    try:
-        for _ in range(3):  # a keystroke sent while the editor is still attaching can be lost
-            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-            page.keyboard.press("Shift+Enter")
-            try:
-                board.wait_for(timeout=30000)
-                break
-            except Exception:
-                continue
-        page.wait_for_selector(".mmviz-dashboard-attention .mmviz-tok", timeout=30000)
-    except Exception:
-        page.screenshot(path=str(shots / "jupyterlab-dashboard-failed.png"))
-        raise
+    run_first_cell(page, board, ".mmviz-dashboard-attention .mmviz-tok", shots / "jupyterlab-dashboard-failed.png")
     attention = page.locator(".mmviz-dashboard-pane.mmviz-dashboard-attention")
     xattn_canvas = page.locator(".mmviz-xattn-canvas")
     page.mouse.move(0, 0)
