@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mmviz._hf.run import progress_bar
 from mmviz.data.features import FeatureTrace
 from mmviz.data.tokens import TokenTable
 from mmviz.features._load import MAX_SAE_BYTES, load_sae, sae_from_arrays
-from mmviz.features._run import Accumulator, on_device, progress_bar, stop_after, table_of_row, tables_of_run
+from mmviz.features._run import Accumulator, on_device, stop_after, table_of_row, tables_of_run
 from mmviz.features._sae import ACTIVATIONS, SAE
 
 __all__ = ["ACTIVATIONS", "MAX_SAE_BYTES", "SAE", "features", "load_sae", "sae_from_arrays"]

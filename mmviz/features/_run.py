@@ -22,7 +22,6 @@ __all__ = [
     "Accumulator",
     "SiteReached",
     "on_device",
-    "progress_bar",
     "stop_after",
     "table_of_row",
     "tables_of_run",
@@ -32,17 +31,6 @@ CHUNK_BYTES = 64 * 2**20
 """Bytes of dense ``[positions, d_sae]`` activations encoded at once."""
 
 _IMAGE_KEYS = ("pixel_values", "pixel_values_videos", "image_embeds")
-
-
-def progress_bar(items: Iterable[Any], total: int, enabled: bool, desc: str) -> Iterator[Any]:
-    """``tqdm.auto`` progress over ``items`` when enabled and tqdm is installed; plain iteration otherwise."""
-    bar = None
-    if enabled:
-        with contextlib.suppress(ImportError):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(items, total=total, desc=desc, leave=False)
-    yield from bar if bar is not None else items
 
 
 def on_device(batch: Mapping[str, Any], model: Any) -> dict[str, Any]:
