@@ -174,24 +174,10 @@ def direction(
     return (mean_a - mean_b).astype(np.float32)
 
 
-@contextlib.contextmanager
-def _evaluating(model: Any) -> Iterator[None]:
-    """Evaluation mode without gradients for the block; the model's mode restored after, also on errors."""
-    import torch
-
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(training)
-
-
 def _mean_state(model: Any, inputs: Any, found: Any, positions: list[int] | None) -> np.ndarray:
     import torch
 
-    from mmviz._hf.residual import record_residual
+    from mmviz._hf.residual import evaluating, record_residual
 
     batches = [inputs] if isinstance(inputs, Mapping) or hasattr(inputs, "keys") else list(inputs)
     if not batches:
@@ -199,7 +185,7 @@ def _mean_state(model: Any, inputs: Any, found: Any, positions: list[int] | None
     total: torch.Tensor | None = None
     count = 0.0
     for batch in batches:
-        with record_residual(found.blocks, [found.state]) as seen, _evaluating(model):
+        with record_residual(found.blocks, [found.state]) as seen, evaluating(model):
             model(**batch)
         if len(seen[found.state]) != 1:
             raise ValueError(f"direction: the model ran {found.name} {len(seen[found.state])} times for one batch")
