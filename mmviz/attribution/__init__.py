@@ -98,13 +98,18 @@ def attribute(
         processor: the processor or tokenizer (token texts, answers, captions, image layout).
         baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
             embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
-            pixels, or ``{"text": ..., "image": ...}``.
+            pixels, or ``{"text": ..., "image": ..., "image_embeddings": ...}``.
         steps: integrated gradients' points on the path.
         batch_size: path points (or occluded copies) per forward pass; bounds memory.
         progress: ``tqdm.auto`` progress bar for the multi-pass methods.
         per_token: one score row per answer token.
         sources: attribute ``"text"`` and/or ``"image"`` (default: both when present); the other input is
             held as given. A VLM attributed over ``["image"]`` keeps the prompt's positions (text scores 0).
+            ``"image_embeddings"`` (VLMs): the image tokens the language model reads (the projector's outputs
+            in its ``inputs_embeds``) instead of the pixels, one score per image token; with integrated
+            gradients the path runs from the image tokens of ``baseline={"image": pixel_values}`` (e.g. a
+            blank image; or ``{"image_embeddings": tensor}``, default zero vectors), and completeness holds
+            over them. Cannot be combined with ``"image"``.
         rule: integrated gradients' integration rule (``"gausslegendre"``, ``"riemann_trapezoid"``, ...).
 
     Returns:

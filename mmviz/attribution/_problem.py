@@ -7,7 +7,9 @@ input:
   forward hook so that scaled or occluded embeddings flow through the unchanged model (for VLMs the
   image placeholders' embeddings are overwritten by image features inside the model, so their
   contribution arrives through the pixels);
-* **image**: ``pixel_values``, in whatever layout the processor produced (see ``PixelLayout``).
+* **image**: ``pixel_values``, in whatever layout the processor produced (see ``PixelLayout``);
+* **image_embeddings** (VLMs): the image tokens the language model reads, i.e. its ``inputs_embeds`` at the
+  image placeholders' positions, replaced through a pre-hook on the language model (``_image_embeddings``).
 
 Positions come from ``mmviz.capture``'s token tables (one short forward, first layer only), so
 image tokens carry the same ``(image, row, col)`` layout as attention traces.
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from mmviz._hf.run import prepared
+from mmviz.attribution import _image_embeddings as image_embeddings
 from mmviz.attribution._checks import check_target
 from mmviz.attribution._pixels import PixelLayout, cell_sums
 from mmviz.attribution._targets import TEXT_KEYS, Plan, plan_target
@@ -31,7 +34,7 @@ from mmviz.data import TokenTable
 
 __all__ = ["Problem", "prepared"]
 
-SOURCES = ("text", "image")
+SOURCES = ("text", "image", "image_embeddings")
 
 
 def input_embeddings(model: Any) -> torch.nn.Module | None:
@@ -64,7 +67,8 @@ class Problem:
         processor: processor or tokenizer (token texts, answers, captions, image means).
         target: see ``mmviz.attribute``.
         per_token: one row per answer token.
-        sources: ``"text"`` and/or ``"image"``: the inputs attributed (default: both when present).
+        sources: ``"text"``, ``"image"`` and/or ``"image_embeddings"``: the inputs attributed (default:
+            ``"text"`` and ``"image"`` when present).
     """
 
     def __init__(
@@ -100,17 +104,31 @@ class Problem:
             )
         check_target(model, self.tokenizer, target)
         self.plan: Plan = plan_target(model, inputs, self.tokenizer, target, per_token)
-        wanted = set(SOURCES if sources is None else sources)
+        wanted = set(SOURCES[:2] if sources is None else sources)
         unknown = wanted - set(SOURCES)
         if unknown:
-            raise ValueError(f"unknown source(s) {sorted(unknown)}; use 'text' and/or 'image'")
+            raise ValueError(f"unknown source(s) {sorted(unknown)}; use 'text', 'image' and/or 'image_embeddings'")
+        if {"image", "image_embeddings"} <= wanted:
+            raise ValueError(
+                "sources 'image' and 'image_embeddings' cannot be attributed together: the pixels reach the "
+                "language model only through the image embeddings. Pick one"
+            )
         first = self.plan.variants[0].inputs
-        self.embed = input_embeddings(model) if "text" in wanted and self.plan.attribute_text else None
+        self.embeds_at_lm = "image_embeddings" in wanted
+        """Whether the attributed embeddings are the language model's ``inputs_embeds`` (image tokens included)."""
+        text_wanted = "text" in wanted and self.plan.attribute_text
+        self.embed = input_embeddings(model) if text_wanted or self.embeds_at_lm else None
         self.n_embed = self.plan.shared if self.embed is not None and "input_ids" in first else 0
-        if self.n_embed == 0:
+        if self.n_embed == 0 and not self.embeds_at_lm:
             self.embed = None
         self.x_embed: torch.Tensor | None = None
-        if self.embed is not None:
+        self.rows = np.ones(self.n_embed, dtype=bool)
+        """``[n_embed]``: the rows of ``x_embed`` that are attributed (the others are held as given, score 0)."""
+        self.image_rows = np.zeros(self.n_embed, dtype=bool)
+        """``[n_embed]``: with ``embeds_at_lm``, the image tokens' rows."""
+        if self.embeds_at_lm:
+            self._init_lm_embeddings(first, text_wanted)
+        elif self.embed is not None:
             with torch.no_grad():
                 self.x_embed = self.embed(first["input_ids"][:, : self.n_embed]).detach()
         self.x_pixels: torch.Tensor | None = None
@@ -133,6 +151,35 @@ class Problem:
         self._reference: torch.Tensor | None = None
         self.table = self._table() if build_table else TokenTable.build([])
         self.fast = self._check_fast()
+
+    def _init_lm_embeddings(self, first: dict[str, Any], text_wanted: bool) -> None:
+        """``x_embed``: the language model's input embeddings over the prompt; ``rows``: image (and text) rows."""
+        if not isinstance(first.get("input_ids"), torch.Tensor) or not isinstance(
+            first.get("pixel_values"), torch.Tensor
+        ):
+            raise ValueError("sources=['image_embeddings'] needs input_ids and pixel_values among the inputs")
+        ids = first["input_ids"][0, : self.plan.shared].cpu().numpy()
+        image_rows = ids == image_embeddings.image_token_id(self.model)
+        if not image_rows.any():
+            raise ValueError(
+                "sources=['image_embeddings']: the prompt holds no image placeholder tokens; build the inputs "
+                "with the processor from an image and a prompt"
+            )
+        self.n_embed = len(ids)
+        self.x_embed = image_embeddings.lm_inputs(self.model, first, self.plan.variants[0].kwargs)[:, : self.n_embed]
+        self.image_rows = image_rows
+        self.rows = image_rows | (text_wanted & ~image_rows)
+
+    def embedding_units(self) -> list[int]:
+        """Positions whose embedding row can be replaced on its own (occlusion, deletion).
+
+        Token embeddings: the text tokens (an image placeholder's row is overwritten by the model). Language-model
+        input embeddings: the attributed rows.
+        """
+        kinds = self.table.kind
+        if self.embeds_at_lm:
+            return [p for p in range(self.n_embed) if self.rows[p] and kinds[p] != "pad"]
+        return [p for p in range(self.n_embed) if kinds[p] not in ("image", "pad")]
 
     # -- positions -------------------------------------------------------------------------------
     def _table(self) -> TokenTable:
@@ -206,8 +253,12 @@ class Problem:
     # -- running ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _embedding_hook(self, emb: torch.Tensor | None) -> Iterator[None]:
-        if emb is None or self.embed is None:
+        if emb is None or (self.embed is None and not self.embeds_at_lm):
             yield
+            return
+        if self.embeds_at_lm:
+            with image_embeddings.replacing_lm_inputs(self.model, emb):
+                yield
             return
         n = self.n_embed
 
@@ -262,21 +313,31 @@ class Problem:
 
     # -- baselines -------------------------------------------------------------------------------
     def baselines(self, baseline: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Baseline embeddings ``[1, n_embed, dim]`` and pixels for ``"zeros"``, ``"pad"``, a tensor or a dict."""
+        """Baseline embeddings ``[1, n_embed, dim]`` and pixels for ``"zeros"``, ``"pad"``, a tensor or a dict.
+
+        With ``sources=["image_embeddings"]`` the image rows come from ``{"image_embeddings": [1, images, dim]}``,
+        from the image tokens of ``{"image": pixel_values}`` (e.g. a blank image), or are zero vectors (``"zeros"``,
+        ``"pad"``); held rows keep the input's values.
+        """
         emb_b: Any = None
         pix_b: Any = None
+        img_b: Any = None
+        pixel_like = self.x_pixels if self.x_pixels is not None else self._given_pixels()
+        n_image = int(self.image_rows.sum()) if self.embeds_at_lm else 0
         if isinstance(baseline, dict):
-            emb_b, pix_b = baseline.get("text"), baseline.get("image")
+            emb_b, pix_b, img_b = baseline.get("text"), baseline.get("image"), baseline.get("image_embeddings")
         elif isinstance(baseline, torch.Tensor):
             if self.x_embed is not None and baseline.numel() == self.x_embed.numel():
                 emb_b = baseline
-            elif self.x_pixels is not None and baseline.numel() == self.x_pixels.numel():
+            elif self.x_embed is not None and n_image and baseline.numel() == n_image * self.x_embed.shape[-1]:
+                img_b = baseline
+            elif pixel_like is not None and baseline.numel() == pixel_like.numel():
                 pix_b = baseline
             else:
                 raise ValueError(
                     f"a baseline tensor of shape {tuple(baseline.shape)} matches neither the embeddings "
                     f"{None if self.x_embed is None else tuple(self.x_embed.shape)} nor the pixels "
-                    f"{None if self.x_pixels is None else tuple(self.x_pixels.shape)}; pass a dict "
+                    f"{None if pixel_like is None else tuple(pixel_like.shape)}; pass a dict "
                     "{'text': ..., 'image': ...} to give both"
                 )
         elif baseline in ("zeros", "pad"):
@@ -291,6 +352,8 @@ class Problem:
                 emb = self._pad_embeddings()
             else:
                 emb = torch.as_tensor(emb_b).to(self.x_embed).reshape(self.x_embed.shape)
+            if self.embeds_at_lm:
+                emb = self._lm_baseline(emb, pix_b, img_b, full_given=isinstance(emb_b, torch.Tensor))
         pix = None
         if self.x_pixels is not None:
             if pix_b is None or isinstance(pix_b, str):
@@ -298,6 +361,32 @@ class Problem:
             else:
                 pix = torch.as_tensor(pix_b).to(self.x_pixels).reshape(self.x_pixels.shape)
         return emb, pix
+
+    def _given_pixels(self) -> torch.Tensor | None:
+        value = self.plan.variants[0].inputs.get("pixel_values")
+        return value if isinstance(value, torch.Tensor) else None
+
+    def _lm_baseline(self, text: torch.Tensor, pixels: Any, image: Any, full_given: bool) -> torch.Tensor:
+        """Language-model input baseline: held rows as given, text rows from ``text``, image rows from the rest."""
+        assert self.x_embed is not None
+        out = self.x_embed.clone()
+        image_rows = torch.from_numpy(self.image_rows).to(out.device)
+        text_rows = torch.from_numpy(self.rows & ~self.image_rows).to(out.device)
+        out[:, text_rows] = text[:, text_rows]
+        if image is not None:
+            out[:, image_rows] = torch.as_tensor(image).to(out).reshape(1, -1, out.shape[-1])
+        elif isinstance(pixels, torch.Tensor):
+            given = self._given_pixels()
+            assert given is not None
+            first = dict(self.plan.variants[0].inputs)
+            first["pixel_values"] = pixels.to(given).reshape(given.shape)
+            tokens = image_embeddings.lm_inputs(self.model, first, self.plan.variants[0].kwargs)
+            out[:, image_rows] = tokens[:, : self.n_embed][:, image_rows]
+        elif full_given:
+            out[:, image_rows] = text[:, image_rows]
+        else:
+            out[:, image_rows] = 0.0
+        return out
 
     def _pad_embeddings(self) -> torch.Tensor:
         assert self.embed is not None and self.x_embed is not None
@@ -336,7 +425,7 @@ class Problem:
         if emb_attr is not None:
             e = emb_attr.detach().to("cpu", torch.float64)
             text = e.pow(2).sum(-1).numpy() if norm else e.sum(-1).numpy()
-            scores[:, : self.n_embed] += text
+            scores[:, : self.n_embed] += np.where(self.rows, text, 0.0)
         maps: list[np.ndarray] = []
         if pix_attr is not None and self.layout is not None:
             p = pix_attr.detach().to("cpu", torch.float64)

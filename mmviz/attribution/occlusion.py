@@ -38,9 +38,8 @@ def occlusion(
     x_e, x_p = problem.x_embed, problem.x_pixels
     b_e, b_p = problem.baselines(baseline)
     units: list[tuple[int, str, Any]] = []  # (position, "text" | "image", slot or pixel mask)
-    for pos in range(problem.n_embed):
-        if table.kind[pos] not in ("image", "pad"):
-            units.append((pos, "text", pos))
+    for pos in problem.embedding_units():
+        units.append((pos, "text", pos))
     if x_p is not None and problem.layout is not None:
         for image in range(min(len(table.images), len(problem.layout.sizes))):
             grid = table.image_positions(image)

@@ -56,7 +56,7 @@ class Perturbable:
         self.tokens: TokenTable = problem.table
         self.labels: tuple[str, ...] = tuple(problem.plan.labels)
         table = problem.table
-        units: list[int] = [p for p in range(problem.n_embed) if table.kind[p] == "text"]
+        units: list[int] = [p for p in problem.embedding_units() if table.kind[p] in ("text", "image")]
         self._text_units = np.asarray(units, dtype=np.int64)
         cells: list[int] = []  # position of each image cell
         self._cell_of: Any = None  # shaped like pixel_values: 1 + index into `cells` (0: in no cell)
@@ -179,7 +179,8 @@ def explained(
         processor: the processor or tokenizer.
         baseline: what a removed position becomes (see the module docstring).
         per_token: one row per answer token.
-        sources: ``"text"`` and/or ``"image"``: which inputs can be removed (default: both when present).
+        sources: ``"text"``, ``"image"`` (pixels) and/or ``"image_embeddings"`` (a VLM's image tokens, replaced
+            row by row): which inputs can be removed (default: text and pixels when present).
 
     Yields:
         A ``Perturbable``. The model's mode and ``requires_grad`` flags are restored on exit, also on errors.

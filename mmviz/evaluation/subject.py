@@ -134,8 +134,8 @@ def _from_attribution(attr: Attribution, processor: Any, row: int, target: Any, 
         return other.scores[min(row, other.scores.shape[0] - 1)].astype(np.float64)
 
     perturb = {"target": spec_target, "baseline": spec_baseline, "per_token": bool(call.get("per_token", False))}
-    if "sources" in options:
-        perturb["sources"] = options["sources"]
+    if "sources" in options:  # a map of the image tokens' embeddings is judged by removing their pixels
+        perturb["sources"] = tuple(dict.fromkeys("image" if x == "image_embeddings" else x for x in options["sources"]))
     label = attr.targets[row] if attr.targets else attr.target
     return Subject(
         name=f"{attr.method} of {label}" if label else attr.method,
