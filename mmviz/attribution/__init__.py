@@ -20,21 +20,41 @@ from typing import Any
 
 from mmviz.attribution.targets import SimilarityTarget, similarity_to
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
+__all__ = ["DEFAULT_BASELINES", "DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
 
 DEFAULT_METHODS = {
     "dual": "relevance",
+    "vlm": "relevance",
     "lm": "integrated_gradients",
     "classifier": "integrated_gradients",
     "embedding": "integrated_gradients",
 }
-"""``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models and
-VLMs (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by ``mmviz.evaluate`` on the teaching
-models (``docs/faithfulness.md``): the teaching CLIP's phrase relevance points at the named object and passes the
-model-randomisation check, while integrated gradients from zero embeddings and zero pixels points at chance."""
+"""``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models
+given an image (``"vlm"``), language models (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by
+``mmviz.evaluate`` on the teaching models (``docs/faithfulness.md``), the model-randomisation check included:
+the teaching CLIP's phrase relevance and the teaching VLM's answer relevance point at the named object and
+pass it, while integrated gradients from zero embeddings and zero pixels points at chance on both; over a
+question's tokens, integrated gradients from pad-token embeddings points at the words that decide the answer
+and passes it."""
+
+DEFAULT_BASELINES = {"lm": "pad", "vlm": "pad"}
+"""Integrated gradients' ``baseline=None`` by kind of model (other kinds and methods: ``"zeros"``). ``"pad"`` (pad-token embeddings) falls back to
+``"zeros"`` when the tokenizer and the config name no pad token. On the teaching VLM's question tokens,
+integrated gradients from zero embeddings fails the model-randomisation check (the map of a random model
+ranks the tokens the same way) and points less often at the deciding words; from pad embeddings it passes."""
+
+
+def _kind(model: Any, inputs: Any) -> str:
+    """The kind ``DEFAULT_METHODS`` and ``DEFAULT_BASELINES`` are keyed by: ``model_kind``, with a language model
+    given ``pixel_values`` counted as ``"vlm"``."""
+    from mmviz.attribution._targets import model_kind
+
+    kind = model_kind(model)
+    pixels = inputs.get("pixel_values") if hasattr(inputs, "get") else None
+    return "vlm" if kind == "lm" and pixels is not None else kind
 
 
 def _method(name: str) -> Callable[..., dict[str, Any]]:
@@ -54,7 +74,7 @@ def attribute(
     method: str | None = None,
     target: Any = None,
     processor: Any = None,
-    baseline: Any = "zeros",
+    baseline: Any = None,
     steps: int = 50,
     batch_size: int = 8,
     progress: bool = True,
@@ -79,9 +99,10 @@ def attribute(
         inputs: the processor's output for **one** example (a dict or ``BatchEncoding``).
         method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"``,
             ``"attention_rollout"``, ``"relevance"`` or ``"occlusion"``. Default (``None``): the method
-            that passes ``mmviz.evaluate``'s checks on the teaching models for this kind of model
-            (``DEFAULT_METHODS``): ``"relevance"`` for two-tower models (CLIP, SigLIP), whose integrated
-            gradients from the default baseline point at chance; ``"integrated_gradients"`` otherwise.
+            that passes ``mmviz.evaluate``'s checks (the model-randomisation sanity check included) on the
+            teaching models for this kind of model (``DEFAULT_METHODS``): ``"relevance"`` for two-tower models
+            (CLIP, SigLIP) and for VLMs given an image, whose integrated gradients from zero inputs point at
+            chance; ``"integrated_gradients"`` for language models, classifiers and encoders.
         target: what to explain.
 
             * ``None``: the model's own prediction (next token, top class, the first caption).
@@ -98,7 +119,9 @@ def attribute(
         processor: the processor or tokenizer (token texts, answers, captions, image layout).
         baseline: integrated gradients' and occlusion's reference: ``"zeros"``, ``"pad"`` (pad-token
             embeddings, zero pixels), a tensor shaped like the embeddings ``[1, tokens, dim]`` or the
-            pixels, or ``{"text": ..., "image": ..., "image_embeddings": ...}``.
+            pixels, or ``{"text": ..., "image": ..., "image_embeddings": ...}``. Default (``None``): for
+            integrated gradients on language models and VLMs ``"pad"`` where a pad token exists
+            (``DEFAULT_BASELINES``), else ``"zeros"``.
         steps: integrated gradients' points on the path.
         batch_size: path points (or occluded copies) per forward pass; bounds memory.
         progress: ``tqdm.auto`` progress bar for the multi-pass methods.
@@ -128,18 +151,21 @@ def attribute(
     from mmviz.attribution._problem import Problem, prepared
     from mmviz.data import Attribution
 
-    if method is None:
-        from mmviz.attribution._targets import model_kind
-
-        method = DEFAULT_METHODS.get(model_kind(model), "integrated_gradients")
-    fn = _method(method)
     inputs = check_inputs(inputs)
+    kind = _kind(model, inputs)
+    if method is None:
+        method = DEFAULT_METHODS.get(kind, "integrated_gradients")
+    fn = _method(method)
     steps = check_count(steps, "steps", "integrated gradients' points on the path, e.g. steps=50")
     batch_size = check_count(batch_size, "batch_size", "inputs per forward pass, e.g. batch_size=8")
     with prepared(model), torch.no_grad():
         problem = Problem(
             model, inputs, processor, target, per_token=per_token, sources=None if sources is None else tuple(sources)
         )
+        if baseline is None:
+            baseline = DEFAULT_BASELINES.get(kind, "zeros") if method == "integrated_gradients" else "zeros"
+            if baseline == "pad" and (problem.x_embed is None or problem.pad_token_id() is None):
+                baseline = "zeros"
         result = fn(problem, baseline=baseline, steps=steps, batch_size=batch_size, progress=progress, rule=rule)
     info = {"model": type(model).__name__, "model_type": getattr(model.config, "model_type", "")}
     info.update(result.get("info", {}))

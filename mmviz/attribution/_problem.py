@@ -388,14 +388,19 @@ class Problem:
             out[:, image_rows] = 0.0
         return out
 
-    def _pad_embeddings(self) -> torch.Tensor:
-        assert self.embed is not None and self.x_embed is not None
+    def pad_token_id(self) -> int | None:
+        """The pad token's id (tokenizer's, else the config's or its text config's), or ``None``."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
         if pad is None:
             config = self.model.config
-            pad = getattr(config, "pad_token_id", None) or getattr(
-                getattr(config, "text_config", None), "pad_token_id", None
-            )
+            pad = getattr(config, "pad_token_id", None)
+            if pad is None:
+                pad = getattr(getattr(config, "text_config", None), "pad_token_id", None)
+        return None if pad is None else int(pad)
+
+    def _pad_embeddings(self) -> torch.Tensor:
+        assert self.embed is not None and self.x_embed is not None
+        pad = self.pad_token_id()
         if pad is None:
             raise ValueError(
                 "baseline='pad' needs a pad token: the tokenizer and the config have none. Set "

@@ -117,8 +117,9 @@ def evaluate(
         other_target: the target of ``"label_randomization"`` (default: a random other token or class
             id when the target is an id).
         random_orders: random orders averaged for the deletion/insertion reference.
-        units: ``"image"`` or ``"text"``: deletion and insertion remove only units of that kind (default:
-            every text token and image patch the map scores).
+        units: ``"image"`` or ``"text"``: deletion and insertion remove only units of that kind, and the
+            randomisation checks' rank correlations and token masks compare only positions of that kind
+            (default: every text token and image patch the map scores).
         batch_size: perturbed copies per forward pass.
         upsample: ``"bilinear"`` or ``"nearest"``: how patch scores reach a pixel mask's size.
         iou_threshold: the fraction of the map's maximum above which a pixel counts as "on" for IoU.
@@ -180,7 +181,7 @@ def evaluate(
             from mmviz.evaluation.randomization import model_randomization
 
             results["model_randomization"] = model_randomization(
-                subj, model, inputs, seed=seed, threshold=randomization_threshold, progress=progress
+                subj, model, inputs, seed=seed, threshold=randomization_threshold, units=units, progress=progress
             )
     if "label_randomization" in checks:
         other = other_target if other_target is not None else _other_id(subj, model, seed)
@@ -194,7 +195,7 @@ def evaluate(
             from mmviz.evaluation.randomization import label_randomization
 
             results["label_randomization"] = label_randomization(
-                subj, model, inputs, other, threshold=randomization_threshold
+                subj, model, inputs, other, threshold=randomization_threshold, units=units
             )
     wanted_masks = [c for c in MASK_CHECKS if c in checks]
     if wanted_masks:
@@ -202,7 +203,10 @@ def evaluate(
             skipped.update(dict.fromkeys(wanted_masks, "needs masks= (an [H, W] boolean mask or token positions)"))
         else:
             results.update(
-                mask_checks(subj, masks, wanted_masks, objects=objects, upsample=upsample, iou_threshold=iou_threshold)
+                mask_checks(
+                    subj, masks, wanted_masks, objects=objects, upsample=upsample, iou_threshold=iou_threshold,
+                    units=units,
+                )  # fmt: skip
             )
     if "completeness" in checks:
         result, why = _completeness(subj, target_row)

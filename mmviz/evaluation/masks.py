@@ -69,12 +69,14 @@ def normalize_masks(masks: Any, subject: Subject) -> list[tuple[int | None, np.n
     return out
 
 
-def _pairs(subject: Subject, masks: list[tuple[int | None, np.ndarray]], upsample: str) -> list[Pair]:
+def _pairs(
+    subject: Subject, masks: list[tuple[int | None, np.ndarray]], upsample: str, units: str | None = None
+) -> list[Pair]:
     pairs = []
     for image, mask in masks:
         if image is None:
             kinds = subject.tokens.kind
-            compared = ((kinds == "text") | (kinds == "image")) | mask
+            compared = (kinds == units if units else (kinds == "text") | (kinds == "image")) | mask
             pairs.append((subject.scores[compared], mask[compared]))
         else:
             pairs.append((subject.image_map(image, mask.shape, upsample), mask))
@@ -89,15 +91,17 @@ def mask_checks(
     objects: Any = None,
     upsample: str = "bilinear",
     iou_threshold: float = 0.5,
+    units: str | None = None,
 ) -> dict[str, CheckResult]:
-    """Scores of a map against masks, each with its baselines.
+    """Scores of a map against masks, each with its baselines (``units``: token masks compare only positions of
+    that kind).
 
     Returns:
         check name → ``CheckResult`` (passed when the score beats its area baseline).
     """
     given = normalize_masks(masks, subject)
-    pairs = _pairs(subject, given, upsample)
-    object_pairs = _pairs(subject, normalize_masks(objects, subject), upsample) if objects is not None else []
+    pairs = _pairs(subject, given, upsample, units)
+    object_pairs = _pairs(subject, normalize_masks(objects, subject), upsample, units) if objects is not None else []
     if object_pairs and len(object_pairs) != len(pairs):
         raise ValueError(f"objects= gives {len(object_pairs)} mask(s) but masks= gives {len(pairs)}: give one each")
     area = float(np.mean([metrics.area_fraction(m) for _, m in pairs]))

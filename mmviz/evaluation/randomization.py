@@ -100,14 +100,15 @@ def randomized(model: Any, seed: int = 0) -> Iterator[Any]:
                 p.copy_(original)
 
 
-def _compared(subject: Subject) -> np.ndarray:
-    """Positions the correlation compares: text tokens and image patches (not specials or padding)."""
+def _compared(subject: Subject, units: str | None = None) -> np.ndarray:
+    """Positions the correlation compares: text tokens and image patches (not specials or padding), or only
+    the ``units`` kind (a map of the image that scores the prompt's tokens 0 is compared on the image)."""
     kinds = subject.tokens.kind
-    return np.flatnonzero((kinds == "text") | (kinds == "image"))
+    return np.flatnonzero(kinds == units if units else (kinds == "text") | (kinds == "image"))
 
 
-def _correlation(subject: Subject, other: np.ndarray) -> float:
-    keep = _compared(subject)
+def _correlation(subject: Subject, other: np.ndarray, units: str | None = None) -> float:
+    keep = _compared(subject, units)
     if keep.size < 2:
         keep = np.arange(len(subject.scores))
     return rank_correlation(np.abs(subject.scores[keep]), np.abs(np.asarray(other, dtype=np.float64)[keep]))
@@ -131,9 +132,10 @@ def model_randomization(
     *,
     seed: int = 0,
     threshold: float = 0.5,
+    units: str | None = None,
     progress: bool = True,
 ) -> CheckResult:
-    """Cascading model randomisation of one map.
+    """Cascading model randomisation of one map (``units``: compare only the positions of that kind).
 
     Returns:
         ``CheckResult`` with ``x`` = number of randomised blocks (1..n), ``curve`` = rank correlation after
@@ -150,7 +152,7 @@ def model_randomization(
     with randomized(model, seed) as randomize:
         for _, block in progress_bar(order, len(order), progress, "model randomisation"):
             randomize(block)
-            rhos.append(_correlation(subject, subject.recompute(model, inputs, None)))
+            rhos.append(_correlation(subject, subject.recompute(model, inputs, None), units))
     passed, note = _verdict("model_randomization", rhos[-1], threshold, "once the model's weights are random")
     return CheckResult(
         check="model_randomization",
@@ -165,12 +167,12 @@ def model_randomization(
 
 
 def label_randomization(
-    subject: Subject, model: Any, inputs: Any, other_target: Any, *, threshold: float = 0.5
+    subject: Subject, model: Any, inputs: Any, other_target: Any, *, threshold: float = 0.5, units: str | None = None
 ) -> CheckResult:
-    """The map for ``other_target`` compared with the original."""
+    """The map for ``other_target`` compared with the original (``units``: only the positions of that kind)."""
     if subject.recompute is None or not subject.retargetable:
         raise ValueError("this map has no target to swap")
-    rho = _correlation(subject, subject.recompute(model, inputs, other_target))
+    rho = _correlation(subject, subject.recompute(model, inputs, other_target), units)
     passed, note = _verdict("label_randomization", rho, threshold, f"for another target ({other_target!r})")
     return CheckResult(
         check="label_randomization", score=rho, baselines={"threshold": threshold}, passed=passed, note=note

@@ -12,9 +12,10 @@ implementation::
     scenes = teaching.make_scenes(8, seed=1)    # images, masks, captions, questions
 
 `import mmviz.teaching` needs only numpy; torch, transformers and diffusers are
-imported inside the loaders. See `mmviz.teaching.evaluate` for the faithfulness
-figures (pointing game against the object-area baseline) and the ``train_*``
-modules for how the weights were made.
+imported inside the loaders. See `mmviz.teaching.faithfulness` for the faithfulness
+figures (every map a public ``mmviz.attribute`` / ``mmviz.capture`` call judged by
+``mmviz.evaluate`` against the scenes' masks) and the ``train_*`` modules for how the
+weights were made.
 """
 
 from __future__ import annotations

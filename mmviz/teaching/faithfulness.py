@@ -1,40 +1,58 @@
 """The teaching models' maps judged by ``mmviz.evaluate``, through the public API only.
 
-Every map here comes from a public call — ``mmviz.attribute`` or ``mmviz.capture`` — on the processor's
-own inputs, and is scored by ``mmviz.evaluate`` against the exact object masks of the shapes world:
+Every figure of ``docs/teaching.md`` and of the teaching table in ``docs/faithfulness.md`` comes from this
+module: each map is a public call — ``mmviz.attribute`` or ``mmviz.capture`` — on the processor's own
+inputs, scored by ``mmviz.evaluate`` against the exact object masks of the shapes world.
 
 * **CLIP** (two-object scenes; target: the similarity of the image and the phrase of one object, "a red
-  circle"): relevance; integrated gradients over the pixels from a blank scene (the background colour);
-  integrated gradients from zero embeddings and pixels; saliency over the pixels; the last layer's CLS
-  attention (a text-free map, so its target object is "either object");
-* **VLM** (two-object scenes; target: the answer to a question about one object): integrated gradients over
-  the pixels from a blank scene (the demo's call); relevance; the answer position's attention, last layer;
+  circle"): relevance (the default); integrated gradients over the pixels from a blank scene (the background
+  colour); integrated gradients with ``mmviz.attribute``'s plain defaults otherwise (zero caption embeddings
+  and zero pixels); saliency over the pixels; the last layer's CLS attention (a text-free map, so its target
+  object is "either object").
+* **VLM** (two-object scenes; each scene asked all four questions; target: the answer's logit): integrated
+  gradients over the image tokens the language model reads (``sources=["image_embeddings"]``) from a blank
+  scene's; the same over the pixels; integrated gradients and relevance with no options but the target
+  (``mmviz.attribute``'s defaults); the answer position's attention, last layer and layer mean.
+* **text** (the VLM's question, ``units="text"``): the answer's maps over the question's tokens, against the
+  two words that decide it (what is asked, "colour"; and of which object, "square").
 * **diffusion** (``run_diffusion``): each shape word's cross-attention map (``trace.heatmap(word)``) against
-  the colour-segmented object of the generated image.
+  the colour-segmented object of the generated image; an object the model did not draw in its colour counts
+  as a miss.
 
-For each map: pointing game with both baselines (the named object's area; "some object": the chance that a
-peak on some object is on the named one), pointing on any object, relevance mass, IoU, deletion and
-insertion against random orders over the image patches (removed patches become the blank scene's, for every
-map: in this world the background is what "absent" looks like; the processor's zero, a mid-grey patch, reads as
-a grey object), and the cascading model-randomisation check on the first
-``sanity`` scenes (its pass rate and mean rank correlation).
+For each map: the pointing game with both baselines (the named object's area; "some object": the chance that
+a peak on some object is on the named one), pointing on any object, relevance mass and IoU on every map;
+deletion and insertion against random orders over the image patches (removed patches become the blank
+scene's, for every map: in this world the background is what "absent" looks like) on the first ``curves``
+scenes; the cascading model-randomisation check on the first ``sanity`` scenes (its pass rate and mean rank
+correlation). ``summarise`` gives each mean with its count and the half-width of its 95% interval.
 
-Run ``python -m mmviz.teaching.faithfulness --n 20`` (one CPU thread; a few minutes per model) for the table
-in ``docs/faithfulness.md``.
+Run ``python -m mmviz.teaching.faithfulness`` (one CPU thread; ``--help`` for the sample sizes) for the
+figures; ``PUBLISHED`` records them for the shipped weights, and the fast tests assert floors under them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from mmviz.teaching.shapes import BACKGROUND, make_scenes, segment_colour
+from mmviz.teaching.shapes import BACKGROUND, Scene, make_scenes, segment_colour
 
-__all__ = ["clip_maps", "run_clip", "run_diffusion", "run_vlm", "summarise", "vlm_maps"]
+__all__ = [
+    "PUBLISHED",
+    "clip_maps",
+    "run_clip",
+    "run_diffusion",
+    "run_text",
+    "run_vlm",
+    "summarise",
+    "text_maps",
+    "vlm_maps",
+]
 
 CLIP_SEED = 40_000
 VLM_SEED = 50_000
@@ -45,13 +63,18 @@ CURVE_CHECKS = ("deletion", "insertion")
 MapFn = Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]]
 """``(model, processor, inputs) → (map for mmviz.evaluate, extra evaluate options)``."""
 
+PUBLISHED: dict[str, dict[str, dict[str, float]]] = {}
+"""Pointing figures of ``python -m mmviz.teaching.faithfulness`` for the shipped weights (see ``docs/teaching.md``
+for the sample sizes), by model and map, with the floors ``tests/teaching/test_faithfulness.py`` asserts on its
+small samples (``floor``) and whether the map passes the model-randomisation check (``sane``: 1 or 0)."""
+
 
 def _blank(processor: Any, image: np.ndarray, **text: Any) -> Any:
     """Pixel values of a blank scene (background colour only), as the processor makes them."""
     return processor(images=np.full_like(image, BACKGROUND), return_tensors="pt", **text)["pixel_values"]
 
 
-def _attribution(target: str, **options: Any) -> MapFn:
+def _attribution(target: Any, **options: Any) -> MapFn:
     """A map drawn by ``mmviz.attribute(..., target=target, **options)``."""
 
     def draw(model: Any, processor: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
@@ -64,7 +87,7 @@ def _attribution(target: str, **options: Any) -> MapFn:
     return draw
 
 
-def _attention(target: str, choice: dict[str, Any]) -> MapFn:
+def _attention(target: Any, choice: dict[str, Any]) -> MapFn:
     """A map read from ``mmviz.capture``'s attention (``choice``: module, layer, query), judged for ``target``."""
 
     def draw(model: Any, processor: Any, inputs: Any) -> tuple[Any, dict[str, Any]]:
@@ -83,7 +106,7 @@ def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -
     """The CLIP maps compared, each a public call."""
     blank = {"image": _blank(processor, image)}
     return {
-        "relevance": _attribution(target, method="relevance"),
+        "relevance (the default)": _attribution(target),
         "integrated gradients, pixels, blank scene": _attribution(
             target, method="integrated_gradients", sources=["image"], baseline=blank, steps=steps
         ),
@@ -93,16 +116,35 @@ def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -
     }
 
 
-def vlm_maps(answer: str, image: np.ndarray, question: str, processor: Any, steps: int = 32) -> dict[str, MapFn]:
-    """The VLM maps compared, each a public call."""
+def vlm_maps(answer: int, image: np.ndarray, question: str, processor: Any, steps: int = 32) -> dict[str, MapFn]:
+    """The VLM maps compared, each a public call (``answer``: the answer's token id; its logit is the target)."""
     from mmviz.teaching._vlm import prompt
 
     blank = {"image": _blank(processor, image, text=prompt(question))}
+    ig = {"method": "integrated_gradients", "steps": steps}
     return {
-        "integrated gradients, pixels, blank scene": _attribution(
-            answer, method="integrated_gradients", sources=["image"], baseline=blank, steps=steps
+        "integrated gradients, image tokens, blank scene": _attribution(
+            answer, sources=["image_embeddings"], baseline=blank, **ig
         ),
+        "integrated gradients, pixels, blank scene": _attribution(answer, sources=["image"], baseline=blank, **ig),
+        "integrated gradients, image tokens, zero baseline": _attribution(
+            answer, sources=["image_embeddings"], baseline="zeros", **ig
+        ),
+        "integrated gradients, zero baseline": _attribution(answer, baseline="zeros", **ig),
+        "relevance (the default)": _attribution(answer),
+        "answer attention, last layer": _attention(answer, {"layer": -1, "query": -1}),
+        "answer attention, layer mean": _attention(answer, {"layer": "mean", "query": -1}),
+    }
+
+
+def text_maps(answer: int, steps: int = 32) -> dict[str, MapFn]:
+    """The maps of the VLM's answer over its question's tokens, each a public call."""
+    ig = {"method": "integrated_gradients", "steps": steps, "sources": ["text"]}
+    return {
+        "integrated gradients, zero baseline": _attribution(answer, baseline="zeros", **ig),
+        "integrated gradients, pad baseline (the text-LM default)": _attribution(answer, **ig),
         "relevance": _attribution(answer, method="relevance"),
+        "saliency": _attribution(answer, method="saliency", sources=["text"]),
         "answer attention, last layer": _attention(answer, {"layer": -1, "query": -1}),
     }
 
@@ -112,30 +154,40 @@ def _judge(
     model: Any,
     processor: Any,
     inputs: Any,
-    mask: np.ndarray,
-    objects: np.ndarray,
+    masks: Any,
+    objects: Any,
+    *,
     removed: Any,
+    units: str,
+    curves: bool,
     sanity: bool,
 ) -> dict[str, float]:
+    """One map drawn and judged: its scores and baselines as a flat row."""
     import mmviz
 
     the_map, options = draw(model, processor, inputs)
-    options.setdefault("baseline", {"image": removed})  # removal: the blank scene, whatever the map's own baseline
-    checks = MASK_CHECKS + CURVE_CHECKS + (("model_randomization",) if sanity else ())
+    if removed is not None:
+        options.setdefault("baseline", {"image": removed})  # removal: the blank scene, whatever the map's baseline
+    checks = MASK_CHECKS + (CURVE_CHECKS if curves else ()) + (("model_randomization",) if sanity else ())
     rep = mmviz.evaluate(
-        the_map, model, inputs, processor=processor, masks=mask, objects=objects, checks=checks, units="image",
+        the_map, model, inputs, processor=processor, masks=masks, objects=objects, checks=checks, units=units,
         progress=False, **options,
     )  # fmt: skip
     row = {c: rep[c] for c in rep.checks}
     row["area"] = rep.baseline("pointing", "area")
-    row["objects"] = rep.baseline("pointing", "objects")
+    if objects is not None:
+        row["objects"] = rep.baseline("pointing", "objects")
     if sanity:
         row["sanity_passed"] = float(rep.passed("model_randomization"))
     return row
 
 
 def summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Means over scenes of every score (``nan`` entries, e.g. flat curves, left out), with counts."""
+    """Means over maps of every score (``nan`` entries, e.g. flat curves, left out).
+
+    Returns:
+        ``{map: {score: mean, "n_<score>": count, "ci_<score>": half-width of the mean's 95% interval}}``.
+    """
     out: dict[str, dict[str, float]] = {}
     for name, entries in rows.items():
         keys = sorted({k for e in entries for k in e})
@@ -145,54 +197,115 @@ def summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, fl
             finite = values[np.isfinite(values)]
             out[name][k] = round(float(finite.mean()), 4) if finite.size else float("nan")
             out[name][f"n_{k}"] = int(finite.size)
+            spread = 1.96 * finite.std(ddof=1) / np.sqrt(finite.size) if finite.size > 1 else float("nan")
+            out[name][f"ci_{k}"] = round(float(spread), 4)
     return out
 
 
-def run_clip(model: Any, processor: Any, n: int = 20, seed: int = CLIP_SEED, sanity: int = 5) -> dict[str, Any]:
-    """CLIP's maps on ``n`` held-out two-object scenes (each object named once)."""
+def run_clip(
+    model: Any, processor: Any, n: int = 20, seed: int = CLIP_SEED, sanity: int = 5, curves: int = 5, steps: int = 32
+) -> dict[str, Any]:
+    """CLIP's maps on ``n`` held-out two-object scenes (each object named once: ``2n`` maps per method)."""
     rows: dict[str, list[dict[str, float]]] = {}
     for i, scene in enumerate(make_scenes(n, seed=seed, n_objects=2)):
         union = scene.objects[0].mask | scene.objects[1].mask
+        blank = _blank(processor, scene.image)
         for k, obj in enumerate(scene.objects):
             inputs = processor(images=scene.image, text=[obj.phrase], return_tensors="pt", padding=True)
-            blank = _blank(processor, scene.image)
-            for name, draw in clip_maps(obj.phrase, scene.image, processor).items():
+            for name, draw in clip_maps(obj.phrase, scene.image, processor, steps).items():
                 mask = union if name.startswith("CLS") else obj.mask
-                row = _judge(draw, model, processor, inputs, mask, union, blank, sanity=i < sanity and k == 0)
+                row = _judge(
+                    draw, model, processor, inputs, mask, union, removed=blank, units="image",
+                    curves=i < curves, sanity=i < sanity and k == 0,
+                )  # fmt: skip
                 rows.setdefault(name, []).append(row)
     return summarise(rows)
 
 
-def run_vlm(model: Any, processor: Any, n: int = 20, seed: int = VLM_SEED, sanity: int = 5) -> dict[str, Any]:
-    """The VLM's maps on ``n`` held-out two-object scenes (one question each, about a named object)."""
+def _vlm_inputs(processor: Any, scene: Scene, question: str) -> Any:
+    from mmviz.teaching._vlm import prompt
+
+    return processor(text=prompt(question), images=scene.image, return_tensors="pt")
+
+
+def _answer_id(processor: Any, answer: str) -> int:
+    return int(processor.tokenizer.convert_tokens_to_ids(answer))
+
+
+def run_vlm(
+    model: Any, processor: Any, n: int = 20, seed: int = VLM_SEED, sanity: int = 5, curves: int = 5, steps: int = 32
+) -> dict[str, Any]:
+    """The VLM's maps on ``n`` held-out two-object scenes, each asked its four questions (``4n`` maps per method).
+
+    Also ``"accuracy"``: the fraction of questions whose answer is the model's top next token.
+    """
     from mmviz.teaching._vlm import prompt
 
     rows: dict[str, list[dict[str, float]]] = {}
+    correct: list[bool] = []
     for i, scene in enumerate(make_scenes(n, seed=seed, n_objects=2)):
-        question, answer, index = scene.qa[i % len(scene.qa)]
         union = scene.objects[0].mask | scene.objects[1].mask
-        inputs = processor(text=prompt(question), images=scene.image, return_tensors="pt")
-        blank = _blank(processor, scene.image, text=prompt(question))
-        mask = scene.objects[index].mask
-        for name, draw in vlm_maps(answer, scene.image, question, processor).items():
-            row = _judge(draw, model, processor, inputs, mask, union, blank, sanity=i < sanity)
-            rows.setdefault(name, []).append(row)
+        for q, (question, answer, index) in enumerate(scene.qa):
+            inputs = _vlm_inputs(processor, scene, question)
+            answer_id = _answer_id(processor, answer)
+            correct.append(_top_token(model, inputs) == answer_id)
+            blank = _blank(processor, scene.image, text=prompt(question))
+            for name, draw in vlm_maps(answer_id, scene.image, question, processor, steps).items():
+                row = _judge(
+                    draw, model, processor, inputs, scene.objects[index].mask, union, removed=blank, units="image",
+                    curves=i < curves and q == 0, sanity=i < sanity and q == 0,
+                )  # fmt: skip
+                rows.setdefault(name, []).append(row)
+    out: dict[str, Any] = summarise(rows)
+    out["accuracy"] = {"accuracy": round(float(np.mean(correct)), 4), "n_accuracy": len(correct)}
+    return out
+
+
+def _top_token(model: Any, inputs: Any) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(model(**inputs).logits[0, -1].argmax())
+
+
+def question_positions(processor: Any, inputs: Any, question: str) -> set[int]:
+    """Positions of the two words that decide the answer: what is asked ("colour") and of which object."""
+    words = question.split()
+    wanted = {processor.tokenizer.convert_tokens_to_ids(w) for w in (words[1], words[-2])}
+    ids = inputs["input_ids"][0].tolist()
+    return {p for p, t in enumerate(ids) if t in wanted}
+
+
+def run_text(
+    model: Any, processor: Any, n: int = 20, seed: int = VLM_SEED, sanity: int = 5, curves: int = 5, steps: int = 32
+) -> dict[str, Any]:
+    """The VLM's answer explained over its question's tokens (``4n`` maps per method, ``units="text"``)."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for i, scene in enumerate(make_scenes(n, seed=seed, n_objects=2)):
+        for q, (question, answer, _) in enumerate(scene.qa):
+            inputs = _vlm_inputs(processor, scene, question)
+            answer_id = _answer_id(processor, answer)
+            positions = question_positions(processor, inputs, question)
+            for name, draw in text_maps(answer_id, steps).items():
+                row = _judge(
+                    draw, model, processor, inputs, positions, None, removed=None, units="text",
+                    curves=i < curves and q == 0, sanity=i < sanity and q == 0,
+                )  # fmt: skip
+                rows.setdefault(name, []).append(row)
     return summarise(rows)
 
 
-def run_diffusion(pipe: Any, n: int = 8, seed: int = DIFFUSION_SEED, steps: int = 25) -> dict[str, Any]:
-    """Shape-word cross-attention in images generated from ``n`` held-out two-object captions.
-
-    An object the model did not draw in its colour (fewer than 8 pixels) counts as a miss (pointing 0), as in
-    ``mmviz.teaching.evaluate``.
-    """
+def run_diffusion(
+    pipe: Any, n: int = 8, seed: int = DIFFUSION_SEED, steps: int = 25, n_objects: int = 2
+) -> dict[str, Any]:
+    """Shape-word cross-attention in images generated from ``n`` held-out captions (``n_objects`` each)."""
     import torch
 
     import mmviz
     from mmviz.teaching._pipeline import to_uint8
 
     rows: list[dict[str, float]] = []
-    for i, scene in enumerate(make_scenes(n, seed=seed, n_objects=2)):
+    for i, scene in enumerate(make_scenes(n, seed=seed, n_objects=n_objects)):
         with mmviz.capture(pipe) as cap:
             out = pipe(
                 scene.caption,
@@ -202,25 +315,32 @@ def run_diffusion(pipe: Any, n: int = 8, seed: int = DIFFUSION_SEED, steps: int 
             )
         image = to_uint8(out.images)[0]
         masks = [segment_colour(image, o.colour) for o in scene.objects]
-        union = masks[0] | masks[1]
+        union = np.logical_or.reduce(masks)
         for obj, mask in zip(scene.objects, masks):
             if mask.sum() < 8:
                 rows.append({"pointing": 0.0, "drawn": 0.0})
                 continue
-            rep = mmviz.evaluate((cap.cross_attention, obj.shape), masks=mask, objects=union, checks=MASK_CHECKS)
+            objects = union if n_objects > 1 else None
+            rep = mmviz.evaluate((cap.cross_attention, obj.shape), masks=mask, objects=objects, checks=MASK_CHECKS)
             row = {c: rep[c] for c in rep.checks}
-            row.update(area=rep.baseline("pointing", "area"), objects=rep.baseline("pointing", "objects"), drawn=1.0)
+            row.update(area=rep.baseline("pointing", "area"), drawn=1.0)
+            if objects is not None:
+                row["objects"] = rep.baseline("pointing", "objects")
             rows.append(row)
-    return summarise({"shape-word cross-attention": rows})
+    label = "shape-word cross-attention" + ("" if n_objects > 1 else ", one-object captions")
+    return summarise({label: rows})
 
 
 def main() -> None:
-    """Prints each model's figures as JSON (one line per model)."""
+    """Prints each model's figures as JSON (one line per model and sample)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="clip,vlm,diffusion")
-    parser.add_argument("--n", type=int, default=20, help="scenes for CLIP and the VLM")
-    parser.add_argument("--n-diffusion", type=int, default=8)
-    parser.add_argument("--sanity", type=int, default=5, help="scenes with the model-randomisation check")
+    parser.add_argument("--models", default="vlm,clip,text,diffusion", help="run in this order")
+    parser.add_argument("--n", type=int, default=100, help="scenes for CLIP and the VLM")
+    parser.add_argument("--n-text", type=int, default=50, help="scenes for the text maps")
+    parser.add_argument("--n-diffusion", type=int, default=32, help="captions per diffusion sample")
+    parser.add_argument("--sanity", type=int, default=10, help="scenes with the model-randomisation check")
+    parser.add_argument("--curves", type=int, default=10, help="scenes with deletion and insertion curves")
+    parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -229,14 +349,20 @@ def main() -> None:
     import mmviz.teaching as teaching
 
     torch.set_num_threads(args.threads)
-    if "clip" in args.models:
-        clip, clip_processor = teaching.load_clip()
-        print(json.dumps({"clip": run_clip(clip, clip_processor, n=args.n, sanity=args.sanity)}), flush=True)
-    if "vlm" in args.models:
-        vlm, vlm_processor = teaching.load_vlm()
-        print(json.dumps({"vlm": run_vlm(vlm, vlm_processor, n=args.n, sanity=args.sanity)}), flush=True)
-    if "diffusion" in args.models:
-        print(json.dumps({"diffusion": run_diffusion(teaching.load_diffusion(), n=args.n_diffusion)}), flush=True)
+    sizes = {"n": args.n, "sanity": args.sanity, "curves": args.curves, "steps": args.steps}
+    runs: dict[str, Callable[[], Any]] = {
+        "clip": lambda: run_clip(*teaching.load_clip(), **sizes),
+        "vlm": lambda: run_vlm(*teaching.load_vlm(), **sizes),
+        "text": lambda: run_text(*teaching.load_vlm(), **{**sizes, "n": args.n_text}),
+        "diffusion": lambda: {
+            k: run_diffusion(teaching.load_diffusion(), n=args.n_diffusion, n_objects=k) for k in (2, 1)
+        },
+    }
+    for name in args.models.split(","):
+        run = runs[name]
+        start = time.perf_counter()
+        result = run()
+        print(json.dumps({name: result, "seconds": round(time.perf_counter() - start)}), flush=True)
 
 
 if __name__ == "__main__":

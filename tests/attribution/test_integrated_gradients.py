@@ -28,7 +28,9 @@ def _reference_ig(model, inputs, target_id, baseline, steps=2000):
 
 def test_ig_converges_and_matches_fine_grid_reference(gpt2, tok):
     inputs = tok("a red square left of the", return_tensors="pt")
-    attr = attribute(gpt2, inputs, processor=tok, method="integrated_gradients", target=5, steps=50, progress=False)
+    attr = attribute(
+        gpt2, inputs, processor=tok, method="integrated_gradients", target=5, steps=50, baseline="zeros", progress=False
+    )
     f_x, f_b = attr.info["f_input"][0], attr.info["f_baseline"][0]
     assert abs(attr.delta[0]) < 1e-4 * max(1.0, abs(f_x - f_b))
     np.testing.assert_allclose(attr.scores[0].sum(), f_x - f_b, rtol=1e-4, atol=1e-5)
@@ -68,8 +70,10 @@ def test_pad_and_tensor_baselines(gpt2, tok):
     given = attribute(gpt2, inputs, method="integrated_gradients", target=3, baseline=pad_emb, steps=20, progress=False)
     np.testing.assert_allclose(pad.scores, given.scores, rtol=1e-5, atol=1e-7)
     assert pad.info["baseline"] == "pad" and abs(pad.delta[0]) < 1e-3
-    zeros = attribute(gpt2, inputs, method="integrated_gradients", target=3, steps=20, progress=False)
+    zeros = attribute(gpt2, inputs, method="integrated_gradients", target=3, baseline="zeros", steps=20, progress=False)
     assert not np.allclose(zeros.scores, pad.scores)
+    default = attribute(gpt2, inputs, method="integrated_gradients", target=3, steps=20, processor=tok, progress=False)
+    np.testing.assert_array_equal(default.scores, pad.scores)  # language models: pad embeddings by default
     with pytest.raises(ValueError, match="matches neither"):
         attribute(gpt2, inputs, method="integrated_gradients", target=3, baseline=torch.zeros(7), progress=False)
 

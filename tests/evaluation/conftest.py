@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.attribution.conftest import _one_thread, _seed, clip, gpt2, image_processor, tok, vit
+from tests.attribution.conftest import _one_thread, _seed, clip, gpt2, image_processor, llava, tok, vit
 
-__all__ = ["_one_thread", "_seed", "clip", "gpt2", "image_processor", "tok", "vit"]
+__all__ = ["_one_thread", "_seed", "clip", "gpt2", "image_processor", "llava", "tok", "vit"]

@@ -268,15 +268,19 @@ def test_a_target_that_removal_raises_gets_no_verdict() -> None:
     assert res.passed is not None and np.isfinite(res.score)
 
 
-def test_default_methods_by_model_kind(gpt2: Any, tok: Any, prompt: Any, clip: tuple[Any, Any]) -> None:
+def test_default_methods_by_model_kind(gpt2: Any, tok: Any, prompt: Any, clip: tuple[Any, Any], llava: Any) -> None:
     from tests.attribution.conftest import random_image
 
     model, processor = clip
     inputs = processor(images=random_image(), text=["a red circle"], return_tensors="pt", padding=True)
     assert mmviz.attribute(model, inputs, processor=processor, progress=False).method == "relevance"
-    assert mmviz.attribute(gpt2, prompt, processor=tok, target=7, steps=4, progress=False).method == (
-        "integrated_gradients"
-    )
+    lm = mmviz.attribute(gpt2, prompt, processor=tok, target=7, steps=4, progress=False)
+    assert lm.method == "integrated_gradients" and lm.info["call"]["baseline"] == "pad"  # the tokenizer has <pad>
+    no_pad = mmviz.attribute(gpt2, prompt, target=7, steps=4, progress=False)  # no tokenizer; the config's pad id
+    assert no_pad.info["call"]["baseline"] == "pad"
+    vlm, vlm_processor = llava
+    vlm_inputs = vlm_processor(images=random_image(), text="<image> what shape", return_tensors="pt")
+    assert mmviz.attribute(vlm, vlm_inputs, processor=vlm_processor, target=7, progress=False).method == "relevance"
 
 
 def test_only_a_map_that_stays_alike_fails_randomization() -> None:
@@ -285,3 +289,24 @@ def test_only_a_map_that_stays_alike_fails_randomization() -> None:
     assert _verdict("model_randomization", 0.9, 0.5, "x")[0] is False
     assert _verdict("model_randomization", -0.7, 0.5, "x") == (True, "")  # ranks reversed: the map changed
     assert _verdict("model_randomization", float("nan"), 0.5, "x")[0] is None
+
+
+def test_units_restrict_rank_correlations_and_token_masks(gpt2: Any, prompt: Any) -> None:
+    """A map of the text that scores 30 image positions 0: the zeros' ties must not make two maps look alike."""
+    kinds = ["text"] * 6 + ["image"] * 30
+    cells = np.arange(30)
+    table = mmviz.TokenTable.build(
+        [f"t{i}" for i in range(36)], kind=kinds, image_index=[-1] * 6 + [0] * 30,
+        patch_row=np.r_[[-1] * 6, cells // 6], patch_col=np.r_[[-1] * 6, cells % 6],
+        images=[np.zeros((10, 12, 3), np.uint8)], grids=[(5, 6)],
+    )  # fmt: skip
+    scores = np.r_[np.arange(1.0, 7.0), np.zeros(30)]
+    reversed_text = np.r_[np.arange(6.0, 0.0, -1.0), np.zeros(30)]
+    subject = Subject("text map", scores, table, recompute=lambda model, inputs, other: reversed_text)
+    checks = ("model_randomization", "pointing", "mass")
+    everywhere = mmviz.evaluate(subject, gpt2, prompt, masks={5}, checks=checks, progress=False)
+    text = mmviz.evaluate(subject, gpt2, prompt, masks={5}, checks=checks, units="text", progress=False)
+    assert everywhere["model_randomization"] > 0.5 and not everywhere.passed("model_randomization")
+    assert text["model_randomization"] == pytest.approx(-1.0) and text.passed("model_randomization")
+    assert everywhere.baseline("pointing") == pytest.approx(1 / 36)
+    assert text.baseline("pointing") == pytest.approx(1 / 6) and text["pointing"] == 1.0

@@ -99,7 +99,7 @@ def test_world_imports_without_torch() -> None:
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import mmviz.teaching as t\n"
-        "import mmviz.teaching.evaluate\n"
+        "import mmviz.teaching.faithfulness\n"
         "assert len(t.make_scenes(2, seed=0)) == 2\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
