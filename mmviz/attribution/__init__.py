@@ -20,7 +20,15 @@ from typing import Any
 
 from mmviz.attribution.targets import SimilarityTarget, similarity_to
 
-__all__ = ["DEFAULT_BASELINES", "DEFAULT_METHODS", "METHODS", "SimilarityTarget", "attribute", "explained", "similarity_to"]
+__all__ = [
+    "DEFAULT_BASELINES",
+    "DEFAULT_METHODS",
+    "METHODS",
+    "SimilarityTarget",
+    "attribute",
+    "explained",
+    "similarity_to",
+]
 
 METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_rollout", "relevance", "occlusion")
 """The method names ``attribute`` accepts."""
@@ -41,15 +49,19 @@ question's tokens, integrated gradients from pad-token embeddings points at the 
 and passes it."""
 
 DEFAULT_BASELINES = {"lm": "pad", "vlm": "pad"}
-"""Integrated gradients' ``baseline=None`` by kind of model (other kinds and methods: ``"zeros"``). ``"pad"`` (pad-token embeddings) falls back to
-``"zeros"`` when the tokenizer and the config name no pad token. On the teaching VLM's question tokens,
-integrated gradients from zero embeddings fails the model-randomisation check (the map of a random model
-ranks the tokens the same way) and points less often at the deciding words; from pad embeddings it passes."""
+"""Integrated gradients' ``baseline=None`` by kind of model (other kinds and methods: ``"zeros"``).
+
+``"pad"`` (pad-token embeddings) falls back to ``"zeros"`` when the tokenizer and the config name no pad token.
+On the teaching VLM's question tokens, integrated gradients from zero embeddings fails the model-randomisation
+check (a random model's map ranks the tokens alike) and points less often at the words that decide the answer;
+from pad embeddings it passes (``docs/faithfulness.md``)."""
 
 
 def _kind(model: Any, inputs: Any) -> str:
-    """The kind ``DEFAULT_METHODS`` and ``DEFAULT_BASELINES`` are keyed by: ``model_kind``, with a language model
-    given ``pixel_values`` counted as ``"vlm"``."""
+    """The kind ``DEFAULT_METHODS`` and ``DEFAULT_BASELINES`` are keyed by.
+
+    ``model_kind``, with a language model given ``pixel_values`` counted as ``"vlm"``.
+    """
     from mmviz.attribution._targets import model_kind
 
     kind = model_kind(model)

@@ -269,6 +269,7 @@ class Problem:
                 return output
             return torch.cat([emb.to(output.dtype), output[:, n:]], dim=1)
 
+        assert self.embed is not None
         handle = self.embed.register_forward_hook(replace)
         try:
             yield

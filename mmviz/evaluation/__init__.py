@@ -204,9 +204,14 @@ def evaluate(
         else:
             results.update(
                 mask_checks(
-                    subj, masks, wanted_masks, objects=objects, upsample=upsample, iou_threshold=iou_threshold,
+                    subj,
+                    masks,
+                    wanted_masks,
+                    objects=objects,
+                    upsample=upsample,
+                    iou_threshold=iou_threshold,
                     units=units,
-                )  # fmt: skip
+                )
             )
     if "completeness" in checks:
         result, why = _completeness(subj, target_row)

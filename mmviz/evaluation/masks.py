@@ -93,8 +93,9 @@ def mask_checks(
     iou_threshold: float = 0.5,
     units: str | None = None,
 ) -> dict[str, CheckResult]:
-    """Scores of a map against masks, each with its baselines (``units``: token masks compare only positions of
-    that kind).
+    """Scores of a map against masks, each with its baselines.
+
+    ``units``: token masks compare only positions of that kind.
 
     Returns:
         check name → ``CheckResult`` (passed when the score beats its area baseline).

@@ -101,8 +101,11 @@ def randomized(model: Any, seed: int = 0) -> Iterator[Any]:
 
 
 def _compared(subject: Subject, units: str | None = None) -> np.ndarray:
-    """Positions the correlation compares: text tokens and image patches (not specials or padding), or only
-    the ``units`` kind (a map of the image that scores the prompt's tokens 0 is compared on the image)."""
+    """Positions the correlation compares.
+
+    Text tokens and image patches (not specials or padding), or only the ``units`` kind (a map of the image that
+    scores the prompt's tokens 0 is compared on the image).
+    """
     kinds = subject.tokens.kind
     return np.flatnonzero(kinds == units if units else (kinds == "text") | (kinds == "image"))
 

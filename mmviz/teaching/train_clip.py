@@ -11,7 +11,7 @@ lr 2e-3 with warm-up and cosine decay, seed 0, one CPU thread. Scenes mix one
 object (1/3) and two objects (2/3).
 
 Measured (held-out scenes of `train_clip.evaluate`, 256 two-object scenes; pointing
-game from the kit's former hook-based evaluator (now `mmviz.teaching.faithfulness`, public API), validation seeds 45000 and 47000, 400 maps each):
+game from the kit's former hook-based evaluator, validation seeds 45000 and 47000, 400 maps each):
 
 - Patch 4 (8x8 patches), 3000 steps, 600 s on one shared core (about 5 steps/s):
   loss 2.7 -> 0.63, colour-swap accuracy 1.00, relation-swap 0.54 (chance),
@@ -26,7 +26,7 @@ game from the kit's former hook-based evaluator (now `mmviz.teaching.faithfulnes
   step 2000), retrieval@1 0.59. Relevance 94.5% / 90.0%, last-layer CLS attention to
   either object 99.5% / 99.0%, Integrated Gradients 77.8% / 73.5% (its misses are
   next to the named object, on edge patches, not on the other object; 128 steps
-  instead of 32 change nothing). Held-out figures: the kit's former hook-based evaluator (now `mmviz.teaching.faithfulness`, public API).
+  instead of 32 change nothing). Held-out figures, public API: `mmviz.teaching.faithfulness`.
 
 Writes ``mmviz/teaching/weights/clip/`` (config.json, model.safetensors in float16,
 tokenizer.json, train_log.json).

@@ -23,7 +23,7 @@ probe reports the pointing game of the shape words' cross-attention on held-out 
 scenes noised to t=400.
 
 Measured for the shipped weights (two CPU cores shared with other busy processes;
-pointing game on *generated* images from the kit's former hook-based evaluator (now `mmviz.teaching.faithfulness`, public API), two-object
+pointing game on *generated* images from the kit's former hook-based evaluator, two-object
 captions, 128 maps, area baseline about 8%):
 
 - Run 1, frozen CLIP text tower: ``--minutes 60`` stopped after 45 minutes at step
@@ -56,7 +56,7 @@ step 11155 scored 73% (drawn 85%), and 5 or 7.5 lose most objects (drawn 55%, 44
 strong guidance over-steers this small model into noisy, off-palette drawings, which
 had hidden the gain from training longer. Shipped: step 12900 with
 `_pipeline.GUIDANCE_SCALE` = 1.5 (98% on one-object validation captions). Held-out
-(the kit's former hook-based evaluator (now `mmviz.teaching.faithfulness`, public API), seed 60000): 93.8% two-object (128 maps, baseline 9.0%,
+(the kit's former hook-based evaluator, seed 60000): 93.8% two-object (128 maps, baseline 9.0%,
 97.7% drawn), 96.9% one-object (64 maps, baseline 9.9%), against 75.0% / 79.7% for
 step 11155 at weight 3 and 58.6% / 67.2% for the frozen-tower run 3. Resume a jointly
 trained run with (no ``--random-text-encoder`` then)::

@@ -22,7 +22,7 @@ First-answer-token accuracy on 256 held-out two-object scenes: 0.42 (step 500-10
 the two objects) -> 0.75 (5000) -> 0.84 (6000) -> 1.00 (6500-7500: binding to the
 named object learned); final loss 0.0005.
 
-Pointing game: see the kit's former hook-based evaluator (now `mmviz.teaching.faithfulness`, public API).
+Pointing game: see `mmviz.teaching.faithfulness` (public API).
 
 Writes ``mmviz/teaching/weights/vlm/`` (config.json, model.safetensors in float16,
 tokenizer.json, train_log.json).
