@@ -23,6 +23,7 @@ from mmviz.attribution.targets import SimilarityTarget, similarity_to
 __all__ = [
     "DEFAULT_BASELINES",
     "DEFAULT_METHODS",
+    "DEFAULT_VLM_SOURCES",
     "METHODS",
     "SimilarityTarget",
     "attribute",
@@ -35,7 +36,7 @@ METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "attention_ro
 
 DEFAULT_METHODS = {
     "dual": "relevance",
-    "vlm": "relevance",
+    "vlm": "integrated_gradients",
     "lm": "integrated_gradients",
     "classifier": "integrated_gradients",
     "embedding": "integrated_gradients",
@@ -43,10 +44,22 @@ DEFAULT_METHODS = {
 """``method=None`` by kind of model: two-tower similarity models (``"dual"``: CLIP, SigLIP), language models
 given an image (``"vlm"``), language models (``"lm"``), classifiers, bare encoders (``"embedding"``). Chosen by
 ``mmviz.evaluate`` on the teaching models (``docs/faithfulness.md``), the model-randomisation check included:
-the teaching CLIP's phrase relevance and the teaching VLM's answer relevance point at the named object and
-pass it, while integrated gradients from zero embeddings and zero pixels points at chance on both; over a
-question's tokens, integrated gradients from pad-token embeddings points at the words that decide the answer
-and passes it."""
+the teaching CLIP's phrase relevance points at the named object and passes it, while integrated gradients from
+zero embeddings and zero pixels points at chance; for the teaching VLM, integrated gradients over the image
+tokens its language model reads, from zero vectors (``DEFAULT_VLM_SOURCES``), points at the named object more
+often than relevance or attention and passes it, while over the prompt and the pixels from zeros it points
+below chance."""
+
+DEFAULT_VLM_SOURCES = ("image_embeddings",)
+"""``sources`` of a VLM's call with neither ``method=`` nor ``sources=``: the image tokens as the language model
+reads them. The prompt's words score 0 (explain them with ``sources=["text"]``): on the teaching VLM, one path
+through the words and the image tokens together pointed less often at the named object and failed the sanity
+check over the words."""
+
+VLM_FALLBACK_METHOD = "relevance"
+"""``method=None`` for a VLM whose image tokens cannot be attributed as its language model reads them (no
+``language_model`` called with ``inputs_embeds``, or no image placeholder id): relevance, which passes the sanity
+check on the teaching VLM."""
 
 DEFAULT_BASELINES = {"lm": "pad", "vlm": "pad"}
 """Integrated gradients' ``baseline=None`` by kind of model (other kinds and methods: ``"zeros"``).
@@ -55,6 +68,18 @@ DEFAULT_BASELINES = {"lm": "pad", "vlm": "pad"}
 On the teaching VLM's question tokens, integrated gradients from zero embeddings fails the model-randomisation
 check (a random model's map ranks the tokens alike) and points less often at the words that decide the answer;
 from pad embeddings it passes (``docs/faithfulness.md``)."""
+
+
+def _default_method(model: Any, inputs: Any, kind: str, sources: Any) -> tuple[str, Any]:
+    """``method=None``: the kind's method; a VLM's image tokens as its language model reads them where it can."""
+    method = DEFAULT_METHODS.get(kind, "integrated_gradients")
+    if kind == "vlm" and sources is None:
+        from mmviz.attribution._image_embeddings import supported
+
+        if supported(model, inputs):
+            return method, DEFAULT_VLM_SOURCES
+        return VLM_FALLBACK_METHOD, sources
+    return method, sources
 
 
 def _kind(model: Any, inputs: Any) -> str:
@@ -166,7 +191,7 @@ def attribute(
     inputs = check_inputs(inputs)
     kind = _kind(model, inputs)
     if method is None:
-        method = DEFAULT_METHODS.get(kind, "integrated_gradients")
+        method, sources = _default_method(model, inputs, kind, sources)
     fn = _method(method)
     steps = check_count(steps, "steps", "integrated gradients' points on the path, e.g. steps=50")
     batch_size = check_count(batch_size, "batch_size", "inputs per forward pass, e.g. batch_size=8")

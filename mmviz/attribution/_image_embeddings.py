@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["image_token_id", "language_model", "lm_inputs", "replacing_lm_inputs"]
+__all__ = ["image_token_id", "language_model", "lm_inputs", "replacing_lm_inputs", "supported"]
 
 
 def language_model(model: Any) -> torch.nn.Module:
@@ -53,6 +53,17 @@ def image_token_id(model: Any) -> int:
         f"sources=['image_embeddings'] needs the image placeholder's token id; {type(config).__name__} has no "
         "image_token_id. Attribute the pixels instead: sources=['image']"
     )
+
+
+def supported(model: Any, inputs: Any) -> bool:
+    """Whether ``model`` reads image tokens through its language model's ``inputs_embeds`` for these inputs."""
+    try:
+        language_model(model)
+        token = image_token_id(model)
+    except ValueError:
+        return False
+    ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
+    return isinstance(ids, torch.Tensor) and bool((ids == token).any()) and inputs.get("pixel_values") is not None
 
 
 def lm_inputs(model: Any, inputs: dict[str, Any], kwargs: dict[str, Any] | None = None) -> torch.Tensor:

@@ -11,10 +11,13 @@ inputs, scored by ``mmviz.evaluate`` against the exact object masks of the shape
   object is "either object").
 * **VLM** (two-object scenes; each scene asked all four questions; target: the answer's logit): integrated
   gradients over the image tokens the language model reads (``sources=["image_embeddings"]``) from a blank
-  scene's; the same over the pixels; integrated gradients and relevance with no options but the target
-  (``mmviz.attribute``'s defaults); the answer position's attention, last layer and layer mean.
-* **text** (the VLM's question, ``units="text"``): the answer's maps over the question's tokens, against the
-  two words that decide it (what is asked, "colour"; and of which object, "square").
+  scene's, and from zero vectors (``mmviz.attribute``'s default for a VLM); over the pixels from the blank
+  scene; over the prompt and the pixels from zeros (the former default); relevance; the answer position's
+  attention, last layer and layer mean. Also the answers' accuracy.
+* **text** (the VLM's question, ``sources=["text"]``, ``units="text"``): the answer's maps over the question's
+  tokens, against the two words that decide it (what is asked, "colour"; and of which object, "square"):
+  integrated gradients from pad-token embeddings (the language-model default) and from zeros, relevance,
+  saliency, the answer position's attention.
 * **diffusion** (``run_diffusion``): each shape word's cross-attention map (``trace.heatmap(word)``) against
   the colour-segmented object of the generated image; an object the model did not draw in its colour counts
   as a miss.
@@ -45,6 +48,7 @@ from mmviz.teaching.shapes import BACKGROUND, Scene, make_scenes, segment_colour
 __all__ = [
     "PUBLISHED",
     "clip_maps",
+    "markdown",
     "run_clip",
     "run_diffusion",
     "run_text",
@@ -63,7 +67,20 @@ CURVE_CHECKS = ("deletion", "insertion")
 MapFn = Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]]
 """``(model, processor, inputs) → (map for mmviz.evaluate, extra evaluate options)``."""
 
-PUBLISHED: dict[str, dict[str, dict[str, float]]] = {}
+PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
+    "vlm": {
+        "integrated gradients, image tokens, blank scene": {"pointing": 0.904, "floor": 0.7},
+        "integrated gradients, pixels, blank scene": {"pointing": 0.762, "floor": 0.6, "sane": 0},
+        "integrated gradients, image tokens, zero baseline (the default)": {"pointing": 0.617, "floor": 0.3},
+        "integrated gradients, prompt and pixels, zero baseline (the former default)": {"pointing": 0.017, "sane": 1},
+        "relevance": {"pointing": 0.487, "floor": 0.3},
+        "answer attention, layer mean": {"pointing": 0.45, "sane": 1},
+    },
+    "text": {
+        "integrated gradients, pad baseline (the text-LM default)": {"pointing": 0.975, "floor": 0.85, "sane": 1},
+        "saliency": {"pointing": 0.958, "floor": 0.75},
+    },
+}
 """Pointing figures of ``python -m mmviz.teaching.faithfulness`` for the shipped weights (see ``docs/teaching.md``
 for the sample sizes), by model and map, with the floors ``tests/teaching/test_faithfulness.py`` asserts on its
 small samples (``floor``) and whether the map passes the model-randomisation check (``sane``: 1 or 0)."""
@@ -127,11 +144,11 @@ def vlm_maps(answer: int, image: np.ndarray, question: str, processor: Any, step
             answer, sources=["image_embeddings"], baseline=blank, **ig
         ),
         "integrated gradients, pixels, blank scene": _attribution(answer, sources=["image"], baseline=blank, **ig),
-        "integrated gradients, image tokens, zero baseline": _attribution(
-            answer, sources=["image_embeddings"], baseline="zeros", **ig
+        "integrated gradients, image tokens, zero baseline (the default)": _attribution(answer, steps=steps),
+        "integrated gradients, prompt and pixels, zero baseline (the former default)": _attribution(
+            answer, baseline="zeros", **ig
         ),
-        "integrated gradients, zero baseline": _attribution(answer, baseline="zeros", **ig),
-        "relevance (the default)": _attribution(answer),
+        "relevance": _attribution(answer, method="relevance"),
         "answer attention, last layer": _attention(answer, {"layer": -1, "query": -1}),
         "answer attention, layer mean": _attention(answer, {"layer": "mean", "query": -1}),
     }
@@ -329,6 +346,40 @@ def run_diffusion(
             rows.append(row)
     label = "shape-word cross-attention" + ("" if n_objects > 1 else ", one-object captions")
     return summarise({label: rows})
+
+
+def markdown(model: str, figures: dict[str, dict[str, float]]) -> list[str]:
+    """Rows of the docs' table for one model's ``summarise`` output (``docs/faithfulness.md``).
+
+    Columns: model, map, maps, pointing ± 95% half-width, area, some object, on any object, mass, IoU, deletion
+    and insertion (maps with a verdict), model randomisation (passes / scenes, mean rank correlation).
+    """
+
+    def pct(row: dict[str, float], key: str) -> str:
+        value = row.get(key, float("nan"))
+        return "–" if value != value else f"{100 * value:.0f}%"
+
+    def num(row: dict[str, float], key: str) -> str:
+        value = row.get(key, float("nan"))
+        return "–" if value != value else f"{value:.2f}"
+
+    lines = []
+    for name, row in figures.items():
+        if "pointing" not in row:
+            continue
+        spread = row.get("ci_pointing", float("nan"))
+        pointing = f"**{pct(row, 'pointing')}**" + ("" if spread != spread else f" ±{100 * spread:.0f}")
+        curves = {k: f"{num(row, k)} ({row.get(f'n_{k}', 0)})" if f"n_{k}" in row else "–" for k in CURVE_CHECKS}
+        sanity = "–"
+        if "sanity_passed" in row:
+            passed = round(row["sanity_passed"] * row["n_sanity_passed"])
+            verdict = "pass" if passed * 2 > row["n_sanity_passed"] else "**fail**"
+            sanity = f"{verdict} ({passed}/{row['n_sanity_passed']}, ρ {row['model_randomization']:.2f})"
+        cells = [model, name, str(row["n_pointing"]), pointing, pct(row, "area"), pct(row, "objects")]
+        cells += [pct(row, "pointing_objects"), num(row, "mass"), num(row, "iou"), curves["deletion"]]
+        cells += [curves["insertion"], sanity]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:

@@ -280,7 +280,19 @@ def test_default_methods_by_model_kind(gpt2: Any, tok: Any, prompt: Any, clip: t
     assert no_pad.info["call"]["baseline"] == "pad"
     vlm, vlm_processor = llava
     vlm_inputs = vlm_processor(images=random_image(), text="<image> what shape", return_tensors="pt")
-    assert mmviz.attribute(vlm, vlm_inputs, processor=vlm_processor, target=7, progress=False).method == "relevance"
+    vlm_attr = mmviz.attribute(vlm, vlm_inputs, processor=vlm_processor, target=7, steps=4, progress=False)
+    assert vlm_attr.method == "integrated_gradients" and vlm_attr.pixels is None
+    assert vlm_attr.info["call"]["sources"] == ["image_embeddings"]
+    explicit = mmviz.attribute(
+        vlm, vlm_inputs, processor=vlm_processor, method="integrated_gradients", target=7, steps=4,
+        sources=["image_embeddings"], baseline="zeros", progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(vlm_attr.scores, explicit.scores)  # image tokens from zero vectors
+    from mmviz.attribution import _default_method
+
+    without_placeholder = {"input_ids": vlm_inputs["input_ids"][:, -2:], "pixel_values": vlm_inputs["pixel_values"]}
+    assert _default_method(vlm, without_placeholder, "vlm", None) == ("relevance", None)
+    assert _default_method(vlm, vlm_inputs, "vlm", ["image"]) == ("integrated_gradients", ["image"])
 
 
 def test_only_a_map_that_stays_alike_fails_randomization() -> None:
