@@ -68,6 +68,13 @@ MapFn = Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]]
 """``(model, processor, inputs) → (map for mmviz.evaluate, extra evaluate options)``."""
 
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
+    "clip": {
+        "relevance (the default)": {"pointing": 0.9, "floor": 0.8, "sane": 1},
+        "integrated gradients, pixels, blank scene": {"pointing": 0.717, "floor": 0.6, "sane": 0},
+        "integrated gradients, caption and pixels, zero baseline (the former default)": {"pointing": 0.0, "sane": 1},
+        "saliency, pixels": {"pointing": 0.35, "sane": 1},
+        "CLS attention, last layer": {"pointing": 0.983, "floor": 0.65, "sane": 1},
+    },
     "vlm": {
         "integrated gradients, image tokens, blank scene": {"pointing": 0.904, "floor": 0.7},
         "integrated gradients, pixels, blank scene": {"pointing": 0.762, "floor": 0.6, "sane": 0},
@@ -79,6 +86,10 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "text": {
         "integrated gradients, pad baseline (the text-LM default)": {"pointing": 0.975, "floor": 0.85, "sane": 1},
         "saliency": {"pointing": 0.958, "floor": 0.75},
+    },
+    "diffusion": {
+        "shape-word cross-attention": {"pointing": 0.859, "floor": 0.75},
+        "shape-word cross-attention, one-object captions": {"pointing": 1.0, "floor": 0.8},
     },
 }
 """Pointing figures of ``python -m mmviz.teaching.faithfulness`` for the shipped weights (see ``docs/teaching.md``
@@ -127,7 +138,9 @@ def clip_maps(target: str, image: np.ndarray, processor: Any, steps: int = 32) -
         "integrated gradients, pixels, blank scene": _attribution(
             target, method="integrated_gradients", sources=["image"], baseline=blank, steps=steps
         ),
-        "integrated gradients, zero baseline": _attribution(target, method="integrated_gradients", steps=steps),
+        "integrated gradients, caption and pixels, zero baseline (the former default)": _attribution(
+            target, method="integrated_gradients", steps=steps
+        ),
         "saliency, pixels": _attribution(target, method="saliency", sources=["image"]),
         "CLS attention, last layer": _attention(target, {"module": "vision_model", "layer": -1, "query": 0}),
     }
@@ -386,11 +399,11 @@ def main() -> None:
     """Prints each model's figures as JSON (one line per model and sample)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vlm,clip,text,diffusion", help="run in this order")
-    parser.add_argument("--n", type=int, default=100, help="scenes for CLIP and the VLM")
-    parser.add_argument("--n-text", type=int, default=50, help="scenes for the text maps")
+    parser.add_argument("--n", type=int, default=60, help="scenes for CLIP and the VLM")
+    parser.add_argument("--n-text", type=int, default=30, help="scenes for the text maps")
     parser.add_argument("--n-diffusion", type=int, default=32, help="captions per diffusion sample")
     parser.add_argument("--sanity", type=int, default=10, help="scenes with the model-randomisation check")
-    parser.add_argument("--curves", type=int, default=10, help="scenes with deletion and insertion curves")
+    parser.add_argument("--curves", type=int, default=8, help="scenes with deletion and insertion curves")
     parser.add_argument("--steps", type=int, default=32, help="integrated gradients' steps")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

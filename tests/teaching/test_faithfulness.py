@@ -50,4 +50,5 @@ def test_text_figures(vlm: tuple[Any, Any]) -> None:
 
 
 def test_diffusion_figures(pipe: Any) -> None:
-    _check("diffusion", run_diffusion(pipe, n=4, steps=20))
+    res = run_diffusion(pipe, n=4, steps=20) | run_diffusion(pipe, n=3, steps=20, n_objects=1)
+    _check("diffusion", res)
