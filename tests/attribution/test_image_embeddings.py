@@ -56,14 +56,20 @@ def _reference_ig(model: Any, inputs: Any, baseline_pixels: torch.Tensor, steps:
     return ((z - z0).double() * total).sum(-1)[0].numpy(), gap
 
 
-def test_integrated_gradients_over_image_tokens_match_hand_written_reference(llava: tuple[Any, Any]) -> None:
+def _ig(llava: tuple[Any, Any], steps: int, **options: Any) -> Any:
+    """Integrated gradients of logit ``TARGET`` on the first test image."""
     model, processor = llava
+    return attribute(
+        model, _inputs(llava), processor=processor, method="integrated_gradients", target=TARGET, steps=steps,
+        progress=False, **options,
+    )  # fmt: skip
+
+
+def test_integrated_gradients_over_image_tokens_match_hand_written_reference(llava: tuple[Any, Any]) -> None:
+    model, _ = llava
     inputs = _inputs(llava)
     other = _inputs(llava, seed=1)["pixel_values"]
-    attr = attribute(
-        model, inputs, processor=processor, method="integrated_gradients", target=TARGET, steps=32,
-        sources=["image_embeddings"], baseline={"image": other}, progress=False,
-    )  # fmt: skip
+    attr = _ig(llava, 32, sources=["image_embeddings"], baseline={"image": other})
     reference, gap = _reference_ig(model, inputs, other)
     at_image = attr.tokens.kind == "image"
     assert at_image.sum() == 16 and (attr.scores[0, ~at_image] == 0).all()
@@ -95,13 +101,8 @@ def test_baselines_of_the_image_tokens(llava: tuple[Any, Any]) -> None:
 
 
 def test_text_and_image_tokens_together_stay_complete(llava: tuple[Any, Any]) -> None:
-    model, processor = llava
-    inputs = _inputs(llava)
     other = _inputs(llava, seed=1)["pixel_values"]
-    attr = attribute(
-        model, inputs, processor=processor, method="integrated_gradients", target=TARGET, steps=48,
-        sources=["text", "image_embeddings"], baseline={"text": "pad", "image": other}, progress=False,
-    )  # fmt: skip
+    attr = _ig(llava, 48, sources=["text", "image_embeddings"], baseline={"text": "pad", "image": other})
     text = attr.tokens.kind == "text"
     assert np.abs(attr.scores[0, text]).sum() > 0 and np.abs(attr.scores[0, ~text]).sum() > 0
     gap = attr.info["f_input"][0] - attr.info["f_baseline"][0]
