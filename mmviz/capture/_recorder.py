@@ -170,12 +170,13 @@ class Recorder:
         brings a query tensor of its own. The calls of one module call are joined into one block-diagonal
         matrix when the trace is built.
         """
-        here = (query.untyped_storage().data_ptr(), query.stride(2), *query.shape[:2])
+        step, start = int(query.stride(2)), int(query.storage_offset())
+        here = (query.untyped_storage().data_ptr(), step, int(query.shape[0]), int(query.shape[1]))
         previous = self._piece_end.get(target)
-        self._piece_end[target] = (weakref.ref(query), (*here, query.storage_offset() + query.shape[2] * query.stride(2)))
+        self._piece_end[target] = (weakref.ref(query), (*here, start + int(query.shape[2]) * step))
         if previous is None or previous[0]() is None:
             return False
-        return previous[1] == (*here, query.storage_offset())
+        return previous[1] == (*here, start)
 
     # -- runs --------------------------------------------------------------------------------------
     def begin_run(self, generate: bool = False) -> Run:

@@ -221,7 +221,7 @@ def test_layout_verified_against_the_model(captured):
 
 
 def test_vision_tower_patches(captured):
-    name, _, _, _, trace = captured
+    _, _, _, _, trace = captured
     towers = [m for m in trace.modules if trace.modules[m].query_table.endswith(".pixels")]
     assert towers
     tower = trace.tokens(towers[0])

@@ -79,7 +79,13 @@ def tile_boxes(
 def _grid_boxes(source: int, rows: int, cols: int, height: float = 1.0, width: float = 1.0) -> list[Box]:
     """Boxes of a ``rows × cols`` grid of tiles, row-major, on an image that covers ``height × width`` of it."""
     return [
-        (source, _clip(r, rows * height), _clip(c, cols * width), _clip(r + 1, rows * height), _clip(c + 1, cols * width))
+        (
+            source,
+            _clip(r, rows * height),
+            _clip(c, cols * width),
+            _clip(r + 1, rows * height),
+            _clip(c + 1, cols * width),
+        )
         for r in range(rows)
         for c in range(cols)
     ]
