@@ -67,9 +67,9 @@ def decompose(
     """
     import torch
 
+    from mmviz._hf.modules import stack_names
     from mmviz._hf.tokens import images_from_pixels, patch_table
     from mmviz.data.decomposition import DecompositionTrace
-    from mmviz._hf.modules import stack_names
     from mmviz.decompose._towers import find_tower
     from mmviz.errors import CaptureError
 
