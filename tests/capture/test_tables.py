@@ -65,3 +65,18 @@ def test_errors_propagate_and_the_model_is_restored(llava):
 def test_has_images():
     assert has_images({"input_ids": 1, "pixel_values": 2})
     assert not has_images({"input_ids": 1, "attention_mask": 2})
+
+
+def test_a_sub_model_called_directly_gets_its_layout():
+    """get_image_features / get_text_features never call the model's forward: their tables still name the patches."""
+    model = tiny.make_clip()
+    pixels = torch.rand(2, 3, 16, 16)
+    ids = torch.tensor([[1, 5, 6, 2]])
+    with torch.no_grad(), token_tables(model) as run:
+        model.get_image_features(pixel_values=pixels)
+    tower = run.of_site("vision_model.encoder.layers.0")
+    assert len(tower) == 2 and tower[0].text[0] == "[CLS]"
+    assert list(tower[1].patch_row[1:]) == [k // 4 for k in range(16)]  # 16 px, patch 4: a 4 × 4 grid
+    with torch.no_grad(), token_tables(model) as run:
+        model.get_text_features(input_ids=ids)
+    assert [len(t) for t in run.of_site("text_model.encoder.layers.0")] == [4]
