@@ -172,3 +172,14 @@ def test_aspect_ratio_tiles_on_a_padded_canvas():
     assert placed(trace, "language_model.cross_attention", "key") == rounded(
         ((0, 0.0, 0.0, 1.0, 16 / 28), (0, 0.0, 16 / 28, 1.0, 1.0))
     )
+
+
+def test_windowed_tower_stored_as_queries_and_keys():
+    """``store="qk"`` joins the windows into one call with a block-diagonal mask: the same probabilities."""
+    model, processor, inputs = tiny_vlms.qwen2_5_vl()
+    dense = capture(model, processor, inputs).modules["visual"].dense
+    with torch.no_grad(), mmviz.capture(model, processor=processor, modules=["visual"], store="qk") as cap:
+        model(**inputs)
+    qk = cap.attention.modules["visual"].qk
+    assert qk is not None and dense is not None
+    np.testing.assert_allclose(qk.dense(0, [0, 1], [0, 1]), dense[0].astype(np.float32), atol=1e-3)
