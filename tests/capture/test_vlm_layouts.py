@@ -240,7 +240,7 @@ def test_generate_keeps_the_layout(captured):
         seq = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
     stack, side = image_side(name, cap.attention)
     table = cap.attention.tokens(stack, side=side)
-    assert laid_out(table) == EXPECTED[name][0]
+    assert laid_out(table) == EXPECTED[name][0] and table.tiles == TILES.get(name, ())
     text = cap.attention.tokens(language_stack(cap.attention), side="query")
     assert len(text) == seq.shape[1] - 1 and text.generated.sum() == 1 and text.generated[-1]
     with torch.no_grad(), mmviz.capture(model, processor=processor) as forward:

@@ -183,3 +183,19 @@ def test_windowed_tower_stored_as_queries_and_keys():
     qk = cap.attention.modules["visual"].qk
     assert qk is not None and dense is not None
     np.testing.assert_allclose(qk.dense(0, [0, 1], [0, 1]), dense[0].astype(np.float32), atol=1e-3)
+
+
+def test_independent_images_are_not_taken_for_tiles():
+    """Three unrelated images (LLaVA-style ``[images, C, H, W]``) stay whole images: none is a thumbnail."""
+    pixels = torch.stack([torch.from_numpy(np.array(random_image(16, seed=s))).permute(2, 0, 1) for s in range(3)])
+    boxes = tile_boxes(None, {"pixel_values": pixels.float() / 255}, None)
+    assert boxes == {u: (u, *WHOLE[1:]) for u in range(3)}
+
+
+def test_placing_tiles_is_cheap_for_many_large_units():
+    import time
+
+    pixels = torch.rand(24, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    boxes = tile_boxes(None, {"pixel_values": pixels}, None)
+    assert time.perf_counter() - start < 5 and boxes == {u: (u, *WHOLE[1:]) for u in range(24)}

@@ -19,8 +19,9 @@ were cut from, as ``(source, top, left, bottom, right)`` fractions of it (``Toke
   inputs say neither the grid nor which units belong to which image, so both are measured: for each
   candidate number ``n`` of tiles and grid ``rows × cols = n``, the tiles are stitched, shrunk to the
   thumbnail's size and correlated with the unit after them; the best grid counts when the correlation
-  passes ``THUMBNAIL_MATCH``. Images with almost no structure (a flat colour) cannot be placed this way and
-  keep their tiles unplaced.
+  passes ``THUMBNAIL_MATCH`` (units are compared shrunk to at most ``MATCH_SIZE`` pixels a side; an image
+  processor with ``crop_to_patches=False`` is not looked at). Images with almost no structure (a flat
+  colour) cannot be placed this way and keep their tiles unplaced.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ _ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 THUMBNAIL_MATCH = 0.9
 """Least correlation between stitched, shrunk tiles and the unit after them for that unit to be their thumbnail."""
+MOST_TILES = 12
+"""Most tiles of one image looked for when the processor does not say (GOT-OCR2's default ``max_patches``)."""
+MATCH_SIZE = 32
+"""Units are compared shrunk to at most this many pixels a side (a thumbnail is already small)."""
 
 
 def tile_boxes(
@@ -64,8 +69,10 @@ def tile_boxes(
         return _aspect_ratio_ids(pixels, torch.as_tensor(inputs["aspect_ratio_ids"]), ratios) if ratios else {}
     if pixels.ndim == 4 and pixels.shape[0] > 2:
         image_processor = getattr(processor, "image_processor", processor)
+        if getattr(image_processor, "crop_to_patches", None) is False:
+            return {}
         most = getattr(image_processor, "max_patches", None)
-        return _tiles_then_thumbnail(pixels, int(most) if isinstance(most, int) else pixels.shape[0] - 1)
+        return _tiles_then_thumbnail(pixels, int(most) if isinstance(most, int) else MOST_TILES)
     if pixels.ndim != 5:
         return {}
     pinpoints = getattr(config, "image_grid_pinpoints", None)
@@ -123,7 +130,8 @@ def _tiles_then_thumbnail(pixels: torch.Tensor, most: int) -> dict[int, Box]:
     Images are taken in order; at each unit the best-matching ``(tiles, rows, cols)`` is looked for (see
     the module docstring). A unit no tiles match is a whole image of one tile.
     """
-    units = pixels.detach().float()
+    size = (min(pixels.shape[-2], MATCH_SIZE), min(pixels.shape[-1], MATCH_SIZE))
+    units = torch.nn.functional.interpolate(pixels.detach().float(), size=size, mode="area")
     out: dict[int, Box] = {}
     start, source = 0, 0
     while start < units.shape[0]:
