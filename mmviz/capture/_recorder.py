@@ -325,9 +325,12 @@ class Recorder:
             "heads": query.shape[1],
             "piece": self.continues(target, query),
         }
-        grows = previous is not None and q_len < k_len and k_len == previous["key"].shape[2] + q_len
-        if grows:
-            step["key"] = _placeholder(key)
+        total = previous["key"].shape[2] + q_len if previous is not None else k_len
+        # a growing cache adds this step's keys; a sliding-window cache also dropped its oldest keys
+        if previous is not None and q_len < k_len <= total:
+            if k_len < total:
+                step["mask"] = _slid_mask(mask, query.shape[0], q_len, k_len, total)
+            step["key"] = _placeholder(key, total)
             step["key_new"] = _cpu_copy(key.detach()[:, :, k_len - q_len :])
         else:
             step["key"] = _cpu_copy(key.detach())
@@ -365,9 +368,21 @@ def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _placeholder(like: torch.Tensor) -> torch.Tensor:
-    """A tensor of ``like``'s shape and dtype without memory (for keys stored in a later step)."""
-    return torch.zeros((), dtype=like.dtype).expand(like.shape)
+def _placeholder(like: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """A tensor of ``like``'s shape (``length`` keys) and dtype without memory (for keys stored elsewhere)."""
+    shape = like.shape if length is None else (*like.shape[:2], length, *like.shape[3:])
+    return torch.zeros((), dtype=like.dtype).expand(shape)
+
+
+def _slid_mask(mask: torch.Tensor | None, batch: int, q_len: int, k_len: int, total: int) -> torch.Tensor:
+    """``[batch, query, total]`` mask of a step whose cache kept only the last ``k_len`` of ``total`` keys.
+
+    The kept keys end at the step's last query; the dropped keys before them are masked out.
+    """
+    if mask is None:  # causal over the kept keys
+        mask = (torch.arange(k_len)[None, :] <= torch.arange(q_len)[:, None] + k_len - q_len).expand(batch, -1, -1)
+    dropped = torch.zeros(batch, q_len, total - k_len, dtype=torch.bool)
+    return torch.cat([dropped, mask.to("cpu", torch.bool)], dim=-1)
 
 
 def assemble_dense(steps: list[torch.Tensor]) -> np.ndarray:

@@ -107,6 +107,17 @@ def test_sliding_window_generate_equals_the_forward_over_the_sequence():
     ]  # fmt: skip
 
 
+def test_sliding_window_generate_stored_as_queries_and_keys():
+    """``store="qk"``: the decoding step's keys join the full key sequence, the dropped ones masked out."""
+    model, processor, inputs = tiny_vlms.gemma3()
+    dense = capture(model, processor, inputs, generate=True).modules["language_model"].dense
+    with torch.no_grad(), mmviz.capture(model, processor=processor, modules=["language_model"], store="qk") as cap:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    qk = cap.attention.modules["language_model"].qk
+    assert qk is not None and dense is not None and qk.shape[-2:] == (10, 10)
+    np.testing.assert_allclose(qk.dense(0, [0, 1], [0, 1]), dense[0].astype(np.float32), atol=1e-3)
+
+
 def test_generate_of_a_sub_model_gets_the_text_table():
     """Kosmos-2's generate runs its text model's generate: the text is the prompt and the generated tokens."""
     model, processor, inputs = tiny_vlms.kosmos2()
