@@ -39,13 +39,19 @@ def capture(model: Any, processor: Any, inputs: dict[str, Any], generate: bool =
 
 
 # -- Qwen2.5-VL's windowed tower -------------------------------------------------------------------
-def window_order() -> list[tuple[int, int]]:
-    """The tiny tower's order on the 8×8 raw grid: 2×2 windows of 2×2 merged cells of 2×2 patches (window
-    size 16 px / patch 4 / merge 2), windows row-major, cells row-major in a window, patches in a cell."""
-    return [
-        ((wr * 2 + mr) * 2 + dr, (wc * 2 + mc) * 2 + dc)
-        for wr, wc, mr, mc, dr, dc in itertools.product(range(2), repeat=6)
-    ]
+def window_order(rows: int, cols: int, window: int = 2, merge: int = 2) -> list[list[tuple[int, int]]]:
+    """The tower's windows on a ``rows × cols`` raw grid, each its raw ``(row, col)`` in order: windows of
+    ``window × window`` merged cells (the tiny tower: 16 px / patch 4 / merge 2 = 2), windows row-major
+    (cut short at the bottom and right edges), cells row-major in a window, the 2×2 patches of a cell."""
+    cells_r, cells_c = rows // merge, cols // merge
+    windows = []
+    for wr, wc in itertools.product(range(-(-cells_r // window)), range(-(-cells_c // window))):
+        cells = [(r, c) for r in range(wr * window, min(wr * window + window, cells_r))
+                 for c in range(wc * window, min(wc * window + window, cells_c))]  # fmt: skip
+        windows.append(
+            [(r * merge + dr, c * merge + dc) for r, c in cells for dr, dc in itertools.product(range(merge), repeat=2)]
+        )
+    return windows
 
 
 @pytest.mark.parametrize("generate", [False, True])
@@ -56,12 +62,37 @@ def test_windowed_tower_is_one_stack_in_window_order(generate):
     tower = trace.modules["visual"]
     assert tower.layers == (0, 1) and tower.dense is not None and tower.dense.shape[-2:] == (64, 64)
     table = trace.tokens("visual")
-    assert list(zip(table.patch_row.tolist(), table.patch_col.tolist())) == window_order()
+    assert list(zip(table.patch_row.tolist(), table.patch_col.tolist())) == list(itertools.chain(*window_order(8, 8)))
     assert (table.kind == "image").all() and (table.image_index == 0).all() and table.grids == ((8, 8),)
     windowed, full = tower.dense[0, 0].astype(np.float32), tower.dense[0, 1].astype(np.float32)
     inside = np.kron(np.eye(4, dtype=bool), np.ones((16, 16), dtype=bool))  # layer 0 attends within its window
     assert not windowed[:, ~inside].any() and (full[:, ~inside] > 0).all()  # layer 1 (full attention) to all
     np.testing.assert_allclose(windowed.sum(-1), 1.0, atol=1e-2)
+
+
+def test_windowed_tower_of_two_images_with_windows_cut_short():
+    """A 40×24 image (a 6×10 raw grid: 3×5 merged cells, so the last window row and column are cut short)
+    and a 32×32 one: one block-diagonal stack over both images' windows, each image in its window order."""
+    model, processor, _ = tiny_vlms.qwen2_5_vl()
+    text = ["<|vision_start|><|image_pad|><|vision_end|> and <|vision_start|><|image_pad|><|vision_end|> what"]
+    images = [random_image(48, seed=7).resize((40, 24)), random_image(32, seed=8)]
+    inputs = dict(processor(text=text, images=[images], return_tensors="pt"))
+    assert inputs["image_grid_thw"].tolist() == [[1, 6, 10], [1, 8, 8]]
+    trace = capture(model, processor, inputs)
+    table = trace.tokens("visual")
+    windows = [(0, w) for w in window_order(6, 10)] + [(1, w) for w in window_order(8, 8)]
+    want = [(i, r, c) for i, w in windows for r, c in w]
+    assert list(zip(table.image_index.tolist(), table.patch_row.tolist(), table.patch_col.tolist())) == want
+    inside = np.zeros((124, 124), dtype=bool)
+    start = 0
+    for _, w in windows:
+        inside[start : start + len(w), start : start + len(w)] = True
+        start += len(w)
+    dense = trace.modules["visual"].dense
+    assert dense is not None and not dense[0, 0][:, ~inside].any() and dense[0, 0][:, inside].all()
+    for stack in ("visual", "language_model"):
+        check = verify_layout(model, inputs, trace.tokens(stack), stack, processor)
+        assert check.ok, (stack, check.failures)
 
 
 def test_windowed_tower_equals_eager_windows():
