@@ -241,3 +241,21 @@ def test_placing_tiles_is_cheap_for_many_large_units():
     start = time.perf_counter()
     boxes = tile_boxes(None, {"pixel_values": pixels}, None)
     assert time.perf_counter() - start < 5 and boxes == {u: (u, *WHOLE[1:]) for u in range(24)}
+
+
+def test_aspect_ratio_tiles_of_a_batch():
+    """A tall image (2×1 grid, padded on the right) and a wide one (1×2), one per prompt: each prompt's
+    tiles are placed on its own image."""
+    model, processor, _ = tiny_vlms.mllama()
+    processor.tokenizer.padding_side = "left"
+    texts = ["<|image|> what shape", "<|image|> a red what"]
+    images = [[random_image(16, seed=1).resize((16, 40))], [tiny_vlms.WIDE]]
+    inputs = dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+    assert inputs["aspect_ratio_ids"].tolist() == [[3], [2]]
+    trace = capture(model, processor, inputs)
+    stack = "language_model.cross_attention"
+    tall, wide = (trace.tokens(stack, b, side="key") for b in range(2))
+    assert tall.tiles == ((0, 0.0, 0.0, 0.5, 1.0), (0, 0.5, 0.0, 1.0, 1.0))
+    assert wide.tiles == ((0, 0.0, 0.0, 1.0, 0.5), (0, 0.0, 0.5, 1.0, 1.0))
+    for b, table in enumerate((tall, wide)):
+        assert verify_layout(model, inputs, table, stack, processor, batch_index=b, side="key").ok
