@@ -37,8 +37,9 @@ from mmviz.teaching.shapes import (
 )
 
 if TYPE_CHECKING:
-    from mmviz.features import SAE
     from transformers import CLIPModel, CLIPProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    from mmviz.features import SAE
 
 __all__ = [
     "COLOURS",

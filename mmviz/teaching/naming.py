@@ -143,24 +143,21 @@ class FeatureTable:
         found = [row for row in found if row[1] != "background"]
         return sorted(found, key=lambda row: (names.index(row[1]), -row[2]))
 
-    def best_for(self, kind: str, name: str, threshold: float = 0.8) -> int:
-        """The feature that stands for class ``name``: of the features selective for it (``threshold``), the one
-        with the largest mean activation on it (the most general, not one that fires on red stars only); the
-        most selective one when none reaches ``threshold``.
+    def best_for(self, kind: str, name: str) -> int:
+        """The feature that stands for class ``name``.
+
+        It is the feature whose mean activation on ``name`` exceeds its mean on every other class (and on the
+        background) by the most.
 
         Raises:
-            ValueError: no feature has ``name`` as its best class.
+            ValueError: ``name`` is not a class of ``kind``.
         """
         names, means = self.means(kind)
-        best, sel = self.selectivity(kind)
+        if name not in names[:-1]:
+            raise ValueError(f"{name!r} is not a {kind}; use one of {names[:-1]}")
         row = names.index(name)
-        candidates = np.flatnonzero(best == row)
-        if not candidates.size:
-            raise ValueError(f"no feature of the SAE fires most on {name!r}")
-        selective = candidates[sel[candidates] >= threshold]
-        if selective.size:
-            return int(selective[np.argmax(means[row, selective])])
-        return int(candidates[np.argmax(sel[candidates])])
+        margin = means[row] - np.delete(means, row, axis=0).max(axis=0)
+        return int(np.argmax(margin))
 
 
 def feature_table(model: Any, sae: SAE, scenes: Sequence[Scene], cover: float = 0.5) -> FeatureTable:
