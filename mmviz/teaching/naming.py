@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
     from mmviz.features import SAE
 
-__all__ = ["GRID", "SAE_SITE", "FeatureTable", "feature_table", "patch_owners", "site_activations"]
+__all__ = [
+    "GRID",
+    "SAE_SITE",
+    "FeatureTable",
+    "feature_table",
+    "object_positions",
+    "patch_owners",
+    "site_activations",
+]
 
 SAE_SITE = "model.vision_tower.encoder.layers.0"
 """Where the teaching SAE reads: the VLM's vision tower after its first block (position 0 is CLS, 1-64 the
@@ -64,6 +72,20 @@ def patch_owners(scene: Scene, cover: float = 0.5) -> np.ndarray:
         owners[(covered > 0) & (owners == -1)] = -2
         owners[(covered >= cover) & (covered > 0)] = index
     return owners
+
+
+def object_positions(scene: Scene, index: int) -> list[int]:
+    """Positions at `SAE_SITE` of the patches object ``index`` touches (at least one pixel; CLS is position 0).
+
+    Args:
+        scene: the scene.
+        index: the object's index in ``scene.objects``.
+
+    Returns:
+        Sorted positions in 1 … 64, for ``mmviz.steer(..., positions=...)``.
+    """
+    owners = patch_owners(scene, cover=0.0)
+    return [1 + int(p) for p in np.flatnonzero(owners == index)]
 
 
 def site_activations(model: Any, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmviz.teaching._common import WEIGHTS_DIR, Clock, write_json
-from mmviz.teaching.naming import SAE_SITE, feature_table, patch_owners, site_activations
+from mmviz.teaching.naming import SAE_SITE, feature_table, object_positions, site_activations
 from mmviz.teaching.shapes import COLOURS, Scene, make_scenes
 
 if TYPE_CHECKING:
@@ -67,17 +67,6 @@ if TYPE_CHECKING:
 
 EVAL_SEED = 50_000
 """Seed of the held-out scenes (training scenes use seeds below it)."""
-
-
-def object_positions(scene: Scene, index: int) -> list[int]:
-    """Positions at `SAE_SITE` of the patches object ``index`` touches (at least one pixel; CLS is 0).
-
-    Args:
-        scene: the scene.
-        index: the object's index in ``scene.objects``.
-    """
-    owners = patch_owners(scene, cover=0.0)
-    return [1 + int(p) for p in np.flatnonzero(owners == index)]
 
 
 def train(x: torch.Tensor, d_sae: int, k: int, steps: int, batch: int, lr: float, seed: int) -> dict[str, Any]:

@@ -52,6 +52,33 @@ def test_patch_owners_of_a_square_by_hand() -> None:
     assert not (patch_owners(circle, cover=0.0) == -2).any()
 
 
+def test_object_positions_are_the_touched_patches_after_cls() -> None:
+    from mmviz.teaching.naming import object_positions
+
+    # pixels 9 … 22 of the square touch patches 2 … 5 on both axes; site position = 1 + row * 8 + col
+    expected = [1 + r * 8 + c for r in range(2, 6) for c in range(2, 6)]
+    assert object_positions(one_object("square", "red", 16.0, 16.0, 8.0), 0) == expected
+
+
+def test_feature_table_selectivity_by_hand() -> None:
+    # 3 features; rows red, green, blue, yellow (+ background separately)
+    colour = np.array([[4.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    shape = np.array([[3.0, 1.0, 0.0], [2.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    background = np.array([0.0, 0.5, 3.0])
+    table = FeatureTable(colour, shape, background, patches={})
+    best, sel = table.selectivity("colour")
+    np.testing.assert_array_equal(best, [0, 0, 4])  # ties go to the first class; feature 2 is background
+    np.testing.assert_allclose(sel, [1 - 1 / 4, 0.0, 1.0])
+    assert table.named("colour", threshold=0.7) == [(0, "red", 0.75)]  # background features are not named
+    assert table.best_for("colour", "red") == 0  # margin 4 - 1 = 3
+    assert table.best_for("shape", "circle") == 0  # margins 3 - 2 = 1, 1 - 1 = 0, 0 - 3 = -3
+    np.testing.assert_allclose(table.selectivity("shape")[1], [1 - 2 / 3, 0.0, 1.0])
+    with pytest.raises(ValueError, match="not a colour"):
+        table.best_for("colour", "square")
+    with pytest.raises(ValueError, match="kind must be"):
+        table.means("size")
+
+
 def test_shipped_sae_loads_in_the_saelens_layout(sae: Any) -> None:
     assert (sae.d_in, sae.d_sae, sae.activation, sae.k) == (64, 64, "topk", 4)
     assert sae.source.endswith("sae/sae_weights.safetensors")
@@ -95,7 +122,7 @@ def test_a_colour_feature_lights_up_the_object_only(vlm: tuple[Any, Any], sae: A
 
 
 def test_steering_with_the_blue_feature_turns_red_answers_blue(vlm: tuple[Any, Any], sae: Any) -> None:
-    from mmviz.teaching.train_sae import object_positions
+    from mmviz.teaching.naming import object_positions
 
     model, processor = vlm
     scene = one_object("square", "red", 12.0, 20.0, 7.0)
