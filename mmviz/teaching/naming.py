@@ -88,13 +88,14 @@ def object_positions(scene: Scene, index: int) -> list[int]:
     return [1 + int(p) for p in np.flatnonzero(owners == index)]
 
 
-def site_activations(model: Any, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:
-    """The residual stream at `SAE_SITE` at the image patches, for each scene (the vision tower alone runs).
+def site_activations(model: Any, scenes: Sequence[Scene], batch_size: int = 256, site: str = SAE_SITE) -> torch.Tensor:
+    """The residual stream at a vision-tower site at the image patches, for each scene (the tower alone runs).
 
     Args:
         model: the teaching VLM (``mmviz.teaching.load_vlm()[0]``).
         scenes: the scenes.
         batch_size: scenes per forward call.
+        site: a site of the vision tower (``mmviz.steering.sites(model)``); `SAE_SITE` by default.
 
     Returns:
         ``[scenes, 64, d]`` float32 tensor (patches row-major; CLS left out).
@@ -105,13 +106,15 @@ def site_activations(model: Any, scenes: Sequence[Scene], batch_size: int = 256)
     from mmviz._hf.sites import find_site
     from mmviz.teaching._common import pixels
 
-    site = find_site(model, SAE_SITE)
+    where = find_site(model, site)
     parts = []
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
-        with evaluating(model), record_residual(site.blocks, [site.state]) as seen:
+        with evaluating(model), record_residual(where.blocks, [where.state]) as seen:
             model.model.vision_tower(pixel_values=pixels([s.image for s in chunk]))
-        parts.append(seen[site.state][0][:, 1:])
+        if not seen[where.state]:
+            raise ValueError(f"site {where.name!r} is not in the vision tower: pick one of its blocks")
+        parts.append(seen[where.state][0][:, 1:])
     return torch.cat(parts).float()
 
 
@@ -182,20 +185,23 @@ class FeatureTable:
         return int(np.argmax(margin))
 
 
-def feature_table(model: Any, sae: SAE, scenes: Sequence[Scene], cover: float = 0.5) -> FeatureTable:
-    """Encodes the scenes' patches at `SAE_SITE` and averages each feature per colour, per shape, on background.
+def feature_table(
+    model: Any, sae: SAE, scenes: Sequence[Scene], cover: float = 0.5, site: str = SAE_SITE
+) -> FeatureTable:
+    """Encodes the scenes' patches at a site and averages each feature per colour, per shape, on background.
 
     Args:
         model: the teaching VLM.
-        sae: an SAE reading `SAE_SITE` (``mmviz.teaching.load_sae()``).
-        scenes: held-out scenes (the SAE was trained on seeds below 50 000).
+        sae: an SAE reading ``site`` (``mmviz.teaching.load_sae()`` reads `SAE_SITE`).
+        scenes: held-out scenes (the shipped SAE was trained on seeds below 50 000).
         cover: least fraction of a patch an object must cover for the patch to count as that object's
             (patches along edges, partly covered, count for nothing; background patches show no object pixel).
+        site: the vision-tower site the SAE reads.
 
     Returns:
         A `FeatureTable`.
     """
-    acts = sae.encode(site_activations(model, scenes)).numpy()  # [scenes, 64, d_sae]
+    acts = sae.encode(site_activations(model, scenes, site=site)).numpy()  # [scenes, 64, d_sae]
     owners = np.stack([patch_owners(s, cover) for s in scenes])  # [scenes, 64]
     colour_of = np.full(owners.shape, -1)
     shape_of = np.full(owners.shape, -1)

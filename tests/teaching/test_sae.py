@@ -98,6 +98,13 @@ def test_sae_reconstructs_its_site_on_held_out_scenes(vlm: tuple[Any, Any], sae:
     assert float(np.median(ft.relative_error[1:])) < 0.25
 
 
+def test_site_activations_refuse_a_site_outside_the_vision_tower(vlm: tuple[Any, Any]) -> None:
+    scenes = teaching.make_scenes(2, seed=1)
+    assert site_activations(vlm[0], scenes, site="vision_tower.encoder.layers.1").shape == (2, 64, 64)
+    with pytest.raises(ValueError, match="not in the vision tower"):
+        site_activations(vlm[0], scenes, site="language_model.layers.0")
+
+
 def test_each_colour_has_a_feature_that_names_it(table: FeatureTable) -> None:
     names, means = table.means("colour")
     for colour, feature in COLOUR_FEATURES.items():
