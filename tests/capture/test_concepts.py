@@ -79,6 +79,8 @@ def test_image_unchanged_with_concepts(pipes: dict[str, Any], family: str) -> No
         np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=2e-3)  # a softmax over the concepts
     assert trace.concept_heatmap("bike").shape == (32, 32)
     assert "first T5 token" in trace.info["concept_encoding"]
+    view = trace.show(word="bike")
+    assert view._concepts == CONCEPTS and view.word == len(view._words) + 2
 
 
 def test_sd3_maps_equal_a_hand_written_reference(pipes: dict[str, Any]) -> None:
