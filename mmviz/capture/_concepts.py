@@ -149,6 +149,10 @@ class ConceptStream:
         """True while the concepts are being encoded (the capture's encoder hooks ignore those calls)."""
         self._embeds: torch.Tensor | None = None
         self._rows = slice(None)
+        self._n_rows = 0
+        self._fresh = False
+        """A recorded call began and the stream is not projected yet (done inside the denoiser's forward,
+        where offloading hooks have put its weights on their device)."""
         self._states: torch.Tensor | None = None
         self._block: tuple[Any, tuple[torch.Tensor, ...]] | None = None
         self._output: torch.Tensor | None = None
@@ -183,37 +187,46 @@ class ConceptStream:
     # -- one denoiser call ----------------------------------------------------------------------------
     def start(self, first_step: bool, rows: slice, context: torch.Tensor) -> None:
         """A recorded denoiser call begins: (re-)encodes at a pipeline call's first step, resets the stream."""
-        with torch.no_grad():
-            if first_step or self._embeds is None:
-                self.encoding = True
-                try:
-                    length = int(context.shape[1])
-                    embeds = encode_concepts(self.pipe, self.family, self.concepts, length, context.device)
-                finally:
-                    self.encoding = False
-                self._embeds = embeds.to(context.device, context.dtype)
-            project = self.denoiser.caption_projection if self.family == "PixArt" else self.denoiser.context_embedder
-            states = project(self._embeds)
-        n_rows = len(range(context.shape[0])[rows])
+        if first_step or self._embeds is None:
+            self.encoding = True
+            try:
+                with torch.no_grad():
+                    embeds = encode_concepts(
+                        self.pipe, self.family, self.concepts, int(context.shape[1]), context.device
+                    )
+            finally:
+                self.encoding = False
+            self._embeds = embeds.to(context.dtype)
         self._rows = rows
-        self._states = states[None].expand(n_rows, *states.shape).contiguous()
-        self._block, self._output = None, None
+        self._n_rows = len(range(context.shape[0])[rows])
+        self._states, self._block, self._output, self._fresh = None, None, None, True
 
     def stop(self) -> None:
         """The denoiser call ended."""
-        self._states, self._block, self._output = None, None, None
+        self._states, self._block, self._output, self._fresh = None, None, None, False
+
+    def _stream(self) -> torch.Tensor | None:
+        """The concept states ``[rows, concepts, dim]``, projected into the denoiser at the call's first use."""
+        if self._fresh and self._embeds is not None:
+            self._fresh = False
+            project = self.denoiser.caption_projection if self.family == "PixArt" else self.denoiser.context_embedder
+            with torch.no_grad():
+                states = project(self._embeds.to(next(project.parameters()).device))
+            self._states = states[None].expand(self._n_rows, *states.shape).contiguous()
+        return self._states
 
     def _before_block(self, block: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._block, self._output = None, None
         temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
-        if self._states is None or not isinstance(temb, torch.Tensor):
+        states = self._stream()
+        if states is None or not isinstance(temb, torch.Tensor):
             return
         temb = temb[self._rows]
         with torch.no_grad():
             if getattr(block, "context_pre_only", False):
-                mods: tuple[torch.Tensor, ...] = (block.norm1_context(self._states, temb),)
+                mods: tuple[torch.Tensor, ...] = (block.norm1_context(states, temb),)
             else:
-                mods = tuple(block.norm1_context(self._states, emb=temb))
+                mods = tuple(block.norm1_context(states, emb=temb))
         self._block = (block, mods)
 
     def _after_block(self, block: Any, args: Any, output: Any) -> None:
@@ -274,10 +287,10 @@ class ConceptStream:
             attn: the ``attn2`` module.
             image_out: ``[batch, image, heads * dim]`` its output before ``to_out``.
         """
-        if self._states is None or not self.session.records(slot):
+        context = self._stream()
+        if context is None or not self.session.records(slot):
             return
         with torch.no_grad():
-            context = self._states
             if getattr(attn, "norm_cross", None):
                 context = attn.norm_encoder_hidden_states(context)
             self._store(slot, image_out[self._rows], attn.to_v(context))

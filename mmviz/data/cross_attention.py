@@ -219,8 +219,8 @@ class CrossAttentionTrace(ConceptMapsMixin, Shown):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the maps."""
-        return int(sum(m.nbytes for m in self._maps))
+        """Bytes held by the maps (word and concept maps)."""
+        return int(sum(m.nbytes for m in [*self._maps, *self._concept_maps] if m is not None))
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -79,6 +79,7 @@ def test_image_unchanged_with_concepts(pipes: dict[str, Any], family: str) -> No
         np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=2e-3)  # a softmax over the concepts
     assert trace.concept_heatmap("bike").shape == (32, 32)
     assert "first T5 token" in trace.info["concept_encoding"]
+    assert trace.info["estimated_bytes"] == 2 * trace.nbytes  # the budget counts the concept maps (float32)
     view = trace.show(word="bike")
     assert view._concepts == CONCEPTS and view.word == len(view._words) + 2
 
