@@ -184,6 +184,11 @@ class DiffusionCapture:
         if self.concepts is not None:  # the concept stream runs through every joint block, recorded or not
             installed = [c for c in candidates if c in chosen or self.concepts.maps_layer(*c)]
         self._recorded = {slot for slot, c in enumerate(installed) if c in chosen}
+        if self.concepts is not None and not any(self.concepts.maps_layer(*c) for c in chosen):
+            raise CaptureError(
+                f"layers={self._layer_filter!r} keeps no layer with concept maps (joint-attention blocks, PixArt's "
+                f"attn2); keep one of {[n for n, m in candidates if self.concepts.maps_layer(n, m)]}"
+            )
         for slot, (name, module) in enumerate(installed):
             original = module.processor
             kind = type(original).__name__

@@ -84,9 +84,12 @@ def test_image_unchanged_with_concepts(pipes: dict[str, Any], family: str) -> No
     assert view._concepts == CONCEPTS and view.word == len(view._words) + 2
 
 
-def test_sd3_maps_equal_a_hand_written_reference(pipes: dict[str, Any]) -> None:
-    pipe = pipes["sd3"]
+def test_sd3_maps_equal_a_hand_written_reference() -> None:
+    pipe = build("sd3")
     model = pipe.transformer
+    with torch.no_grad():  # sharper concept queries and a bigger stream update than random weights give
+        model.transformer_blocks[1].attn.add_q_proj.weight.mul_(10)
+        model.transformer_blocks[0].ff_context.net[-1].weight.mul_(10)
     inputs: list[list[dict[str, Any]]] = [[], []]
     handles = [_block_inputs(model.transformer_blocks[i], inputs[i]) for i in range(2)]
     try:
@@ -127,7 +130,7 @@ def test_sd3_maps_equal_a_hand_written_reference(pipes: dict[str, Any]) -> None:
             concept_out = _attend(q_c, torch.cat([k_c, k_img], 2), torch.cat([v_c, v_img], 2))
             expected = torch.einsum("bcd,bpd->bcp", concept_out, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
             recorded = trace.concept_maps(index)[0]
-            np.testing.assert_allclose(recorded, expected.numpy(), atol=1.5e-4)  # float16 storage near 1/3
+            np.testing.assert_allclose(recorded, expected.numpy(), rtol=1e-3, atol=1e-4)  # float16 storage
             if index == 1:  # the concept stream's update is seen: the first block's states give other maps
                 stale = block.norm1_context(model.context_embedder(embeds[0][:, 16])[None], temb)
                 q_s = _norm(attn.norm_added_q, _split(attn.add_q_proj(stale), heads))
@@ -135,7 +138,7 @@ def test_sd3_maps_equal_a_hand_written_reference(pipes: dict[str, Any]) -> None:
                 v_s = _split(attn.add_v_proj(stale), heads)
                 out_s = _attend(q_s, torch.cat([k_s, k_img], 2), torch.cat([v_s, v_img], 2))
                 wrong = torch.einsum("bcd,bpd->bcp", out_s, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
-                assert np.abs(recorded - wrong.numpy()).max() > 4 * 1.5e-4
+                assert np.abs(recorded - wrong.numpy()).max() > 1e-2
             if not block.context_pre_only:  # the text stream's update, on the concepts
                 states = states + gate_msa.unsqueeze(1) * attn.to_add_out(concept_out)
                 normed2 = block.norm2_context(states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
@@ -164,7 +167,7 @@ def test_pixart_maps_equal_the_value_space_reference(pipes: dict[str, Any]) -> N
         embeds = pipe.encode_prompt(CONCEPTS, do_classifier_free_guidance=False, max_sequence_length=12)[0]
         values = attn.to_v(model.caption_projection(embeds[:, 0]))[None]
         expected = torch.einsum("bcd,bpd->bcp", values, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
-    np.testing.assert_allclose(cap.cross_attention.concept_maps(1)[-1], expected.numpy(), atol=1.5e-4)
+    np.testing.assert_allclose(cap.cross_attention.concept_maps(1)[-1], expected.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_layers_filter_keeps_the_stream_and_saves(pipes: dict[str, Any], tmp_path: Any) -> None:
@@ -199,5 +202,14 @@ def test_concept_errors(pipes: dict[str, Any]) -> None:
         mmviz.capture(pipe, concepts=["cat"])
     with pytest.raises(ValueError, match="distinct"):
         mmviz.capture(pipe, concepts=["cat", "Cat"])
+    before = processor_state(pipe)
+    with (
+        pytest.raises(CaptureError, match="keeps no layer with concept maps"),
+        mmviz.capture(pipe, concepts=CONCEPTS, layers=["single_transformer_blocks"]),
+    ):
+        pass
+    assert processor_state(pipe) == before  # nothing left installed
+    with pytest.raises(TypeError, match="diffusion transformer pipelines"):
+        mmviz.capture(torch.nn.Linear(2, 2), concepts=CONCEPTS)
     with pytest.raises(ValueError, match=f"more than the {MAX_CONCEPTS}"):
         mmviz.capture(pipe, concepts=[f"w{i}" for i in range(MAX_CONCEPTS + 1)])
