@@ -145,6 +145,50 @@ def test_sd3_maps_equal_a_hand_written_reference() -> None:
                 states = states + gate_mlp.unsqueeze(1) * block.ff_context(normed2)
 
 
+def test_flux_maps_equal_a_hand_written_reference() -> None:
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    pipe = build("flux")
+    model = pipe.transformer
+    with torch.no_grad():
+        model.transformer_blocks[0].attn.norm_added_q.weight.mul_(10)  # sharper concept queries
+    inputs: list[dict[str, Any]] = []
+    handle = model.transformer_blocks[0].register_forward_pre_hook(
+        lambda mod, args, kwargs: inputs.append(dict(kwargs)), with_kwargs=True
+    )
+    try:
+        with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
+            pipe(PROMPT, **call_args("flux"))
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        block, x = model.transformer_blocks[0], inputs[1]  # the second step's call (no CFG batch in Flux)
+        attn, temb = block.attn, x["temb"]
+        image = block.norm1(x["hidden_states"], emb=temb)[0]
+        text = block.norm1_context(x["encoder_hidden_states"], emb=temb)[0]
+
+        def qkv(states: torch.Tensor, added: bool) -> list[torch.Tensor]:  # [b, n, heads, d], normed
+            names = ("add_q_proj", "add_k_proj", "add_v_proj") if added else ("to_q", "to_k", "to_v")
+            out = [getattr(attn, n)(states).unflatten(-1, (attn.heads, -1)) for n in names]
+            norms = ("norm_added_q", "norm_added_k") if added else ("norm_q", "norm_k")
+            return [getattr(attn, norms[0])(out[0]), getattr(attn, norms[1])(out[1]), out[2]]
+
+        joint = [torch.cat(pair, dim=1) for pair in zip(qkv(text, True), qkv(image, False))]
+        q, k = (apply_rotary_emb(t, x["image_rotary_emb"], sequence_dim=1) for t in joint[:2])
+        n_text = text.shape[1]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, joint[2]))  # [b, heads, n, d]
+        image_out = _attend(q[:, :, n_text:], k, v)
+        # the concepts: the text stream's norm and projections, rotary id 0 (no rotation), over concepts + image
+        embeds = pipe.encode_prompt(CONCEPTS, None, max_sequence_length=12)[0][:, 0]
+        normed = block.norm1_context(model.context_embedder(embeds)[None], emb=temb)[0]
+        q_c, k_c, v_c = (t.transpose(1, 2) for t in qkv(normed, True))
+        concept_out = _attend(q_c, torch.cat([k_c, k[:, :, n_text:]], 2), torch.cat([v_c, v[:, :, n_text:]], 2))
+        expected = torch.einsum("bcd,bpd->bcp", concept_out, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
+    recorded = cap.cross_attention.concept_maps(0)[1]
+    assert float(expected.std()) > 0.01
+    np.testing.assert_allclose(recorded, expected.numpy(), rtol=1e-3, atol=1e-4)
+
+
 def test_pixart_maps_equal_the_value_space_reference(pipes: dict[str, Any]) -> None:
     pipe = pipes["pixart"]
     model = pipe.transformer
