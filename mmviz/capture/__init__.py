@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from mmviz.capture._tables import RunTables, has_images, token_tables
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from diffusers.models.modeling_utils import ModelMixin
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from mmviz.capture._diffusers import DiffusionCapture
     from mmviz.capture._session import Capture
 
-__all__ = ["DEFAULT_QK_THRESHOLD", "capture"]
+__all__ = ["DEFAULT_QK_THRESHOLD", "RunTables", "capture", "has_images", "token_tables"]
 
 DEFAULT_QK_THRESHOLD = 4096
 """``store="auto"`` keeps queries and keys instead of probabilities from this many keys on."""
