@@ -218,10 +218,11 @@ def test_layers_filter_keeps_the_stream_and_saves(pipes: dict[str, Any], tmp_pat
     pipe = pipes["sd3"]
     with mmviz.capture(pipe, concepts=CONCEPTS) as full:
         pipe(PROMPT, **call_args("sd3"))
-    with mmviz.capture(pipe, concepts=CONCEPTS, layers=[1]) as one:
+    with mmviz.capture(pipe, concepts=CONCEPTS, layers=[1], heads=True) as one:
         pipe(PROMPT, **call_args("sd3"))
     trace = one.cross_attention
     assert trace.layer_names == ["transformer_blocks.1.attn"] and trace.concept_layers == [0]
+    assert trace.has_heads and trace.concept_maps(0).shape == (3, 3, 8, 8)  # concept maps have no head axis
     # block 0 still ran the concept stream, so block 1's maps are those of the full capture
     np.testing.assert_array_equal(trace.concept_maps(0), full.cross_attention.concept_maps(1))
     trace.save(tmp_path / "concepts.mmviz")
