@@ -10,7 +10,8 @@ of concept tokens beside the prompt's tokens:
   projection as the prompt (``context_embedder``; PixArt: ``caption_projection``).
 - **Joint attention (SD3, Flux double-stream blocks).** In every joint block the concept tokens are
   normalised and modulated by the block's text-stream norm (``norm1_context``, with the block's own
-  timestep embedding), projected by the text stream's ``add_q/k/v_proj`` (and ``norm_added_q/k``), and
+  ``temb``: timestep and pooled prompt vector, as the prompt's tokens get; ConceptAttention's Flux code
+  gives the concepts a zero pooled vector), projected by the text stream's ``add_q/k/v_proj`` (and ``norm_added_q/k``), and
   their queries attend to the concept keys and the image keys (one way: no image or prompt token reads
   them; Flux's concept positions have rotary id 0, so no rotation, as in ConceptAttention). Their
   attention output updates the concept residual stream with the text stream's weights (``to_add_out``,
