@@ -31,13 +31,26 @@ def pipes() -> dict[str, Any]:
 
 
 def _block_inputs(module: Any, store: list[dict[str, Any]]) -> Any:
-    """Records the tensor inputs of every call of ``module`` (a positional first one as ``hidden_states``)."""
+    """Records the inputs of every call of ``module`` (a positional first one as ``hidden_states``)."""
 
     def hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         named = {**({"hidden_states": args[0]} if args else {}), **kwargs}
-        store.append({k: v.detach().clone() for k, v in named.items() if isinstance(v, torch.Tensor)})
+        store.append({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in named.items()})
 
     return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _captured_with_inputs(pipe: Any, family: str, modules: list[Any]) -> tuple[Any, list[list[dict[str, Any]]]]:
+    """The trace of a capture with ``CONCEPTS`` and, per module, the tensor inputs of each of its calls."""
+    inputs: list[list[dict[str, Any]]] = [[] for _ in modules]
+    handles = [_block_inputs(module, store) for module, store in zip(modules, inputs)]
+    try:
+        with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
+            pipe(PROMPT, **call_args(family))
+    finally:
+        for h in handles:
+            h.remove()
+    return cap.cross_attention, inputs
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -90,15 +103,7 @@ def test_sd3_maps_equal_a_hand_written_reference() -> None:
     with torch.no_grad():  # sharper concept queries and a bigger stream update than random weights give
         model.transformer_blocks[1].attn.add_q_proj.weight.mul_(10)
         model.transformer_blocks[0].ff_context.net[-1].weight.mul_(10)
-    inputs: list[list[dict[str, Any]]] = [[], []]
-    handles = [_block_inputs(model.transformer_blocks[i], inputs[i]) for i in range(2)]
-    try:
-        with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
-            pipe(PROMPT, **call_args("sd3"))
-    finally:
-        for h in handles:
-            h.remove()
-    trace = cap.cross_attention
+    trace, inputs = _captured_with_inputs(pipe, "sd3", list(model.transformer_blocks))
     assert trace.info["cfg"] is True  # rows [uncond; cond]: the cond row (1) is recorded
     with torch.no_grad():
         # the concepts as the prompt is encoded; each one's first T5 token (after the 16 CLIP positions)
@@ -152,17 +157,9 @@ def test_flux_maps_equal_a_hand_written_reference() -> None:
     model = pipe.transformer
     with torch.no_grad():
         model.transformer_blocks[0].attn.norm_added_q.weight.mul_(10)  # sharper concept queries
-    inputs: list[dict[str, Any]] = []
-    handle = model.transformer_blocks[0].register_forward_pre_hook(
-        lambda mod, args, kwargs: inputs.append(dict(kwargs)), with_kwargs=True
-    )
-    try:
-        with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
-            pipe(PROMPT, **call_args("flux"))
-    finally:
-        handle.remove()
+    trace, inputs = _captured_with_inputs(pipe, "flux", [model.transformer_blocks[0]])
     with torch.no_grad():
-        block, x = model.transformer_blocks[0], inputs[1]  # the second step's call (no CFG batch in Flux)
+        block, x = model.transformer_blocks[0], inputs[0][1]  # the second step's call (no CFG batch in Flux)
         attn, temb = block.attn, x["temb"]
         image = block.norm1(x["hidden_states"], emb=temb)[0]
         text = block.norm1_context(x["encoder_hidden_states"], emb=temb)[0]
@@ -184,7 +181,7 @@ def test_flux_maps_equal_a_hand_written_reference() -> None:
         q_c, k_c, v_c = (t.transpose(1, 2) for t in qkv(normed, True))
         concept_out = _attend(q_c, torch.cat([k_c, k[:, :, n_text:]], 2), torch.cat([v_c, v[:, :, n_text:]], 2))
         expected = torch.einsum("bcd,bpd->bcp", concept_out, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
-    recorded = cap.cross_attention.concept_maps(0)[1]
+    recorded = trace.concept_maps(0)[1]
     assert float(expected.std()) > 0.01
     np.testing.assert_allclose(recorded, expected.numpy(), rtol=1e-3, atol=1e-4)
 
@@ -192,16 +189,10 @@ def test_flux_maps_equal_a_hand_written_reference() -> None:
 def test_pixart_maps_equal_the_value_space_reference(pipes: dict[str, Any]) -> None:
     pipe = pipes["pixart"]
     model = pipe.transformer
-    seen: list[dict[str, Any]] = []
-    handle = _block_inputs(model.transformer_blocks[1].attn2, seen)
-    try:
-        with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
-            pipe(PROMPT, **call_args("pixart"))
-    finally:
-        handle.remove()
+    attn = model.transformer_blocks[1].attn2
+    trace, seen = _captured_with_inputs(pipe, "pixart", [attn])
     with torch.no_grad():
-        attn = model.transformer_blocks[1].attn2
-        x = seen[-1]  # the last step's call
+        x = seen[0][-1]  # the last step's call
         image, context = x["hidden_states"][1:], x["encoder_hidden_states"][1:]
         mask = x["attention_mask"][1:]  # [1, 1, keys] additive: padding at -10000
         q = _split(attn.to_q(image), attn.heads)
@@ -211,7 +202,7 @@ def test_pixart_maps_equal_the_value_space_reference(pipes: dict[str, Any]) -> N
         embeds = pipe.encode_prompt(CONCEPTS, do_classifier_free_guidance=False, max_sequence_length=12)[0]
         values = attn.to_v(model.caption_projection(embeds[:, 0]))[None]
         expected = torch.einsum("bcd,bpd->bcp", values, image_out).softmax(dim=1)[0].reshape(3, 8, 8)
-    np.testing.assert_allclose(cap.cross_attention.concept_maps(1)[-1], expected.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(trace.concept_maps(1)[-1], expected.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_layers_filter_keeps_the_stream_and_saves(pipes: dict[str, Any], tmp_path: Any) -> None:
