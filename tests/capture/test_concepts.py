@@ -222,6 +222,23 @@ def test_layers_filter_keeps_the_stream_and_saves(pipes: dict[str, Any], tmp_pat
     np.testing.assert_array_equal(loaded.concept_heatmap("horse"), trace.concept_heatmap("horse"))
 
 
+def test_restored_after_an_exception_with_the_finished_steps(pipes: dict[str, Any]) -> None:
+    pipe = pipes["sd3"]
+    before = processor_state(pipe)
+
+    def fail(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if step == 1:
+            raise KeyboardInterrupt
+        return kwargs
+
+    with pytest.raises(KeyboardInterrupt), mmviz.capture(pipe, concepts=CONCEPTS) as cap:
+        pipe(PROMPT, callback_on_step_end=fail, **call_args("sd3"))
+    assert processor_state(pipe) == before
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in pipe.transformer.modules())
+    trace = cap.cross_attention
+    assert not trace.complete and trace.num_steps == 2 and trace.concept_maps(0).shape == (2, 3, 8, 8)
+
+
 def test_concept_errors(pipes: dict[str, Any]) -> None:
     with pytest.raises(CaptureError, match=r"need a diffusion transformer.*UNet.*heatmap"):
         mmviz.capture(build("sd"), concepts=CONCEPTS)
