@@ -11,11 +11,12 @@ of concept tokens beside the prompt's tokens:
 - **Joint attention (SD3, Flux double-stream blocks).** In every joint block the concept tokens are
   normalised and modulated by the block's text-stream norm (``norm1_context``, with the block's own
   ``temb``: timestep and pooled prompt vector, as the prompt's tokens get; ConceptAttention's Flux code
-  gives the concepts a zero pooled vector), projected by the text stream's ``add_q/k/v_proj`` (and ``norm_added_q/k``), and
-  their queries attend to the concept keys and the image keys (one way: no image or prompt token reads
-  them; Flux's concept positions have rotary id 0, so no rotation, as in ConceptAttention). Their
-  attention output updates the concept residual stream with the text stream's weights (``to_add_out``,
-  the gates, ``norm2_context``, ``ff_context``), layer by layer, like the prompt's tokens.
+  gives the concepts a zero pooled vector), projected by the text stream's ``add_q/k/v_proj`` (and
+  ``norm_added_q/k``), and their queries attend to the concept keys and the image keys (one way: no
+  image or prompt token reads them; Flux's concept positions have rotary id 0, so no rotation, as in
+  ConceptAttention). Their attention output updates the concept residual stream with the text stream's
+  weights (``to_add_out``, the gates, ``norm2_context``, ``ff_context``), layer by layer, like the
+  prompt's tokens.
 - **The map**, per step and layer, is taken in attention-output space (heads concatenated, before the
   output projection): the dot product between each image token's attention output (the real one, over
   prompt and image) and each concept's attention output, **softmaxed over the concepts** (as the paper
@@ -23,7 +24,8 @@ of concept tokens beside the prompt's tokens:
 - **PixArt (cross-attention).** Its prompt is not updated from block to block, so the concepts are not
   either; in each ``attn2`` the map compares the image's cross-attention output (before ``to_out``) with
   each concept's value vector through the same ``to_v`` (the space that output is a mixture of),
-  softmaxed over the concepts.
+  softmaxed over the concepts. It needs diffusers' default ``attn2`` processor: a layer whose custom
+  processor is wrapped (``WrappedCrossAttnRecorder``) gets word maps only.
 - Flux's single-stream blocks have no concept map: the concept stream stops after the double-stream
   blocks (as in ConceptAttention).
 
@@ -167,9 +169,14 @@ class ConceptStream:
         return f"first T5 token, in {where}"
 
     def maps_layer(self, name: str, module: Any) -> bool:
-        """Whether the recorded layer ``name`` gets concept maps."""
+        """Whether the recorded layer ``name`` gets concept maps.
+
+        PixArt's ``attn2`` needs diffusers' default processor (replaced by ``CrossAttnRecorder``, which hands
+        over the output before ``to_out``); a wrapped custom processor gets word maps only.
+        """
         if self.family == "PixArt":
-            return name.endswith("attn2")
+            kind = type(getattr(module, "processor", None)).__name__
+            return name.endswith("attn2") and kind in ("AttnProcessor2_0", "CrossAttnRecorder")
         return name.startswith("transformer_blocks.") and getattr(module, "add_q_proj", None) is not None
 
     def install(self, layers: Sequence[tuple[str, Any]]) -> list[Callable[[], None]]:

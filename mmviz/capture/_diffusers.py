@@ -187,7 +187,8 @@ class DiffusionCapture:
         if self.concepts is not None and not any(self.concepts.maps_layer(*c) for c in chosen):
             raise CaptureError(
                 f"layers={self._layer_filter!r} keeps no layer with concept maps (joint-attention blocks, PixArt's "
-                f"attn2); keep one of {[n for n, m in candidates if self.concepts.maps_layer(n, m)]}"
+                f"attn2 with diffusers' default processor); keep one of "
+                f"{[n for n, m in candidates if self.concepts.maps_layer(n, m)]}"
             )
         for slot, (name, module) in enumerate(installed):
             original = module.processor

@@ -239,6 +239,21 @@ def test_restored_after_an_exception_with_the_finished_steps(pipes: dict[str, An
     assert not trace.complete and trace.num_steps == 2 and trace.concept_maps(0).shape == (2, 3, 8, 8)
 
 
+def test_pixart_custom_processors_get_word_maps_only() -> None:
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe = build("pixart")
+    blocks = pipe.transformer.transformer_blocks
+    blocks[0].attn2.set_processor(AttnProcessor())  # wrapped, not replaced: no output before to_out
+    with mmviz.capture(pipe, concepts=CONCEPTS) as cap:
+        pipe(PROMPT, **call_args("pixart"))
+    assert cap.cross_attention.layer_names == ["transformer_blocks.0.attn2", "transformer_blocks.1.attn2"]
+    assert cap.cross_attention.concept_layers == [1]
+    blocks[1].attn2.set_processor(AttnProcessor())
+    with pytest.raises(CaptureError, match="keeps no layer with concept maps"), mmviz.capture(pipe, concepts=CONCEPTS):
+        pass
+
+
 def test_concept_errors(pipes: dict[str, Any]) -> None:
     with pytest.raises(CaptureError, match=r"need a diffusion transformer.*UNet.*heatmap"):
         mmviz.capture(build("sd"), concepts=CONCEPTS)
