@@ -25,8 +25,8 @@ inputs, scored by ``mmviz.evaluate`` against the exact object masks of the shape
 For each map: the pointing game with both baselines (the named object's area; "some object": the chance that
 a peak on some object is on the named one), pointing on any object, relevance mass and IoU on every map;
 deletion and insertion against random orders over the image patches (removed patches become the blank
-scene's, for every map: in this world the background is what "absent" looks like) on the first ``curves``
-scenes; the cascading model-randomisation check on the first ``sanity`` scenes (its pass rate and mean rank
+scene's, for every map: in this world the background is what "absent" looks like; removed words become the pad
+token's embedding) on the first ``curves`` scenes; the cascading model-randomisation check on the first ``sanity`` scenes (its pass rate and mean rank
 correlation). ``summarise`` gives each mean with its count and the half-width of its 95% interval.
 
 Run ``python -m mmviz.teaching.faithfulness`` (one CPU thread; ``--help`` for the sample sizes) for the
@@ -109,8 +109,7 @@ def _attribution(target: Any, **options: Any) -> MapFn:
         import mmviz
 
         attr = mmviz.attribute(model, inputs, processor=processor, target=target, progress=False, **options)
-        baseline = options.get("baseline")
-        return attr, ({"baseline": baseline} if baseline is not None else {})  # a tensor is not recorded
+        return attr, {}
 
     return draw
 
@@ -192,12 +191,16 @@ def _judge(
     curves: bool,
     sanity: bool,
 ) -> dict[str, float]:
-    """One map drawn and judged: its scores and baselines as a flat row."""
+    """One map drawn and judged: its scores and baselines as a flat row.
+
+    ``removed``: what a removed unit becomes in deletion and insertion, the same for every map (the blank scene's
+    pixels ``{"image": pixel_values}``, or ``"pad"`` for words). It is also the baseline ``mmviz.evaluate`` hands
+    to a recomputed attribution whose own baseline was a tensor (not recorded): the blank scene, the same.
+    """
     import mmviz
 
     the_map, options = draw(model, processor, inputs)
-    if removed is not None:
-        options.setdefault("baseline", {"image": removed})  # removal: the blank scene, whatever the map's baseline
+    options["baseline"] = removed
     checks = MASK_CHECKS + (CURVE_CHECKS if curves else ()) + (("model_randomization",) if sanity else ())
     rep = mmviz.evaluate(
         the_map, model, inputs, processor=processor, masks=masks, objects=objects, checks=checks, units=units,
@@ -245,7 +248,7 @@ def run_clip(
             for name, draw in clip_maps(obj.phrase, scene.image, processor, steps).items():
                 mask = union if name.startswith("CLS") else obj.mask
                 row = _judge(
-                    draw, model, processor, inputs, mask, union, removed=blank, units="image",
+                    draw, model, processor, inputs, mask, union, removed={"image": blank}, units="image",
                     curves=i < curves, sanity=i < sanity and k == 0,
                 )  # fmt: skip
                 rows.setdefault(name, []).append(row)
@@ -282,7 +285,8 @@ def run_vlm(
             blank = _blank(processor, scene.image, text=prompt(question))
             for name, draw in vlm_maps(answer_id, scene.image, question, processor, steps).items():
                 row = _judge(
-                    draw, model, processor, inputs, scene.objects[index].mask, union, removed=blank, units="image",
+                    draw, model, processor, inputs, scene.objects[index].mask, union, removed={"image": blank},
+                    units="image",
                     curves=i < curves and q == 0, sanity=i < sanity and q == 0,
                 )  # fmt: skip
                 rows.setdefault(name, []).append(row)
@@ -318,7 +322,7 @@ def run_text(
             positions = question_positions(processor, inputs, question)
             for name, draw in text_maps(answer_id, steps).items():
                 row = _judge(
-                    draw, model, processor, inputs, positions, None, removed=None, units="text",
+                    draw, model, processor, inputs, positions, None, removed="pad", units="text",
                     curves=i < curves and q == 0, sanity=i < sanity and q == 0,
                 )  # fmt: skip
                 rows.setdefault(name, []).append(row)
