@@ -27,7 +27,8 @@ a peak on some object is on the named one), pointing on any object, relevance ma
 deletion and insertion against random orders over the image patches (removed patches become the blank
 scene's, for every map: in this world the background is what "absent" looks like; removed words become the pad
 token's embedding) on the first ``curves`` scenes; the cascading model-randomisation check on the first
-``sanity`` scenes (its pass rate and mean rank correlation). ``summarise`` gives each mean with its count and the half-width of its 95% interval.
+``sanity`` scenes (its pass rate and mean rank correlation). ``summarise`` gives each mean with its count and
+the half-width of its 95% interval.
 
 Run ``python -m mmviz.teaching.faithfulness`` (one CPU thread; ``--help`` for the sample sizes) for the
 figures; ``PUBLISHED`` records them for the shipped weights, and the fast tests assert floors under them.
