@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmviz.teaching._common import WEIGHTS_DIR, Clock, write_json
-from mmviz.teaching.naming import SAE_SITE, feature_table, object_positions, site_activations
-from mmviz.teaching.shapes import COLOURS, Scene, make_scenes
+from mmviz.teaching.naming import SAE_SITE, FeatureTable, feature_table, object_positions, site_activations
+from mmviz.teaching.shapes import COLOURS, SHAPES, Scene, make_scenes
 
 if TYPE_CHECKING:
     import torch
@@ -134,10 +134,23 @@ def variance_explained(sae: SAE, x: torch.Tensor) -> float:
 
 
 RECIPES = ("object", "image", "swap")
-"""How `steered_answer` steers towards a colour feature ``t`` (its decoder row ``d_t``, at `SAE_SITE`):
-``"object"`` adds ``alpha · d_t`` on the patches the asked object touches; ``"image"`` adds it on all 64
-patches; ``"swap"`` on the object's patches first removes the component along the feature of the object's own
-colour (``mode="ablate"``), then adds ``alpha · d_t``."""
+"""How `steered_answer` steers towards a feature ``t`` (its decoder row ``d_t``, at `SAE_SITE`): ``"object"``
+adds ``alpha · d_t`` on the patches the asked object touches; ``"image"`` adds it on all 64 patches; ``"swap"``
+on the object's patches first removes the component along the feature of the object's own colour (or shape)
+(``mode="ablate"``), then adds ``alpha · d_t``."""
+
+
+def attribute_of(target: str) -> str:
+    """``"colour"`` or ``"shape"``: which question a steering target answers.
+
+    Raises:
+        ValueError: ``target`` is neither a colour nor a shape.
+    """
+    if target in COLOURS:
+        return "colour"
+    if target in SHAPES:
+        return "shape"
+    raise ValueError(f"target must be a colour {tuple(COLOURS)} or a shape {SHAPES}, got {target!r}")
 
 
 def steered_answer(
@@ -151,7 +164,9 @@ def steered_answer(
     alpha: float,
     recipe: str = "object",
 ) -> str:
-    """The VLM's answer to "what colour is the <shape of object index> ?" while steering towards ``target``.
+    """The VLM's answer about object ``index`` while steering towards ``target`` with its feature.
+
+    A colour target asks "what colour is the <shape> ?", a shape target "what shape is <colour> ?".
 
     Args:
         model: the teaching VLM.
@@ -159,8 +174,8 @@ def steered_answer(
         scene: the scene.
         index: the asked object's index in ``scene.objects``.
         sae: the teaching SAE.
-        features: the feature of each colour (``FeatureTable.best_for``).
-        target: the colour steered towards.
+        features: the feature of each colour, or of each shape (``FeatureTable.best_for``).
+        target: the colour or shape steered towards.
         alpha: the multiple of the target feature's (unit) decoder row added.
         recipe: one of `RECIPES`.
 
@@ -176,12 +191,14 @@ def steered_answer(
 
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-    question = next(k for k, (q, _, about) in enumerate(scene.qa) if about == index and q.startswith("what colour"))
+    attribute = attribute_of(target)
+    asks = f"what {attribute}"
+    question = next(k for k, (q, _, about) in enumerate(scene.qa) if about == index and q.startswith(asks))
     batch = make_batch([scene], [question], tokenizer, with_answer=False)
     positions = list(range(1, 65)) if recipe == "image" else object_positions(scene, index)
     with torch.no_grad(), contextlib.ExitStack() as stack:
         if recipe == "swap":
-            own = sae.W_dec[features[scene.objects[index].colour]]
+            own = sae.W_dec[features[getattr(scene.objects[index], attribute)]]
             stack.enter_context(mmviz.steer(model, own, site=SAE_SITE, positions=positions, mode="ablate"))
         row = sae.W_dec[features[target]]
         stack.enter_context(mmviz.steer(model, row, site=SAE_SITE, positions=positions, alpha=alpha))
@@ -192,25 +209,26 @@ def steered_answer(
 def flip_rates(
     model: Any, tokenizer: Any, sae: SAE, features: dict[str, int], scenes: Sequence[Scene], alphas: Sequence[float]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """How often steering with a colour feature turns the colour answer into that colour.
+    """How often steering with a colour (or shape) feature turns the answer into that colour (or shape).
 
-    For each recipe (`RECIPES`), each colour and each ``alpha``: over the scenes' objects of another colour,
-    the fraction whose colour answer becomes the steered colour.
+    For each recipe (`RECIPES`), each class of ``features`` and each ``alpha``: over the scenes' objects of
+    another colour (shape), the fraction whose colour (shape) answer becomes the steered class.
 
     Returns:
-        ``{recipe: {colour: {str(alpha): rate}}}``.
+        ``{recipe: {class: {str(alpha): rate}}}``.
     """
     out: dict[str, dict[str, dict[str, float]]] = {}
     for recipe in RECIPES:
         out[recipe] = {}
-        for colour in features:
-            pairs = [(s, i) for s in scenes for i, o in enumerate(s.objects) if o.colour != colour]
-            out[recipe][colour] = {
+        for target in features:
+            attribute = attribute_of(target)
+            pairs = [(s, i) for s in scenes for i, o in enumerate(s.objects) if getattr(o, attribute) != target]
+            out[recipe][target] = {
                 str(alpha): round(
                     float(
                         np.mean(
                             [
-                                steered_answer(model, tokenizer, s, i, sae, features, colour, alpha, recipe) == colour
+                                steered_answer(model, tokenizer, s, i, sae, features, target, alpha, recipe) == target
                                 for s, i in pairs
                             ]
                         )
@@ -219,7 +237,7 @@ def flip_rates(
                 )
                 for alpha in alphas
             }
-            print(f"{recipe}: towards {colour} (feature {features[colour]}): {out[recipe][colour]}", flush=True)
+            print(f"{recipe}: towards {target} (feature {features[target]}): {out[recipe][target]}", flush=True)
     return out
 
 
@@ -271,7 +289,7 @@ def main() -> None:
     parser.add_argument("--steer-scenes", type=int, default=60)
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "sae"))
     parser.add_argument(
-        "--evaluate-only", action="store_true", help="evaluate the SAE in --out again (no training); keeps its log"
+        "--evaluate-only", action="store_true", help="evaluate the SAE in --out again (no training); keeps its training record"
     )
     args = parser.parse_args()
 
@@ -286,7 +304,8 @@ def main() -> None:
     model, processor = teaching.load_vlm()
     out_dir = Path(args.out)
     if args.evaluate_only:
-        log = json.loads((out_dir / "train_log.json").read_text())
+        trained = json.loads((out_dir / "train_log.json").read_text())
+        log = {key: trained[key] for key in ("args", "history", "train_seconds")}
     else:
         x = site_activations(model, make_scenes(args.scenes, seed=args.seed)).reshape(-1, 64)
         print(f"{clock} {x.shape[0]} training patches of width {x.shape[1]}", flush=True)
@@ -310,36 +329,45 @@ def evaluate(model: Any, tokenizer: Any, sae: SAE, n_scenes: int, n_steer: int) 
         n_steer: held-out scenes for steering (seed ``EVAL_SEED + 1``).
 
     Returns:
-        ``held_out_fve``, ``named`` (features of selectivity >= 0.8 per kind), ``colour_features`` (each
-        colour's feature with its mean activation on that colour, its largest mean elsewhere and its
-        selectivity) and ``flip_rates`` (`flip_rates`).
+        ``held_out_fve``; per kind (``"colour"``, ``"shape"``): ``named`` (features of selectivity >= 0.8),
+        ``features`` (each class's feature, `describe`) and ``flip_rates`` (`flip_rates`).
     """
     held_out = make_scenes(n_scenes, seed=EVAL_SEED)
     fve = variance_explained(sae, site_activations(model, held_out).reshape(-1, sae.d_in))
     table = feature_table(model, sae, held_out)
-    named = {kind: table.named(kind) for kind in ("colour", "shape")}
     print(f"held-out fraction of variance explained {fve:.4f}", flush=True)
-    for kind, rows in named.items():
-        print(f"{kind} features (selectivity >= 0.8): {rows}", flush=True)
-    features = {c: table.best_for("colour", c) for c in COLOURS}
-    names, means = table.means("colour")
-    _, selectivity = table.selectivity("colour")
-    described = {
+    steer_scenes = make_scenes(n_steer, seed=EVAL_SEED + 1)
+    out: dict[str, Any] = {"held_out_fve": round(fve, 4), "named": {}, "features": {}, "flip_rates": {}}
+    for kind, classes in (("colour", COLOURS), ("shape", SHAPES)):
+        named = table.named(kind)
+        print(f"{kind} features (selectivity >= 0.8): {named}", flush=True)
+        out["named"][kind] = [[f, name, round(s, 3)] for f, name, s in named]
+        features = {c: table.best_for(kind, c) for c in classes}
+        out["features"][kind] = describe(table, kind, features)
+        print(f"{kind} features: {out['features'][kind]}", flush=True)
+        out["flip_rates"][kind] = flip_rates(model, tokenizer, sae, features, steer_scenes, (8.0, 16.0, 32.0))
+    return out
+
+
+def describe(table: FeatureTable, kind: str, features: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Each class's feature with its mean activation on that class, its largest mean elsewhere, its selectivity.
+
+    Also the spread of the feature over the other attribute (a shape feature's means over the colours, and the
+    reverse): ``other_min`` / ``other_max``, close together for a feature that ignores the other attribute.
+    """
+    names, means = table.means(kind)
+    _, selectivity = table.selectivity(kind)
+    _, other = table.means("shape" if kind == "colour" else "colour")
+    return {
         c: {
             "feature": f,
-            "mean_on_colour": round(float(means[names.index(c), f]), 3),
+            "mean_on_class": round(float(means[names.index(c), f]), 3),
             "largest_mean_elsewhere": round(float(np.delete(means[:, f], names.index(c)).max()), 3),
             "selectivity": round(float(selectivity[f]), 3),
+            "other_min": round(float(other[:-1, f].min()), 3),
+            "other_max": round(float(other[:-1, f].max()), 3),
         }
         for c, f in features.items()
-    }
-    print(f"colour features: {described}", flush=True)
-    rates = flip_rates(model, tokenizer, sae, features, make_scenes(n_steer, seed=EVAL_SEED + 1), (8.0, 16.0, 32.0))
-    return {
-        "held_out_fve": round(fve, 4),
-        "named": {kind: [[f, name, round(s, 3)] for f, name, s in rows] for kind, rows in named.items()},
-        "colour_features": described,
-        "flip_rates": rates,
     }
 
 
