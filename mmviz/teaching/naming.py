@@ -156,15 +156,24 @@ class FeatureTable:
             sel = np.where(best > 0, 1.0 - second / np.where(best > 0, best, 1.0), 0.0)
         return np.argmax(means, axis=0), sel
 
-    def named(self, kind: str, threshold: float = 0.8) -> list[tuple[int, str, float]]:
+    def named(self, kind: str, threshold: float = 0.8, min_mean: float = 1.0) -> list[tuple[int, str, float]]:
         """Features whose selectivity for one class of ``kind`` (not the background) reaches ``threshold``.
+
+        Args:
+            kind: ``"colour"`` or ``"shape"``.
+            threshold: least selectivity.
+            min_mean: least mean activation on that class: a feature that hardly ever fires can be perfectly
+                selective by chance, and names nothing a student would see.
 
         Returns:
             ``(feature, class name, selectivity)`` sorted by class, then by selectivity (highest first).
         """
-        names, _ = self.means(kind)
+        names, means = self.means(kind)
         best, sel = self.selectivity(kind)
-        found = [(int(f), names[int(best[f])], float(sel[f])) for f in np.flatnonzero(sel >= threshold)]
+        found = [
+            (int(f), names[int(best[f])], float(sel[f]))
+            for f in np.flatnonzero((sel >= threshold) & (means.max(axis=0) >= min_mean))
+        ]
         found = [row for row in found if row[1] != "background"]
         return sorted(found, key=lambda row: (names.index(row[1]), -row[2]))
 

@@ -287,9 +287,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-scenes", type=int, default=300)
     parser.add_argument("--steer-scenes", type=int, default=60)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[8.0, 16.0, 32.0, 64.0], help="steering scales")
     parser.add_argument("--out", default=str(WEIGHTS_DIR / "sae"))
     parser.add_argument(
-        "--evaluate-only", action="store_true", help="evaluate the SAE in --out again (no training); keeps its training record"
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the SAE in --out again (no training); keeps its training record",
     )
     args = parser.parse_args()
 
@@ -313,12 +316,16 @@ def main() -> None:
         size = save(params, args.k, out_dir)
         print(f"{clock} saved {out_dir} ({size / 1e3:.1f} kB)", flush=True)
         log = {"args": vars(args), "history": params["history"], "train_seconds": round(clock.minutes() * 60, 1)}
-    log.update(evaluate(model, processor.tokenizer, mmviz.load_sae(out_dir), args.eval_scenes, args.steer_scenes))
+    log.update(
+        evaluate(model, processor.tokenizer, mmviz.load_sae(out_dir), args.eval_scenes, args.steer_scenes, args.alphas)
+    )
     write_json(out_dir / "train_log.json", log)
     print(f"{clock} wrote {out_dir / 'train_log.json'}", flush=True)
 
 
-def evaluate(model: Any, tokenizer: Any, sae: SAE, n_scenes: int, n_steer: int) -> dict[str, Any]:
+def evaluate(
+    model: Any, tokenizer: Any, sae: SAE, n_scenes: int, n_steer: int, alphas: Sequence[float]
+) -> dict[str, Any]:
     """Held-out figures of the SAE: variance explained, nameable features, steering flip rates.
 
     Args:
@@ -327,6 +334,7 @@ def evaluate(model: Any, tokenizer: Any, sae: SAE, n_scenes: int, n_steer: int) 
         sae: the SAE.
         n_scenes: held-out scenes for the variance and the feature table (seed `EVAL_SEED`).
         n_steer: held-out scenes for steering (seed ``EVAL_SEED + 1``).
+        alphas: the steering scales `flip_rates` measures.
 
     Returns:
         ``held_out_fve``; per kind (``"colour"``, ``"shape"``): ``named`` (features of selectivity >= 0.8),
@@ -345,7 +353,7 @@ def evaluate(model: Any, tokenizer: Any, sae: SAE, n_scenes: int, n_steer: int) 
         features = {c: table.best_for(kind, c) for c in classes}
         out["features"][kind] = describe(table, kind, features)
         print(f"{kind} features: {out['features'][kind]}", flush=True)
-        out["flip_rates"][kind] = flip_rates(model, tokenizer, sae, features, steer_scenes, (8.0, 16.0, 32.0))
+        out["flip_rates"][kind] = flip_rates(model, tokenizer, sae, features, steer_scenes, alphas)
     return out
 
 
