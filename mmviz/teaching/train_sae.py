@@ -4,14 +4,12 @@ Run once, offline, in the background (never in CI)::
 
     nohup python -m mmviz.teaching.train_sae > /tmp/train_sae.log 2>&1 &
 
-Site: ``model.vision_tower.encoder.layers.0`` (the residual stream after the tower's first block; width 64)
-at the 64 image patches (CLS left out) of `make_scenes` scenes (seeds 0 …; held-out scenes use seed
-50 000 and up). Colour is linearly readable there at every object patch (a least-squares probe: 100%), shape
-only from the patch's part of the outline (54%; 99.7% one block later). The site is also where steering the
-answer works: adding the blue-minus-red mean difference at the language model's image tokens after its first
-block turned at most 23% of red answers blue (the answer position has read them by then; see notebook 05), and
-the tower's second block is the one LLaVA hands to the projector, through transformers' own output recording,
-which an edit of that block's output does not reach (steering there changed no answer).
+Site: ``model.vision_tower.encoder.layers.1`` (the residual stream after the tower's second block; width 64),
+the hidden state LLaVA hands to the projector (``vision_feature_layer=-2``), at the 64 image patches (CLS left
+out) of `make_scenes` scenes (seeds 0 …; held-out scenes use seed 50 000 and up). Colour and shape are both
+linearly readable there at the patches an object covers (least-squares probes fitted on 1000 scenes, scored on
+2396 patches of 300 held-out scenes: colour 100%, shape 99.4%; after the first block shape only 59%, which is
+why an SAE there found colour features and no shape feature). Steering there changes the answer.
 
 SAE: top-k (``k`` features per patch kept), ``d_sae`` features, decoder rows of unit norm, ``b_dec``
 subtracted before encoding (SAELens layout: ``cfg.json`` + ``sae_weights.safetensors``, float32). Adam, batch
@@ -19,28 +17,46 @@ subtracted before encoding (SAELens layout: ``cfg.json`` + ``sae_weights.safeten
 variance of the activations (1 − fraction of variance explained).
 
 Measured for the shipped weights (defaults: 3000 scenes = 192 000 patches, ``--d-sae 64 --k 4 --steps 10000``;
-two CPU cores shared with about eight other busy processes): 97 s of training (111 s with collecting the
-activations; the whole first run, with a shorter evaluation, 147 s). Fraction of variance explained: 0.914
-(step 500) -> 0.945 (2000) -> 0.954 (10 000) on training batches, **0.951 on 300 held-out scenes**; no dead features.
-Held-out feature table (`mmviz.teaching.naming.feature_table`, 300 scenes, patches at least half covered):
+two CPU cores shared with about eight other busy processes): 114 s of training (126 s with collecting the
+activations; the whole first run, evaluation included, 159 s). Fraction of variance explained: 0.908
+(step 500) -> 0.943 (2000) -> 0.951 (10 000) on training batches, **0.950 on 300 held-out scenes**; one feature
+dead by the end. Held-out feature table (`mmviz.teaching.naming.feature_table`, 300 scenes, patches at least
+half covered), the feature of each class (`FeatureTable.best_for`: mean on that class, largest mean on another
+class or the background, selectivity ``1 − second / best``):
 
-- one feature per colour by mean activation on that colour: red 20 (9.66 on red patches, at most 0.05 on any
-  other colour or the background), blue 60 (10.79 / 0.02), yellow 22 (7.69 / 0.08), green 0 (8.09 on green,
-  but 2.88 on blue: selectivity 0.64). 15 features have a colour selectivity of at least 0.8 (red 5, blue 4,
-  yellow 6, green none); 21 fire most on the background (18 of them only there).
-- no shape feature worth the name: the four "star" features of selectivity 0.8-0.9 fire at most 0.04.
+- colours: red 37 (16.63 / 0.14, 0.992), green 2 (8.76 / 0.56, 0.936), blue 45 (14.90 / 0.03, 0.998),
+  yellow 6 (16.81 / 0.06, 0.997);
+- shapes: circle 50 (13.79 / 1.87 on stars, 0.865), square 0 (14.52 / 0.04, 0.997), triangle 31 (16.93 / 0.66,
+  0.961), star 7 (11.37 / 2.22 on triangles, 0.805).
 
-Steering (`flip_rates`, objects of another colour in 60 held-out scenes, about 70-80 per colour; rate at which
-the colour answer becomes the steered colour, for alpha 8 / 16 / 32):
+A colour feature fires on its colour whatever the shape, a shape feature on its shape whatever the colour: on
+one object of radius 8 in the middle, in each colour and shape, its colour's feature averages at least 9.8 over
+its patches and its shape's feature at least 8.6. ``FeatureTable.named`` (selectivity >= 0.8, mean >= 1) names
+these eight and a weaker square feature 49 (mean 1.90); features 11, 12, 22, 55 and 63 are as selective but
+average at most 0.11 on any class, and are left out.
 
-- ``object`` (add the feature on the asked object's patches): red 0.32 / 0.83 / 0.87, green 0.22 / 0.56 /
-  0.80, blue 0.34 / 0.77 / 0.91, yellow 0.32 / 0.71 / 0.72;
-- ``image`` (on all 64 patches): red 0.44 / 0.95 / 1.00, green 0.22 / 0.34 / 0.82, blue 0.62 / 0.96 / 1.00,
-  yellow 0.38 / 0.53 / 0.49;
-- ``swap`` (the object's own colour feature ablated, the target's added, on the object's patches): red 0.90 /
-  0.90 / 0.91, green 0.86 / 0.84 / 0.89, blue 0.86 / 0.99 / 0.98, yellow 0.74 / 0.79 / 0.74.
+Steering (`flip_rates`, 60 held-out scenes, the objects of another colour or shape, about 70-80 per class;
+rate at which the answer becomes the steered class, for alpha 8 / 16 / 32 / 64). Colour ("what colour is the
+<shape> ?"):
 
-``--evaluate-only`` recomputes these figures for the weights in ``--out`` (70 s).
+- ``object`` (add the feature on the asked object's patches): red 0.09 / 0.66 / 0.87 / 0.84, green 0.01 /
+  0.41 / 0.66 / 0.78, blue 0.06 / 0.43 / 0.87 / 0.92, yellow 0.06 / 0.69 / 0.91 / 0.85;
+- ``image`` (on all 64 patches): red 0.18 / 0.55 / 1.00 / 1.00, green 0.01 / 0.37 / 0.73 / 0.77, blue 0.08 /
+  0.59 / 1.00 / 1.00, yellow 0.13 / 0.47 / 0.73 / 0.77;
+- ``swap`` (the object's own colour feature ablated, the target's added, on the object's patches): red 0.65 /
+  0.92 / 0.87 / 0.84, green 0.56 / 0.66 / 0.86 / 0.97, blue 0.62 / 0.81 / 0.92 / 0.94, yellow 0.29 / 0.84 /
+  0.93 / 0.88.
+
+Shape ("what shape is <colour> ?"):
+
+- ``object``: circle 0.07 / 0.55 / 0.78 / 0.73, square 0.00 / 0.21 / 0.74 / 0.65, triangle 0.08 / 0.65 / 1.00 /
+  1.00, star 0.08 / 0.68 / 0.88 / 0.86;
+- ``image``: circle 0.06 / 0.30 / 0.66 / 0.75, square 0.00 / 0.20 / 0.58 / 0.63, triangle 0.12 / 0.53 / 1.00 /
+  1.00, star 0.08 / 0.54 / 0.64 / 0.61;
+- ``swap``: circle 0.80 / 0.93 / 0.80 / 0.73, square 0.35 / 0.88 / 0.88 / 0.66, triangle 0.42 / 0.92 / 1.00 /
+  1.00, star 1.00 / 1.00 / 0.94 / 0.90.
+
+``--evaluate-only`` recomputes these figures for the weights in ``--out`` (98 s).
 
 Writes ``mmviz/teaching/weights/sae/`` (cfg.json, sae_weights.safetensors, train_log.json).
 """
