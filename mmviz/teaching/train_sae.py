@@ -354,7 +354,7 @@ def evaluate(
 
     Returns:
         ``held_out_fve``; per kind (``"colour"``, ``"shape"``): ``named`` (features of selectivity >= 0.8),
-        ``features`` (each class's feature, `describe`) and ``flip_rates`` (`flip_rates`).
+        ``features`` (each class's feature, `_describe`) and ``flip_rates`` (`flip_rates`).
     """
     held_out = make_scenes(n_scenes, seed=EVAL_SEED)
     fve = variance_explained(sae, site_activations(model, held_out).reshape(-1, sae.d_in))
@@ -367,13 +367,13 @@ def evaluate(
         print(f"{kind} features (selectivity >= 0.8): {named}", flush=True)
         out["named"][kind] = [[f, name, round(s, 3)] for f, name, s in named]
         features = {c: table.best_for(kind, c) for c in classes}
-        out["features"][kind] = describe(table, kind, features)
+        out["features"][kind] = _describe(table, kind, features)
         print(f"{kind} features: {out['features'][kind]}", flush=True)
         out["flip_rates"][kind] = flip_rates(model, tokenizer, sae, features, steer_scenes, alphas)
     return out
 
 
-def describe(table: FeatureTable, kind: str, features: dict[str, int]) -> dict[str, dict[str, float]]:
+def _describe(table: FeatureTable, kind: str, features: dict[str, int]) -> dict[str, dict[str, float]]:
     """Each class's feature with its mean activation on that class, its largest mean elsewhere, its selectivity.
 
     Also the spread of the feature over the other attribute (a shape feature's means over the colours, and the
