@@ -337,9 +337,31 @@ def _context(
             (c["attention_mask"] for c in reversed(forward_calls) if "attention_mask" in c), first.get("attention_mask")
         )
         tables["text"] = _text_tables(step_ids, mask, tokenizer, generated=run.generate)
+    elif run.generate and run.sequences is not None:
+        _sub_model_generate_text(ctx, run.sequences, first.get("input_ids"), shapes)
     if "pixel_values" in first and first["pixel_values"].ndim in (4, 5):
         ctx.images = images_from_pixels(first["pixel_values"], processor)
     return ctx
+
+
+def _sub_model_generate_text(
+    ctx: LayoutContext, sequences: torch.Tensor, prompt: torch.Tensor | None, shapes: dict[str, tuple[int, int, int]]
+) -> None:
+    """The ``"text"`` table of a ``generate`` that called a sub-model's ``generate`` only (BLIP's text decoder).
+
+    The sequence fed to the model is the returned one without its last token (never fed back), where some
+    stack recorded that length; tokens after the prefix it shares with the call's ``input_ids`` are marked
+    generated (BLIP drops the prompt's last token, ``[SEP]``, before generating).
+    """
+    fed = sequences[:, :-1]
+    if fed.ndim != 2 or fed.shape[1] == 0 or not any(q == fed.shape[1] for _, q, _ in shapes.values()):
+        return
+    shared = 0
+    if prompt is not None and prompt.ndim == 2 and prompt.shape[0] == fed.shape[0]:
+        same = (prompt[:, : fed.shape[1]] == fed[:, : prompt.shape[1]]).all(dim=0).tolist()
+        shared = next((i for i, s in enumerate(same) if not s), len(same))
+    tokenizer = ctx.tokenizer
+    ctx.tables["text"] = [text_table(row, None, tokenizer, generated_from=shared) for row in fed]
 
 
 def _text_tables(

@@ -34,6 +34,7 @@ import torch
 
 from mmviz._hf.attention import register_implementation
 from mmviz._hf.modules import attention_implementation, stack_names
+from mmviz.capture.layouts.identity import KEY_INPUTS, legacy_identity
 
 __all__ = ["PixelLayout", "Provenance", "probe_stack", "trace_pixels"]
 
@@ -57,6 +58,8 @@ class _Probe:
     stop: bool = True
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per stack, the ``[batch, positions, width]`` input of its first layer (for attention of its own)."""
+    key_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per cross-attention stack of attention of its own, the ``[batch, keys, width]`` states its first layer attends to."""
 
     def entered(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook: keeps the sequence entering a stack's first layer."""
@@ -68,6 +71,9 @@ class _Probe:
             states = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if states is not None and states.ndim == 3 and states.is_floating_point():
             self.inputs[group] = states
+            keys = next((kwargs[k] for k in KEY_INPUTS if isinstance(kwargs.get(k), torch.Tensor)), None)
+            if keys is not None and keys.ndim == 3 and keys.is_floating_point():
+                self.key_inputs[group] = keys
 
     def see(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
         group, layer = self.names.get(id(module), ("", -1))
@@ -182,7 +188,7 @@ def _traced(model: torch.nn.Module, probe: _Probe) -> Iterator[None]:
         if probe.names.get(id(sub), ("", -1))[0] in probe.wanted
     ]
     try:
-        with attention_implementation(model, IDENTITY):
+        with attention_implementation(model, IDENTITY), legacy_identity(model, probe.names):
             yield
     finally:
         for hook in hooks:
@@ -204,9 +210,14 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
     out: dict[tuple[str, str], torch.Tensor] = {}
     gen = torch.Generator().manual_seed(0)
     for group, states in probe.inputs.items():
-        if group not in probe.calls and states.shape[1] == shapes[group][1]:  # attention of its own (legacy)
-            weights = torch.randn(states.shape[-1], generator=gen).to(states.device, torch.float32)
-            out[(group, "query")] = states.float() @ weights
+        if group in probe.calls:
+            continue
+        # attention of its own (legacy): the states its first layer attends from, and to (cross-attention)
+        keys = probe.key_inputs.get(group)
+        for side, side_states, length in (("query", states, shapes[group][1]), ("key", keys, shapes[group][2])):
+            if side_states is not None and side_states.shape[1] == length:
+                weights = torch.randn(side_states.shape[-1], generator=gen).to(side_states.device, torch.float32)
+                out[(group, side)] = side_states.float() @ weights
     for group, calls in probe.calls.items():
         _, q_len, k_len = shapes[group]
         self_attention = all(q.shape[2] == k.shape[2] for q, k in calls) and "cross" not in group
@@ -326,7 +337,9 @@ def probe_stack(
         query, key = probe.calls[stack][0]
         shape = (query.shape[0], query.shape[2], key.shape[2])
     elif stack in probe.inputs:
-        shape = (probe.inputs[stack].shape[0], probe.inputs[stack].shape[1], probe.inputs[stack].shape[1])
+        states = probe.inputs[stack]
+        keys = probe.key_inputs.get(stack, states)
+        shape = (states.shape[0], states.shape[1], keys.shape[1])
     else:
         raise ValueError(f"the model ran no attention of stack {stack!r} (stacks seen: {sorted(probe.first_layer)})")
     sides = _sides(probe, {stack: shape})
