@@ -14,7 +14,9 @@ block of patches) it comes from. ``trace_pixels`` runs the model that way once a
 * which pixels each position owns: one backward pass per bit of the position index tells, for every
   pixel, the one position whose input it feeds (a pixel feeding several positions gives fractional
   ratios and is left out). A position that depends on pixels but owns none mixes the whole image
-  (a learned query of a Q-Former or resampler).
+  (a learned query of a Q-Former or resampler) — unless no position of the stack owns any pixel:
+  overlapping convolutions (Florence-2's DaViT) make every pixel feed several positions, and each
+  position is placed by the centre of its receptive field instead (``mmviz.capture.layouts.overlap``).
 
 Pixels are addressed per *unit*: one entry of ``pixel_values`` (an image, or a tile of an image split
 into tiles), in the order the tensor holds them; flattened patches (Qwen2-VL style ``[patches, C·T·P·P]``
@@ -35,6 +37,7 @@ import torch
 from mmviz._hf.attention import register_implementation
 from mmviz._hf.modules import attention_implementation, stack_names
 from mmviz.capture.layouts.identity import KEY_INPUTS, legacy_identity
+from mmviz.capture.layouts.overlap import place_by_receptive_field
 
 __all__ = ["PixelLayout", "Provenance", "probe_stack", "trace_pixels"]
 
@@ -168,7 +171,8 @@ class Provenance:
     Attributes:
         depends: ``[batch, positions]`` whether the position changes with the pixels.
         unit: ``[batch, positions]`` the unit whose pixels the position owns, ``-1`` if none.
-        box: ``[batch, positions, 4]`` ``(y0, y1, x0, x1)`` bounding box of the owned pixels (inclusive).
+        box: ``[batch, positions, 4]`` ``(y0, y1, x0, x1)`` bounding box of the owned pixels (inclusive); for
+            positions placed by their receptive field, their cell of the grid the fields imply (floats).
     """
 
     depends: np.ndarray
@@ -289,11 +293,13 @@ def trace_pixels(
             grads = []
             for bit in range(-1, bits):
                 weight = torch.ones_like(flat) if bit < 0 else ((index >> bit) & 1).to(flat.dtype)
-                keep = bit < bits - 1 or n_key < len(sides) - 1
-                (grad,) = torch.autograd.grad((flat * weight).sum(), leaf, retain_graph=keep, allow_unused=True)
+                (grad,) = torch.autograd.grad((flat * weight).sum(), leaf, retain_graph=True, allow_unused=True)
                 grads.append(torch.zeros_like(leaf) if grad is None else grad)
             owner = _owners([g.detach().float().reshape(-1).cpu() for g in grads])
             unit, box = _boxes(owner, layout, flat.numel())
+            lost = depends[k].reshape(-1) & (unit < 0)
+            if lost.any() and not (unit >= 0).any():  # overlapping convolutions: no pixel has one position
+                unit, box = place_by_receptive_field(flat, leaf, layout, lost, unit, box)
             out[k] = Provenance(
                 depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4)
             )

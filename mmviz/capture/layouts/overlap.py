@@ -1,0 +1,135 @@
+"""Cells of positions whose pixels overlap: towers with overlapping convolutions (Florence-2's DaViT).
+
+The ownership measurement of ``mmviz.capture.layouts.provenance`` gives a pixel to the one position
+whose input it feeds. An overlapping convolution (kernel larger than its stride) makes every pixel
+feed several neighbouring positions, so no position owns any. For those positions this module takes
+one backward pass per position and:
+
+* gives each pixel to the position whose input depends on it *most* (the largest gradient magnitude);
+  a position that gets no pixel mixes the image evenly (Florence-2's pooled token) and stays unowned,
+  a query;
+* places every other position by the centre of its receptive field (the gradient-magnitude-weighted
+  mean pixel of its unit: the unit of most of its pixels);
+* splits the centres of one unit into rows (and, separately, columns) at their largest gaps — as many
+  as come before the sorted gaps drop the most, each at least twice any gap within a row — into rows
+  of equal size, and checks that rows × columns is the number of positions, one per cell. Padding
+  clips the fields at the borders, which moves their centres off an even spacing, so rows are found
+  by gaps, not by dividing by a step. When no grid fits, the positions stay unowned.
+
+The position's box becomes its cell of that grid over the unit (a fractional box, ``size / count`` a
+cell), so ``mmviz.capture.layouts.derived`` reads the grid from the spacing as for owned pixels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from mmviz.capture.layouts.provenance import PixelLayout
+
+__all__ = ["place_by_receptive_field"]
+
+_SEPARATION = 2.0
+"""The smallest gap between rows must be this many times the largest gap within a row."""
+
+
+def _centres(
+    values: torch.Tensor, leaf: torch.Tensor, layout: PixelLayout, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, its pixel-weighted field centre ``(unit, y, x)`` and whether it depends on a pixel most.
+
+    Returns:
+        ``([positions, 3] float centres, [positions] bool owns a pixel)``.
+    """
+    n_units = len(layout.sizes)
+    best = np.zeros(leaf.numel())
+    owner = np.full(leaf.numel(), -1)
+    centres = np.zeros((positions.size, 3))
+    for i, p in enumerate(positions.tolist()):
+        (grad,) = torch.autograd.grad(values[p], leaf, retain_graph=True, allow_unused=True)
+        if grad is None:
+            continue
+        g = grad.detach().abs().reshape(-1).double().cpu().numpy()
+        mass = np.bincount(layout.unit, weights=g, minlength=n_units)
+        u = int(mass.argmax())
+        if mass[u] <= 0:
+            continue
+        mine = layout.unit == u
+        centres[i] = (u, (g[mine] * layout.y[mine]).sum() / mass[u], (g[mine] * layout.x[mine]).sum() / mass[u])
+        more = g > best
+        best[more], owner[more] = g[more], i
+    return centres, np.bincount(owner[owner >= 0], minlength=positions.size) > 0
+
+
+def _split(centres: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """Ranks of ``centres`` split into equal groups at their largest gaps, and the group count; ``None`` if none fits.
+
+    The gaps between groups are the largest ones, at least ``_SEPARATION`` times any gap within a group;
+    their count is where the sorted gaps drop the most. Centres less than a pixel apart are one group.
+    """
+    order = np.argsort(centres, kind="stable")
+    gaps = np.diff(centres[order])
+    ranks = np.zeros(centres.size, dtype=np.int64)
+    if not gaps.size or gaps.max() < 1.0:
+        return ranks, 1
+    desc = np.sort(gaps)[::-1]
+    drops = desc[:-1] / np.maximum(desc[1:], 1e-9) if desc.size > 1 else np.array([np.inf])
+    k = int(drops.argmax()) + 1  # the k largest gaps separate k + 1 groups
+    if desc.size > k and desc[k - 1] < _SEPARATION * desc[k]:
+        return None
+    cuts = np.sort(np.argsort(gaps, kind="stable")[::-1][:k])
+    ranks[order] = np.searchsorted(cuts, np.arange(centres.size), side="left")
+    sizes = np.bincount(ranks)
+    return (ranks, k + 1) if np.all(sizes == sizes[0]) else None
+
+
+def _grid(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """``(rows, cols, row count, col count)`` of positions centred at ``(ys, xs)``, or ``None``."""
+    rows, cols = _split(ys), _split(xs)
+    if rows is None or cols is None or rows[1] * cols[1] != ys.size:
+        return None
+    if len(set(zip(rows[0].tolist(), cols[0].tolist()))) != ys.size:
+        return None
+    return rows[0], cols[0], rows[1], cols[1]
+
+
+def place_by_receptive_field(
+    values: torch.Tensor,
+    leaf: torch.Tensor,
+    layout: PixelLayout,
+    lost: np.ndarray,
+    unit: np.ndarray,
+    box: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Units and cells of the ``lost`` positions (pixels reach them, they own none) from their receptive fields.
+
+    Args:
+        values: ``[positions]`` scalar per position, a differentiable function of ``leaf`` (graph retained).
+        leaf: the pixels.
+        layout: where each pixel element sits.
+        lost: ``[positions]`` the positions to place.
+        unit: ``[positions]`` units found by ownership (``-1``: none); not modified.
+        box: ``[positions, 4]`` boxes found by ownership; not modified.
+
+    Returns:
+        ``(unit, box)`` with the placed positions filled in (``box`` as floats: cells of the implied grid).
+    """
+    unit, box = unit.copy(), box.astype(np.float64)
+    positions = np.flatnonzero(lost)
+    if positions.size == 0:
+        return unit, box
+    centres, owns = _centres(values, leaf, layout, positions)
+    for u in range(len(layout.sizes)):
+        mine = owns & (centres[:, 0] == u)
+        found = _grid(centres[mine, 1], centres[mine, 2]) if mine.any() else None
+        if found is None:
+            continue
+        rows, cols, n_rows, n_cols = found
+        step_y, step_x = layout.sizes[u][0] / n_rows, layout.sizes[u][1] / n_cols
+        where = positions[mine]
+        unit[where] = u
+        box[where] = np.stack([rows * step_y, (rows + 1) * step_y - 1, cols * step_x, (cols + 1) * step_x - 1], 1)
+    return unit, box
