@@ -1,8 +1,9 @@
 """Where a model keeps its attention: stack names for attention modules and the configs that pick the implementation.
 
 ``module_group`` names the stack of an attention module from its dotted path (the names every trace and
-view use; ``named_stacks`` / ``stack_names`` name every module of a model that way); ``attention_implementation`` switches every config of a model (the top level and each
-sub-model's) to a registered implementation for a ``with`` block and restores them, also on errors.
+view use; ``named_stacks`` / ``stack_names`` name every module of a model that way);
+``attention_implementation`` switches every config of a model (the top level and each sub-model's) to a
+registered implementation for a ``with`` block and restores them, also on errors.
 """
 
 from __future__ import annotations

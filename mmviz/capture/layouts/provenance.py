@@ -62,7 +62,7 @@ class _Probe:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per stack, the ``[batch, positions, width]`` input of its first layer (for attention of its own)."""
     key_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per cross-attention stack of attention of its own, the ``[batch, keys, width]`` states its first layer attends to."""
+    """Per legacy cross-attention stack, the ``[batch, keys, width]`` states its first layer attends to."""
 
     def entered(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook: keeps the sequence entering a stack's first layer."""
@@ -286,7 +286,7 @@ def trace_pixels(
     with torch.enable_grad():
         leaf = pixels.detach().clone().requires_grad_(True)
         sides = {k: v for k, v in _probe_sides(model, {**rest, pixel_key: leaf}, names, shapes).items() if k in depends}
-        for n_key, (k, values) in enumerate(sides.items()):
+        for k, values in sides.items():
             flat = values.reshape(-1)
             index = torch.arange(flat.numel(), device=flat.device)
             bits = max(int(flat.numel() - 1).bit_length(), 1)
