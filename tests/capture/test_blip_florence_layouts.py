@@ -113,8 +113,22 @@ def test_florence2_image_tokens_are_placed_by_their_receptive_fields(florence):
     assert patches(table) == GRID and table.grids == ((4, 4),)
     check = verify_layout(model, inputs, table, "language_model.encoder", processor)
     assert check.ok and check.image_tokens == 16 and check.queries == 1, check.failures
-    keys = trace.tokens("language_model.decoder.cross_attention", side="key")
-    assert patches(keys) == GRID
+    assert table.tokens[17:] == ["<bos>", "what", "shape", "<eos>"]  # the prompt after the image
+    assert trace.modules["language_model.decoder.cross_attention"].key_table == "text"
+
+
+def test_florence2_window_attention_stacks_are_laid_out(florence):
+    """The DaViT tower's window attention: each window (batch item) a 2×2 block of the 8×8 or 4×4 grid."""
+    model, processor, inputs, trace = florence
+    for stack, side in (("vision_tower.stage0.spatial_block", 8), ("vision_tower.stage1.spatial_block", 4)):
+        windows = trace.modules[stack].shape[0]
+        assert windows == (side // 2) ** 2
+        for w in range(windows):
+            r, c = divmod(w, side // 2)
+            expected = [(0, 2 * r + i, 2 * c + j) for i in range(2) for j in range(2)]
+            assert patches(trace.tokens(stack, batch_index=w)) == expected, (stack, w)
+    check = verify_layout(model, inputs, trace.tokens(stack, batch_index=1), stack, processor, batch_index=1)
+    assert check.ok, check.failures
 
 
 def test_verify_layout_fails_on_swapped_rows(florence, blip):

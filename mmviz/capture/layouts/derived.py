@@ -149,17 +149,19 @@ def derived_layout(ctx: LayoutContext) -> bool:
     )
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
     text_done = False
-    for (group, side), prov in sorted(provenance.items()):
+    # query sides first: the encoder of an encoder-decoder edits the text, its decoder's cross-attention keys reuse it
+    for (group, side), prov in sorted(provenance.items(), key=lambda item: (item[0][1] != "query", item[0])):
         if not prov.depends.any():
             continue
         grids = unit_grids(prov, layout)
         rows, cols = _cells(prov, grids)
         text = ctx.tables.get("text")
         batch, length = prov.depends.shape
-        if text is not None and len(text) == batch and length == prompt and not text_done:
-            ctx.tables["text"] = [_labelled(tab, prov, rows, cols, b, grids, units) for b, tab in enumerate(text)]
-            text_done = True
-            continue
+        if text is not None and len(text) == batch and length == prompt and (side == "key" or not text_done):
+            if not text_done:
+                ctx.tables["text"] = [_labelled(tab, prov, rows, cols, b, grids, units) for b, tab in enumerate(text)]
+                text_done = True
+            continue  # keys over the laid-out text are matched to it by length
         if length != ctx.shapes[group][1 if side == "query" else 2]:
             continue  # e.g. generate called a sub-model's generate: the recorded sequence is longer
         if not (prov.unit >= 0).any():
