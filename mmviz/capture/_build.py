@@ -338,30 +338,42 @@ def _context(
         )
         tables["text"] = _text_tables(step_ids, mask, tokenizer, generated=run.generate)
     elif run.generate and run.sequences is not None:
-        _sub_model_generate_text(ctx, run.sequences, first.get("input_ids"), shapes)
+        _sub_model_generate_text(ctx, run.sequences, first, shapes)
+    if "decoder" not in tables and not run.generate and isinstance(first.get("decoder_input_ids"), torch.Tensor):
+        # a decoder of a model that is not marked encoder-decoder (BLIP's question answering)
+        tables["decoder"] = _text_tables([first["decoder_input_ids"]], first.get("decoder_attention_mask"), tokenizer)
     if "pixel_values" in first and first["pixel_values"].ndim in (4, 5):
         ctx.images = images_from_pixels(first["pixel_values"], processor)
     return ctx
 
 
 def _sub_model_generate_text(
-    ctx: LayoutContext, sequences: torch.Tensor, prompt: torch.Tensor | None, shapes: dict[str, tuple[int, int, int]]
+    ctx: LayoutContext, sequences: torch.Tensor, first: dict[str, Any], shapes: dict[str, tuple[int, int, int]]
 ) -> None:
-    """The ``"text"`` table of a ``generate`` that called a sub-model's ``generate`` only (BLIP's text decoder).
+    """Text tables of a ``generate`` that called a sub-model's ``generate`` only (BLIP's text decoder).
 
-    The sequence fed to the model is the returned one without its last token (never fed back), where some
-    stack recorded that length; tokens after the prefix it shares with the call's ``input_ids`` are marked
-    generated (BLIP drops the prompt's last token, ``[SEP]``, before generating).
+    The sequence fed to the sub-model is the returned one without its last token (never fed back), where
+    some stack recorded that length; tokens after the prefix it shares with the call's ``input_ids`` are
+    marked generated. A continuation of the whole prompt is the ``"text"``; otherwise (BLIP drops the
+    prompt's last token, ``[SEP]``, before captioning; its question answering decodes an answer of its
+    own) the prompt is the ``"text"`` and the fed sequence the ``"decoder"``.
     """
     fed = sequences[:, :-1]
     if fed.ndim != 2 or fed.shape[1] == 0 or not any(q == fed.shape[1] for _, q, _ in shapes.values()):
         return
+    prompt = first.get("input_ids")
+    if not isinstance(prompt, torch.Tensor) or prompt.ndim != 2 or prompt.shape[0] != fed.shape[0]:
+        prompt = None
     shared = 0
-    if prompt is not None and prompt.ndim == 2 and prompt.shape[0] == fed.shape[0]:
+    if prompt is not None:
         same = (prompt[:, : fed.shape[1]] == fed[:, : prompt.shape[1]]).all(dim=0).tolist()
         shared = next((i for i, s in enumerate(same) if not s), len(same))
-    tokenizer = ctx.tokenizer
-    ctx.tables["text"] = [text_table(row, None, tokenizer, generated_from=shared) for row in fed]
+    tables = [text_table(row, None, ctx.tokenizer, generated_from=shared) for row in fed]
+    if prompt is None or shared == prompt.shape[1]:
+        ctx.tables["text"] = tables
+        return
+    ctx.tables["text"] = _text_tables([prompt], first.get("attention_mask"), ctx.tokenizer)
+    ctx.tables["decoder"] = tables
 
 
 def _text_tables(
@@ -394,7 +406,7 @@ def _table_for(ctx: LayoutContext, group: str, side: str, batch: int, length: in
         name = f"{group}.patches"
         ctx.tables[name] = [patch_table(length, grid, img) for img in ctx.images]
         return name
-    decoder_side = "decoder" in group.split(".") and not (side == "key" and "cross" in group)
+    decoder_side = any("decoder" in part.split("_") for part in group.split(".")) and not (side == "key" and "cross" in group)
     preferred = ["decoder", "text"] if decoder_side else ["text", "decoder"]
     for name in [*preferred, *ctx.tables]:
         tabs = ctx.tables.get(name)

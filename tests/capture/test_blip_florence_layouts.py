@@ -87,6 +87,28 @@ def test_blip_generate_keeps_the_layout(blip):
     assert text.generated.tolist() == [False, False, True, True]
 
 
+def test_blip_question_answering(blip):
+    """The question's encoder reads the image through cross-attention; the answer's decoder reads the question."""
+    model, processor, inputs, _ = blip
+    vqa = transformers.BlipForQuestionAnswering(model.config).eval()
+    answer = torch.tensor([[2, 14]])
+    with torch.no_grad(), mmviz.capture(vqa, processor=processor) as cap:
+        vqa(**inputs, decoder_input_ids=answer)
+    trace = cap.attention
+    keys = trace.tokens("text_encoder.cross_attention", side="key")
+    assert patches(keys) == GRID
+    check = verify_layout(vqa, inputs, keys, "text_encoder.cross_attention", processor, side="key")
+    assert check.ok, check.failures
+    assert trace.modules["text_decoder"].query_table == "decoder"
+    assert trace.modules["text_decoder.cross_attention"].key_table == "text"  # the question
+    with torch.no_grad(), mmviz.capture(vqa, processor=processor) as cap:
+        seq = vqa.generate(**inputs, max_new_tokens=3)
+    trace = cap.attention
+    assert patches(trace.tokens("text_encoder.cross_attention", side="key")) == GRID
+    assert trace.tokens("text_encoder").tokens == ["<bos>", "what", "shape"]
+    assert len(trace.tokens("text_decoder")) == seq.shape[1] - 1
+
+
 def test_blip_restored_after_an_exception(blip):
     model, processor, inputs, _ = blip
     before = state(model)
