@@ -22,6 +22,7 @@ cell), so ``mmviz.capture.layouts.derived`` reads the grid from the spacing as f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +31,35 @@ import torch
 if TYPE_CHECKING:
     from mmviz.capture.layouts.provenance import PixelLayout
 
-__all__ = ["place_by_receptive_field"]
+__all__ = ["CHUNK", "MAX_POSITIONS", "place_by_receptive_field"]
+
+CHUNK = 16
+"""Positions whose gradients one batched backward pass computes."""
+
+MAX_POSITIONS = 4096
+"""Stacks with more positions to place are left unplaced (a tower's early stages: one backward per position)."""
 
 _SEPARATION = 2.0
 """The smallest gap between rows must be this many times the largest gap within a row."""
+
+
+def _gradients(values: torch.Tensor, leaf: torch.Tensor, positions: np.ndarray) -> Iterator[torch.Tensor | None]:
+    """The gradient of each position's value with respect to the pixels, ``CHUNK`` positions a backward pass.
+
+    Falls back to one pass per position where the model has an operation the batched pass cannot take.
+    """
+    for start in range(0, positions.size, CHUNK):
+        chunk = torch.as_tensor(positions[start : start + CHUNK], device=values.device)
+        pick = torch.zeros(chunk.numel(), values.numel(), dtype=values.dtype, device=values.device)
+        pick[torch.arange(chunk.numel(), device=values.device), chunk] = 1
+        try:
+            (grads,) = torch.autograd.grad(values, leaf, pick, retain_graph=True, is_grads_batched=True)
+        except RuntimeError:  # an operation without a batching rule: one pass per position
+            for p in chunk.tolist():
+                (grad,) = torch.autograd.grad(values[p], leaf, retain_graph=True, allow_unused=True)
+                yield None if grad is None else grad.detach()
+            continue
+        yield from grads.detach()
 
 
 def _centres(
@@ -48,11 +74,10 @@ def _centres(
     best = np.zeros(leaf.numel())
     owner = np.full(leaf.numel(), -1)
     centres = np.zeros((positions.size, 3))
-    for i, p in enumerate(positions.tolist()):
-        (grad,) = torch.autograd.grad(values[p], leaf, retain_graph=True, allow_unused=True)
+    for i, grad in enumerate(_gradients(values, leaf, positions)):
         if grad is None:
             continue
-        g = grad.detach().abs().reshape(-1).double().cpu().numpy()
+        g = grad.abs().reshape(-1).double().cpu().numpy()
         mass = np.bincount(layout.unit, weights=g, minlength=n_units)
         u = int(mass.argmax())
         if mass[u] <= 0:
@@ -119,7 +144,7 @@ def place_by_receptive_field(
     """
     unit, box = unit.copy(), box.astype(np.float64)
     positions = np.flatnonzero(lost)
-    if positions.size == 0:
+    if positions.size == 0 or positions.size > MAX_POSITIONS:
         return unit, box
     centres, owns = _centres(values, leaf, layout, positions)
     for u in range(len(layout.sizes)):

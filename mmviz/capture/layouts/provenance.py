@@ -283,6 +283,7 @@ def trace_pixels(
     # 2. which pixels each position owns, stack by stack (a pixel feeds one position of each stack):
     # one backward pass for all positions, then one per bit of the position index
     out = {}
+    placed: dict[tuple[Any, bytes], tuple[np.ndarray, np.ndarray]] = {}
     with torch.enable_grad():
         leaf = pixels.detach().clone().requires_grad_(True)
         sides = {k: v for k, v in _probe_sides(model, {**rest, pixel_key: leaf}, names, shapes).items() if k in depends}
@@ -299,7 +300,10 @@ def trace_pixels(
             unit, box = _boxes(owner, layout, flat.numel())
             lost = depends[k].reshape(-1) & (unit < 0)
             if lost.any() and not (unit >= 0).any():  # overlapping convolutions: no pixel has one position
-                unit, box = place_by_receptive_field(flat, leaf, layout, lost, unit, box)
+                seen = (depends[k].shape, depends[k].tobytes())  # the same sequence again (an encoder's output)
+                if seen not in placed:
+                    placed[seen] = place_by_receptive_field(flat, leaf, layout, lost, unit, box)
+                unit, box = placed[seen]
             out[k] = Provenance(
                 depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4)
             )
