@@ -406,7 +406,9 @@ def _table_for(ctx: LayoutContext, group: str, side: str, batch: int, length: in
         name = f"{group}.patches"
         ctx.tables[name] = [patch_table(length, grid, img) for img in ctx.images]
         return name
-    decoder_side = any("decoder" in part.split("_") for part in group.split(".")) and not (side == "key" and "cross" in group)
+    decoder_side = any("decoder" in part.split("_") for part in group.split(".")) and not (
+        side == "key" and "cross" in group
+    )
     preferred = ["decoder", "text"] if decoder_side else ["text", "decoder"]
     for name in [*preferred, *ctx.tables]:
         tabs = ctx.tables.get(name)

@@ -172,3 +172,18 @@ def test_florence2_generate_keeps_the_layout(florence):
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
         model.generate(**run, max_new_tokens=2, do_sample=False)
     assert patches(cap.attention.tokens("language_model.encoder")) == GRID
+
+
+def test_placement_over_its_time_budget_is_left_out_with_a_warning(florence, monkeypatch):
+    model, processor, inputs, _ = florence
+    monkeypatch.setenv("MMVIZ_LAYOUT_SECONDS", "0")
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    with pytest.warns(UserWarning, match="MMVIZ_LAYOUT_SECONDS="):
+        trace = cap.attention  # the layout is made when the trace is first asked for
+    assert not (trace.tokens("language_model.encoder").kind == "image").any()
+    monkeypatch.setenv("MMVIZ_LAYOUT_SECONDS", "soon")
+    from mmviz.capture.layouts.overlap import layout_seconds
+
+    with pytest.raises(ValueError, match="not a number of seconds"):
+        layout_seconds()

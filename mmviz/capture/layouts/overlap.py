@@ -16,12 +16,19 @@ one backward pass per position and:
   clips the fields at the borders, which moves their centres off an even spacing, so rows are found
   by gaps, not by dividing by a step. When no grid fits, the positions stay unowned.
 
+One backward pass per position is costly for a large tower on a CPU: a stack whose placement would take
+longer than ``layout_seconds()`` (60 s unless ``$MMVIZ_LAYOUT_SECONDS`` says otherwise), estimated from
+the first ``CHUNK`` positions, is left unplaced with a warning that says how to place it.
+
 The position's box becomes its cell of that grid over the unit (a fractional box, ``size / count`` a
 cell), so ``mmviz.capture.layouts.derived`` reads the grid from the spacing as for owned pixels.
 """
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -31,7 +38,10 @@ import torch
 if TYPE_CHECKING:
     from mmviz.capture.layouts.provenance import PixelLayout
 
-__all__ = ["CHUNK", "MAX_POSITIONS", "place_by_receptive_field"]
+__all__ = ["CHUNK", "DEFAULT_SECONDS", "MAX_POSITIONS", "layout_seconds", "place_by_receptive_field"]
+
+DEFAULT_SECONDS = 60.0
+"""Default time budget of one stack's placement (``$MMVIZ_LAYOUT_SECONDS`` overrides it)."""
 
 CHUNK = 16
 """Positions whose gradients one batched backward pass computes."""
@@ -41,6 +51,25 @@ MAX_POSITIONS = 4096
 
 _SEPARATION = 2.0
 """The smallest gap between rows must be this many times the largest gap within a row."""
+
+
+class _TooSlow(Exception):
+    """The placement would take longer than its budget: ``(estimated seconds, budget)``."""
+
+
+def layout_seconds() -> float:
+    """Seconds the placement of one stack may take: ``$MMVIZ_LAYOUT_SECONDS``, else ``DEFAULT_SECONDS``.
+
+    Raises:
+        ValueError: the variable is set but is not a number.
+    """
+    value = os.environ.get("MMVIZ_LAYOUT_SECONDS")
+    if not value:
+        return DEFAULT_SECONDS
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"MMVIZ_LAYOUT_SECONDS={value!r} is not a number of seconds") from None
 
 
 def _gradients(values: torch.Tensor, leaf: torch.Tensor, positions: np.ndarray) -> Iterator[torch.Tensor | None]:
@@ -74,7 +103,12 @@ def _centres(
     best = np.zeros(leaf.numel())
     owner = np.full(leaf.numel(), -1)
     centres = np.zeros((positions.size, 3))
+    budget, start = layout_seconds(), time.perf_counter()
     for i, grad in enumerate(_gradients(values, leaf, positions)):
+        if i == CHUNK and positions.size > CHUNK:
+            estimate = (time.perf_counter() - start) / CHUNK * positions.size
+            if estimate > budget:
+                raise _TooSlow(estimate, budget)
         if grad is None:
             continue
         g = grad.abs().reshape(-1).double().cpu().numpy()
@@ -146,7 +180,18 @@ def place_by_receptive_field(
     positions = np.flatnonzero(lost)
     if positions.size == 0 or positions.size > MAX_POSITIONS:
         return unit, box
-    centres, owns = _centres(values, leaf, layout, positions)
+    try:
+        centres, owns = _centres(values, leaf, layout, positions)
+    except _TooSlow as slow:
+        estimate, budget = slow.args
+        warnings.warn(
+            f"mmviz leaves {positions.size} image tokens unplaced: their tower's overlapping convolutions make "
+            f"every pixel feed several of them, and placing them takes one backward pass each, about "
+            f"{estimate:.0f} s here (budget {budget:.0f} s). Set MMVIZ_LAYOUT_SECONDS={10 * (estimate // 10 + 1):.0f} "
+            "(or run the model on a GPU) to place them.",
+            stacklevel=2,
+        )
+        return unit, box
     for u in range(len(layout.sizes)):
         mine = owns & (centres[:, 0] == u)
         found = _grid(centres[mine, 1], centres[mine, 2]) if mine.any() else None
