@@ -6,8 +6,9 @@ feed several neighbouring positions, so no position owns any. For those position
 one backward pass per position and:
 
 * gives each pixel to the position whose input depends on it *most* (the largest gradient magnitude);
-  a position that gets no pixel mixes the image evenly (Florence-2's pooled token) and stays unowned,
-  a query;
+  a position that gets no pixel, or whose field spreads over the whole image about as evenly as over
+  the unit (``GLOBAL_SPREAD``), mixes the image (Florence-2's pooled token, a resampler's learned
+  queries) and stays unowned, a query;
 * places every other position by the centre of its receptive field (the gradient-magnitude-weighted
   mean pixel of its unit: the unit of most of its pixels);
 * splits the centres of one unit into rows (and, separately, columns) at their largest gaps — as many
@@ -18,7 +19,7 @@ one backward pass per position and:
 
 One backward pass per position is costly for a large tower on a CPU: a stack whose placement would take
 longer than ``layout_seconds()`` (60 s unless ``$MMVIZ_LAYOUT_SECONDS`` says otherwise), estimated from
-the first ``CHUNK`` positions, is left unplaced with a warning that says how to place it.
+the first ``SAMPLE`` positions, is left unplaced with a warning that says how to place it.
 
 The position's box becomes its cell of that grid over the unit (a fractional box, ``size / count`` a
 cell), so ``mmviz.capture.layouts.derived`` reads the grid from the spacing as for owned pixels.
@@ -38,9 +39,23 @@ import torch
 if TYPE_CHECKING:
     from mmviz.capture.layouts.provenance import PixelLayout
 
-__all__ = ["CHUNK", "DEFAULT_SECONDS", "MAX_POSITIONS", "layout_seconds", "place_by_receptive_field"]
+__all__ = [
+    "CHUNK",
+    "DEFAULT_SECONDS",
+    "GLOBAL_SPREAD",
+    "MAX_POSITIONS",
+    "SAMPLE",
+    "layout_seconds",
+    "place_by_receptive_field",
+]
+
+GLOBAL_SPREAD = 0.75
+"""A field whose spread is this share of its whole unit's (or more) mixes the image: a query, not placed."""
 
 DEFAULT_SECONDS = 60.0
+
+SAMPLE = 16
+"""Positions measured before the time estimate and the check for learned queries."""
 """Default time budget of one stack's placement (``$MMVIZ_LAYOUT_SECONDS`` overrides it)."""
 
 CHUNK = 16
@@ -94,19 +109,31 @@ def _gradients(values: torch.Tensor, leaf: torch.Tensor, positions: np.ndarray) 
 def _centres(
     values: torch.Tensor, leaf: torch.Tensor, layout: PixelLayout, positions: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per position, its pixel-weighted field centre ``(unit, y, x)`` and whether it depends on a pixel most.
+    """Per position, its field's centre ``(unit, y, x)`` and whether the field is local (not the whole image).
+
+    A field is local when its position depends on some pixel most and its spread (the root mean square
+    distance of its pixels from the centre, weighted like the centre) is under ``GLOBAL_SPREAD`` of that
+    of the whole unit. Positions are taken in a random order; after the first ``SAMPLE`` it stops when
+    every field so far mixes the whole image (learned queries), or raises ``_TooSlow`` when the rest
+    would pass the time budget.
 
     Returns:
-        ``([positions, 3] float centres, [positions] bool owns a pixel)``.
+        ``([positions, 3] float centres, [positions] bool local)``.
     """
     n_units = len(layout.sizes)
     best = np.zeros(leaf.numel())
     owner = np.full(leaf.numel(), -1)
     centres = np.zeros((positions.size, 3))
+    spread = np.full(positions.size, np.inf)
+    whole = np.array([np.sqrt((h * h + w * w) / 12) for h, w in layout.sizes])
     budget, start = layout_seconds(), time.perf_counter()
-    for i, grad in enumerate(_gradients(values, leaf, positions)):
-        if i == CHUNK and positions.size > CHUNK:
-            estimate = (time.perf_counter() - start) / CHUNK * positions.size
+    order = np.random.default_rng(0).permutation(positions.size)  # the first ones a sample of all
+    for n, (i, grad) in enumerate(zip(order.tolist(), _gradients(values, leaf, positions[order]))):
+        if n == SAMPLE and positions.size > SAMPLE:
+            seen = order[:SAMPLE]
+            if not (spread[seen] < GLOBAL_SPREAD * whole[centres[seen, 0].astype(int)]).any():
+                break  # the fields mix the whole image: learned queries
+            estimate = (time.perf_counter() - start) / SAMPLE * positions.size
             if estimate > budget:
                 raise _TooSlow(estimate, budget)
         if grad is None:
@@ -117,10 +144,13 @@ def _centres(
         if mass[u] <= 0:
             continue
         mine = layout.unit == u
-        centres[i] = (u, (g[mine] * layout.y[mine]).sum() / mass[u], (g[mine] * layout.x[mine]).sum() / mass[u])
+        w, ys, xs = g[mine] / mass[u], layout.y[mine], layout.x[mine]
+        y, x = (w * ys).sum(), (w * xs).sum()
+        centres[i], spread[i] = (u, y, x), np.sqrt((w * ((ys - y) ** 2 + (xs - x) ** 2)).sum())
         more = g > best
         best[more], owner[more] = g[more], i
-    return centres, np.bincount(owner[owner >= 0], minlength=positions.size) > 0
+    owns = np.bincount(owner[owner >= 0], minlength=positions.size) > 0
+    return centres, owns & (spread < GLOBAL_SPREAD * whole[centres[:, 0].astype(int)])
 
 
 def _split(centres: np.ndarray) -> tuple[np.ndarray, int] | None:
