@@ -15,6 +15,9 @@ The public API::
     with mmviz.capture(pipe) as cap:                         # diffusers: SD, SDXL, PixArt, SD3, Flux
         image = pipe("a red circle left of a blue square").images[0]
     cap.cross_attention.heatmap("circle")                    # [H, W] DAAM map; .show() for the view
+    with mmviz.capture(flux_pipe, concepts=["cat", "sky"]) as cap:   # ConceptAttention: SD3, Flux, PixArt
+        flux_pipe("a cat on a lawn")
+    cap.cross_attention.concept_heatmap("sky")               # [H, W] concept map, beside the word maps
     lens = mmviz.logit_lens(model, inputs, processor, tokens=[" red"])  # each layer read out as logits
     lens.prob(" red")                                        # [layers, positions]
     dec = mmviz.decompose(clip, inputs, processor, texts=["a red shape"])   # CLIP/SigLIP embedding by head, patch

@@ -19,7 +19,7 @@ import { h } from "./views/dom";
 import { Heatmap } from "./views/heatmap";
 import { ImagePane } from "./views/image-pane";
 import { onChanges } from "./views/pane";
-import { ThumbnailGrid } from "./views/thumbnails";
+import { describe, ThumbnailGrid, type ThumbSelection } from "./views/thumbnails";
 import { TokenStrip } from "./views/token-strip";
 import { Tooltip } from "./views/tooltip";
 
@@ -86,7 +86,7 @@ export class AttentionApp {
     });
     this.thumbs = new ThumbnailGrid({
       select: (sel) => this.store.set(sel),
-      hover: (text, e) => (text ? this.tooltip.show([text, "click to select"], e) : this.tooltip.hide()),
+      hover: (sel, e) => this.onThumbHover(sel, e),
     });
     const title = model.get("_title");
     const header = h("div", "mmviz-header");
@@ -479,8 +479,24 @@ export class AttentionApp {
   }
 
   /** Another pane points at a position or patch: hover the unit that holds it (queries first). */
+  /** A hovered thumbnail: its tooltip, and its layer and head written to the link for the other panes. */
+  private onThumbHover(sel: ThumbSelection | null, e: MouseEvent): void {
+    if (sel) this.tooltip.show([describe(sel), "click to select"], e);
+    else this.tooltip.hide();
+    const head = sel?.aggregate === "head" ? sel.head : -1;
+    this.link.set({ layer: sel?.layer ?? -1, head, module: this.store.get().module, source: this.id });
+  }
+
+  /** Marks the layer and head another pane points at, when they belong to the stack shown. */
+  private markLinkedHead(state: LinkState): void {
+    const own = state.module === "" || state.module === this.store.get().module;
+    this.thumbs.mark(own ? state.layer : -1, own ? state.head : -1);
+  }
+
   private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
-    if (state.source === this.id || !(changed.has("position") || changed.has("patch"))) return;
+    if (state.source === this.id) return;
+    if (changed.has("layer") || changed.has("head") || changed.has("module")) this.markLinkedHead(state);
+    if (!(changed.has("position") || changed.has("patch"))) return;
     const d = this.display;
     const module = this.moduleState(this.store.get().module);
     if (!d || !module) return;

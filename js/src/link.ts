@@ -25,6 +25,11 @@ export interface LinkState {
   layer: number;
   /** Attention head pointed at (-1: none). */
   head: number;
+  /**
+   * The stack `layer` and `head` belong to ("": the writer does not know; panes apply it to the stack they
+   * show). Every write of `layer` sets it too.
+   */
+  module: string;
   /** Which pane wrote the pointer fields last, so a pane can ignore its own writes. */
   source: string;
 }
@@ -32,7 +37,15 @@ export interface LinkState {
 export type LinkStore = Store<LinkState>;
 
 export function createLink(): LinkStore {
-  return new Store<LinkState>({ position: -1, patch: null, timestep: -1, layer: -1, head: -1, source: "" });
+  return new Store<LinkState>({
+    position: -1,
+    patch: null,
+    timestep: -1,
+    layer: -1,
+    head: -1,
+    module: "",
+    source: "",
+  });
 }
 
 let counter = 0;

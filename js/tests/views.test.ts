@@ -2,8 +2,10 @@
 // Smoke tests of the whole view with a fake anywidget model (happy-dom has no canvas: a no-op 2D
 // context stands in, so these tests check the DOM, the store and the model traffic, not pixels).
 import { beforeAll, describe, expect, it, vi } from "vitest";
+import { AttentionApp } from "../src/app";
 import type { TensorPayload } from "../src/codecs";
 import { renderView } from "../src/index";
+import { createLink } from "../src/link";
 import type { AttentionViewState, TableState } from "../src/model";
 import { StandaloneModel } from "../src/standalone";
 
@@ -195,5 +197,25 @@ describe("AttentionView front end", () => {
     const { el, model } = setup();
     model.set("hide_special", true);
     expect([...el.querySelectorAll(".mmviz-tok")].map((s) => s.textContent)).toEqual(["a", EVIL, " cat"]);
+  });
+
+  it("marks the layer and head another pane points at, and writes its own", () => {
+    const link = createLink();
+    const model = new StandaloneModel(state() as unknown as Record<string, unknown>);
+    const app = new AttentionApp(model as never, link);
+    const thumbs = app.root.querySelector(".mmviz-thumbs") as HTMLCanvasElement;
+    link.set({ layer: 1, head: 0, module: "", source: "decomposition-9" });
+    expect(thumbs.dataset.marked).toBe("layer 1 head 0");
+    link.set({ layer: 0, head: -1, module: "lm", source: "patching-9" });
+    expect(thumbs.dataset.marked).toBe("layer 0");
+    link.set({ layer: 1, head: 1, module: "vision_model", source: "other" }); // another stack: no mark
+    expect(thumbs.dataset.marked).toBe("");
+    link.set({ layer: 7, head: 0, module: "", source: "other" }); // a layer this view does not have
+    expect(thumbs.dataset.marked).toBe("");
+    thumbs.dispatchEvent(new MouseEvent("mousemove", { clientX: 45, clientY: 20 }));
+    expect(link.get()).toMatchObject({ layer: 0, head: 0, module: "lm" });
+    thumbs.dispatchEvent(new MouseEvent("mouseleave"));
+    expect(link.get()).toMatchObject({ layer: -1, head: -1 });
+    app.destroy();
   });
 });

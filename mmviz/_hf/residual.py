@@ -353,28 +353,64 @@ def edit_residual(
 ) -> Iterator[None]:
     """Replaces hidden state ``state`` by ``fn(hidden)`` (``[batch, positions, dim]``) while the model runs.
 
-    State 0 is edited as the input of the first block, state ``l ≥ 1`` as the output of block ``l - 1``; the
-    hook is removed when the block ends, also on errors.
+    State 0 is edited as the input of the first block, state ``l ≥ 1`` as the output of block ``l - 1``. The
+    edit runs before any other hook of the block, so what transformers records from it (``hidden_states``,
+    which LLaVA-like models read their image features from) is the edited state; edits nested on the same
+    state apply in the order they were opened (the outer block's first). Removed when the block ends, also on
+    errors.
     """
     n = len(blocks)
     if not 0 <= state <= n:
         raise ValueError(f"hidden state {state} does not exist: this stack has states 0 … {n}")
     if state == 0:
-
-        def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return _with_block_input(args, kwargs, fn(_block_input(args, kwargs)))
-
-        handle = blocks[0].register_forward_pre_hook(before, with_kwargs=True)
+        chain = _chain(blocks[0], "input")
     else:
-
-        def after(module: Any, args: Any, output: Any) -> Any:
-            return with_block_hidden(output, fn(block_hidden(output)))
-
-        handle = blocks[state - 1].register_forward_hook(after)
+        chain = _chain(blocks[state - 1], "output")
+    chain.edits.append(fn)
     try:
         yield
     finally:
-        handle.remove()
+        chain.remove(fn)
+
+
+class _EditChain:
+    """The edits of one block's input or output, applied in order by one hook registered ahead of the others."""
+
+    def __init__(self, module: torch.nn.Module, where: str) -> None:
+        self.module, self.where = module, where
+        self.edits: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        if where == "input":
+            self.handle = module.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True)
+        else:
+            self.handle = module.register_forward_hook(self._after, prepend=True)
+
+    def _apply(self, hidden: torch.Tensor) -> torch.Tensor:
+        for fn in list(self.edits):
+            hidden = fn(hidden)
+        return hidden
+
+    def _before(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _with_block_input(args, kwargs, self._apply(_block_input(args, kwargs)))
+
+    def _after(self, module: Any, args: Any, output: Any) -> Any:
+        return with_block_hidden(output, self._apply(block_hidden(output)))
+
+    def remove(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Takes ``fn`` off the chain (by identity); the hook goes with the last edit."""
+        self.edits = [f for f in self.edits if f is not fn]
+        if not self.edits:
+            self.handle.remove()
+            _CHAINS.pop((id(self.module), self.where), None)
+
+
+_CHAINS: dict[tuple[int, str], _EditChain] = {}
+
+
+def _chain(module: torch.nn.Module, where: str) -> _EditChain:
+    chain = _CHAINS.get((id(module), where))
+    if chain is None or chain.module is not module:
+        chain = _CHAINS[(id(module), where)] = _EditChain(module, where)
+    return chain
 
 
 @contextlib.contextmanager

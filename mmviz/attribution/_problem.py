@@ -138,21 +138,15 @@ class Problem:
     def _table(self) -> TokenTable:
         """Token table of the attributed positions: the text sequence, then a separate vision tower's patches."""
         from mmviz._hf.tokens import images_from_pixels, patch_table, text_table
-        from mmviz.errors import CaptureError
 
         inputs = self.plan.variants[0].inputs
-        tables: dict[str, list[TokenTable]] = {}
-        try:
-            from mmviz.capture import capture
+        from mmviz.capture import token_tables
 
-            variant = self.plan.variants[0]
-            with torch.no_grad(), capture(self.model, self.processor, layers=[0], store="dense") as cap:
-                self._reference = variant.objective(self.model(**inputs, **variant.kwargs))
-            trace = cap.attention
-            tables = {k: list(v) for k, v in trace.tables.items()}
-            self.stack_tables = {name: m.key_table for name, m in trace.modules.items()}
-        except CaptureError:
-            tables = {}
+        variant = self.plan.variants[0]
+        with torch.no_grad(), token_tables(self.model, self.processor) as run:
+            self._reference = variant.objective(self.model(**inputs, **variant.kwargs))
+        tables = run.tables
+        self.stack_tables = run.key_tables
         parts: list[TokenTable] = []
         if self.n_text:
             text = tables.get("text", [None])[0]

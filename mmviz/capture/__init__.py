@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
+from mmviz.capture._tables import RunTables, has_images, token_tables
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from diffusers.models.modeling_utils import ModelMixin
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from mmviz.capture._diffusers import DiffusionCapture
     from mmviz.capture._session import Capture
 
-__all__ = ["DEFAULT_QK_THRESHOLD", "capture"]
+__all__ = ["DEFAULT_QK_THRESHOLD", "RunTables", "capture", "has_images", "token_tables"]
 
 DEFAULT_QK_THRESHOLD = 4096
 """``store="auto"`` keeps queries and keys instead of probabilities from this many keys on."""
@@ -89,7 +91,7 @@ def capture(
             before the model runs, naming ``store="qk"``, ``layers=`` and ``heads=``. For diffusers
             pipelines: the budget of the recorded maps (1 GiB by default).
         **diffusion_options: for diffusers pipelines only: ``tokens``, ``branch``, ``cfg``, ``max_bytes``,
-            ``previews`` (see below).
+            ``previews``, ``concepts`` (see below).
 
     Returns:
         A ``Capture``; after the block, ``cap.attention`` is the trace of the last forward or
@@ -107,7 +109,10 @@ def capture(
     ``tokens="prompt"`` (drop padding; ``"all"`` keeps it), ``branch="cond"`` (or ``"uncond"``: the
     classifier-free-guidance branch recorded), ``cfg=None`` (auto-detect a doubled CFG batch),
     ``max_bytes`` (budget of recorded maps; ``BudgetError`` before the run otherwise),
-    ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE).
+    ``previews=False`` (``True`` also keeps the predicted image of every step, decoded with the VAE),
+    ``concepts=None`` (SD3, Flux and PixArt: a list of 2–32 words, e.g. ``["cat", "sky", "background"]``,
+    whose ConceptAttention maps are recorded beside the word maps: ``cap.cross_attention.concept_heatmap("cat")``;
+    see ``mmviz.capture._concepts`` and the diffusion docs).
 
     Raises:
         CaptureError: the model hands back no attention at all (neither through transformers'
@@ -125,6 +130,8 @@ def capture(
         if max_bytes is not None:
             diffusion_options["max_bytes"] = max_bytes
         return DiffusionCapture(model, layers=layers, heads=False if heads is None else heads, **diffusion_options)
+    if "concepts" in diffusion_options:
+        raise TypeError("concepts= is for diffusion transformer pipelines (SD3, Flux, PixArt), not transformers models")
     if diffusion_options:
         raise TypeError(f"unexpected arguments for a transformers capture: {sorted(diffusion_options)}")
     from mmviz.capture._session import Capture

@@ -24,7 +24,6 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
     """
     arrays: dict[str, tuple[list[int], Any]] = {}
     stacked: Any
-    packed = _packed_items(run)
     groups = sorted({t.group for t in [*run.dense, *run.qk]})
     for group in groups:
         if any(t.group == group for t in run.dense):
@@ -34,13 +33,13 @@ def build_trace(run: Run, model: torch.nn.Module, processor: Any, heads: list[in
                 if all(len(run.dense[t]) == 1 for t in targets):  # written in place, one call per layer
                     arrays[group] = ([t.layer for t in targets], buffer)
                     continue
-            layers, per_layer = _applications(targets, run, packed)
+            layers, per_layer = _applications(targets, run)
             for name, run_layers, run_arrays in _shape_runs(group, layers, per_layer):
                 arrays[name] = (run_layers, _stack_dense(run_arrays, name))
         else:
             targets = sorted((t for t in run.qk if t.group == group), key=lambda t: t.layer)
             layers = [t.layer for t in targets]
-            stacked = _stack_qk([_join_chunks_qk(run.qk[t], packed) for t in targets])
+            stacked = _stack_qk([_join_pieces_qk(run.qk[t]) for t in targets])
             arrays[group] = (layers, stacked)
 
     shapes = {g: _shape(a) for g, (_, a) in arrays.items()}
@@ -70,29 +69,21 @@ def _shape(stacked: Any) -> tuple[int, int, int]:
     return int(b), int(q), int(k)
 
 
-def _packed_items(run: Run) -> int | None:
-    """How many images the inputs pack into one sequence (``image_grid_thw`` rows), if any."""
-    for call in run.calls:
-        grid = call.get("image_grid_thw")
-        if isinstance(grid, torch.Tensor) and grid.ndim == 2:
-            return int(grid.shape[0])
-    return None
+def _pieces_joined(steps: list[torch.Tensor], pieces: list[bool]) -> list[torch.Tensor]:
+    """Joins the calls that are pieces of one sequence (``Recorder.continues``) into block-diagonal calls.
 
-
-def _chunked(lengths: list[tuple[int, int]], packed: int | None = None) -> bool:
-    """Whether several calls of one layer are independent chunks of one sequence, not decoding steps.
-
-    Some attention modules call the attention function once per chunk (Qwen2-VL's vision tower runs
-    once per image through ``cu_seqlens``): each call sees its own keys only (key length = query length),
-    while a decoding step with a KV cache sees every earlier key as well. Chunks of equal length are
-    told apart from a module applied several times (shared layers) by the number of packed images.
+    A module that splits its sequence into pieces (Qwen2-VL's images, Qwen2.5-VL's windows) attends within
+    each piece only: the joined call holds each piece's probabilities on the diagonal and zeros elsewhere.
     """
-    if len(lengths) < 2 or any(k != q for q, k in lengths):
-        return False
-    if len(set(lengths)) == 1:
-        return packed == len(lengths)
-    # decoding without a cache recomputes the whole, one token longer, sequence at every step
-    return any(lengths[i + 1][0] != lengths[i][0] + 1 for i in range(len(lengths) - 1))
+    if len(pieces) != len(steps) or not any(pieces):
+        return steps
+    groups: list[list[torch.Tensor]] = []
+    for step, piece in zip(steps, pieces):
+        if piece and groups and groups[-1][-1].shape[:2] == step.shape[:2]:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return [g[0] if len(g) == 1 else torch.from_numpy(_block_diagonal(g)) for g in groups]
 
 
 def _block_diagonal(steps: list[torch.Tensor]) -> np.ndarray:
@@ -107,11 +98,11 @@ def _block_diagonal(steps: list[torch.Tensor]) -> np.ndarray:
     return out
 
 
-def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | None) -> list[np.ndarray]:
+def _split_calls(steps: list[torch.Tensor], pieces: list[bool], forwards: int | None) -> list[np.ndarray]:
     """The arrays of the calls one attention module made during a run, one per application.
 
+    * the pieces of one sequence (see ``_pieces_joined``) are first joined into one block-diagonal call;
     * one call: one array;
-    * independent chunks of one sequence (see ``_chunked``): one block-diagonal array;
     * outside generation (``forwards`` is ``None``), calls of equal shape: the module was applied several
       times (ALBERT's shared layer, recurrent blocks), one array each;
     * during generation, a module applied ``a`` times per forward call (looped blocks such as HRM's, each
@@ -122,11 +113,9 @@ def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | 
     (The same probabilities computed twice in one call, as DiffLlama does for its two value halves, are
     stored once by the recorder.)
     """
-    shapes = [(int(s.shape[2]), int(s.shape[3])) for s in steps]
+    steps = _pieces_joined(steps, pieces)
     if len(steps) == 1:
         return [steps[0].numpy()]
-    if len({s.shape[:2] for s in steps}) == 1 and _chunked(shapes, packed):
-        return [_block_diagonal(steps)]
     if forwards is None:
         if len({s.shape for s in steps}) == 1 or len({s.shape[:2] for s in steps}) > 1:
             return [s.numpy() for s in steps]  # applications (of other batch sizes: split by shape later)
@@ -135,14 +124,14 @@ def _split_calls(steps: list[torch.Tensor], packed: int | None, forwards: int | 
     return [assemble_dense(steps[a::per_forward]) for a in range(per_forward)]
 
 
-def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[list[int], list[np.ndarray]]:
+def _applications(targets: list[Target], run: Run) -> tuple[list[int], list[np.ndarray]]:
     """Layer labels and arrays of one stack; a module applied ``n`` times yields ``n`` layers.
 
     Repeated applications are numbered in the order a loop over the stack would run them: application
     ``r`` of layer ``l`` becomes layer ``r · (last layer + 1) + l``.
     """
     forwards = len(run.calls) - 1 if run.generate else None  # 0: generate never called the model itself
-    split = [_split_calls(run.dense[t], packed, forwards) for t in targets]
+    split = [_split_calls(run.dense[t], run.pieces.get(t, []), forwards) for t in targets]
     if all(len(a) == 1 for a in split):
         return [t.layer for t in targets], [a[0] for a in split]
     span = max(t.layer for t in targets) + 1
@@ -150,9 +139,9 @@ def _applications(targets: list[Target], run: Run, packed: int | None) -> tuple[
     return [label for label, _ in labelled], [arr for _, arr in labelled]
 
 
-def _join_chunks_qk(steps: list[dict[str, Any]], packed: int | None = None) -> list[dict[str, Any]]:
-    """Turns independent chunk calls (see ``_chunked``) into one call with a block-diagonal mask."""
-    if not _chunked([(s["query"].shape[2], s["key"].shape[2]) for s in steps], packed):
+def _join_pieces_qk(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns the pieces of one sequence (``Recorder.continues``) into one call with a block-diagonal mask."""
+    if len(steps) < 2 or not all(s.get("piece") for s in steps[1:]):
         return steps
     b = steps[0]["query"].shape[0]
     n = sum(s["query"].shape[2] for s in steps)
@@ -324,6 +313,8 @@ def _context(
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     main_key = "decoder_input_ids" if encoder_decoder else "input_ids"
     step_ids = [c[main_key] for c in forward_calls if main_key in c]
+    if run.generate and not step_ids:
+        step_ids = _generated_steps(first.get(main_key), run.sequences)
     ctx = LayoutContext(
         model=model, config=config, processor=processor, tokenizer=tokenizer, inputs=first, shapes=shapes, tables=tables
     )
@@ -336,9 +327,12 @@ def _context(
         mask = next(
             (c["attention_mask"] for c in reversed(forward_calls) if "attention_mask" in c), first.get("attention_mask")
         )
+        fed = sum(s.shape[1] for s in step_ids)
+        if mask is not None and mask.shape[1] < fed:  # generated tokens are never padding
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], fed - mask.shape[1])], dim=1)
         tables["text"] = _text_tables(step_ids, mask, tokenizer, generated=run.generate)
     elif run.generate and run.sequences is not None:
-        _sub_model_generate_text(ctx, run.sequences, first, shapes)
+        _sub_model_decoder_text(ctx, run.sequences, first, shapes)
     if "decoder" not in tables and not run.generate and isinstance(first.get("decoder_input_ids"), torch.Tensor):
         # a decoder of a model that is not marked encoder-decoder (BLIP's question answering)
         tables["decoder"] = _text_tables([first["decoder_input_ids"]], first.get("decoder_attention_mask"), tokenizer)
@@ -347,33 +341,42 @@ def _context(
     return ctx
 
 
-def _sub_model_generate_text(
+def _sub_model_decoder_text(
     ctx: LayoutContext, sequences: torch.Tensor, first: dict[str, Any], shapes: dict[str, tuple[int, int, int]]
 ) -> None:
-    """Text tables of a ``generate`` that called a sub-model's ``generate`` only (BLIP's text decoder).
+    """Text tables of a ``generate`` whose sub-model decoded a sequence that does not continue the prompt.
 
-    The sequence fed to the sub-model is the returned one without its last token (never fed back), where
-    some stack recorded that length; tokens after the prefix it shares with the call's ``input_ids`` are
-    marked generated. A continuation of the whole prompt is the ``"text"``; otherwise (BLIP drops the
-    prompt's last token, ``[SEP]``, before captioning; its question answering decodes an answer of its
-    own) the prompt is the ``"text"`` and the fed sequence the ``"decoder"``.
+    BLIP's captioning drops the prompt's last token (``[SEP]``) before its text decoder generates; its
+    question answering decodes an answer of its own. The prompt is then the ``"text"`` and the sequence
+    fed to the decoder — the returned one without its last token, where some stack recorded that length —
+    the ``"decoder"``, generated after the prefix it shares with the prompt. Without a prompt the fed
+    sequence is the ``"text"``.
     """
     fed = sequences[:, :-1]
     if fed.ndim != 2 or fed.shape[1] == 0 or not any(q == fed.shape[1] for _, q, _ in shapes.values()):
         return
     prompt = first.get("input_ids")
     if not isinstance(prompt, torch.Tensor) or prompt.ndim != 2 or prompt.shape[0] != fed.shape[0]:
-        prompt = None
-    shared = 0
-    if prompt is not None:
-        same = (prompt[:, : fed.shape[1]] == fed[:, : prompt.shape[1]]).all(dim=0).tolist()
-        shared = next((i for i, s in enumerate(same) if not s), len(same))
-    tables = [text_table(row, None, ctx.tokenizer, generated_from=shared) for row in fed]
-    if prompt is None or shared == prompt.shape[1]:
-        ctx.tables["text"] = tables
+        ctx.tables["text"] = [text_table(row, None, ctx.tokenizer) for row in fed]
         return
+    same = (prompt[:, : fed.shape[1]] == fed[:, : prompt.shape[1]]).all(dim=0).tolist()
+    shared = next((i for i, s in enumerate(same) if not s), len(same))
     ctx.tables["text"] = _text_tables([prompt], first.get("attention_mask"), ctx.tokenizer)
-    ctx.tables["decoder"] = tables
+    ctx.tables["decoder"] = [text_table(row, None, ctx.tokenizer, generated_from=shared) for row in fed]
+
+
+def _generated_steps(prompt: torch.Tensor | None, sequences: torch.Tensor | None) -> list[torch.Tensor]:
+    """The token ids a ``generate`` call fed its model when the captured model's own forward never ran.
+
+    Some models' ``generate`` runs a sub-model's ``generate`` (Kosmos-2 its text model's), so no forward
+    call of the captured model shows the ids. They are then the prompt and the tokens ``generate``
+    returned after it, but the last one (it was never fed back). Returns no steps when either is missing.
+    """
+    if prompt is None or sequences is None or prompt.ndim != 2 or sequences.ndim != 2:
+        return []
+    if sequences.shape[1] <= prompt.shape[1] or not torch.equal(sequences[:, : prompt.shape[1]], prompt):
+        return []  # generate returned only the new tokens: their ids follow the prompt
+    return [prompt, sequences[:, prompt.shape[1] : -1]]
 
 
 def _text_tables(

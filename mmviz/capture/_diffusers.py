@@ -7,7 +7,8 @@ token ids; a wrapper around ``pipe.image_processor.postprocess`` keeps the gener
 change is undone on exit, also when the block raises.
 
 Maps are reduced as they arrive (head mean unless ``heads=True``, the recorded CFG branch only, padding
-dropped) and kept per (step, layer) at the layer's own resolution.
+dropped) and kept per (step, layer) at the layer's own resolution. With ``concepts=[...]`` a
+``ConceptStream`` (``mmviz.capture._concepts``) adds concept maps (ConceptAttention) beside the word maps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmviz.capture._concepts import ConceptStream, check_concepts
 from mmviz.capture._diffusers_processors import (
     CrossAttnRecorder,
     FluxAttnRecorder,
@@ -66,6 +68,8 @@ class _Run:
     resolution: dict[int, tuple[int, int]] = field(default_factory=dict)
     maps: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
     counts: dict[int, dict[int, int]] = field(default_factory=dict)
+    concept_maps: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+    concept_counts: dict[int, dict[int, int]] = field(default_factory=dict)
     images: np.ndarray | None = None
     step_bytes: int = 0
     previews: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -89,6 +93,7 @@ class DiffusionCapture:
         cfg: bool | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         previews: bool = False,
+        concepts: Sequence[str] | None = None,
     ) -> None:
         if tokens not in ("prompt", "all"):
             raise ValueError(f"tokens must be 'prompt' (padding dropped) or 'all', not {tokens!r}")
@@ -108,6 +113,9 @@ class DiffusionCapture:
                 f"{type(target).__name__} is neither a diffusers pipeline with a `unet` or `transformer` nor a "
                 "denoiser model; pass the pipeline, its UNet2DConditionModel or its transformer"
             )
+        self.concepts = (
+            ConceptStream(self, check_concepts(concepts), self.pipe, self.denoiser) if concepts is not None else None
+        )
         self.heads = heads
         self._layer_filter = layers
         self._options = {"tokens": tokens, "branch": branch, "cfg": cfg, "heads": heads}
@@ -116,6 +124,7 @@ class DiffusionCapture:
         if self.previews and self.pipe is None:
             raise CaptureError("previews=True needs the pipeline (its scheduler and VAE), not a bare denoiser")
         self._layers: list[_Layer] = []
+        self._recorded: set[int] = set()
         self._restore: list[Callable[[], None]] = []
         self._runs: list[_Run] = []
         self._active: _Run | None = None
@@ -171,7 +180,17 @@ class DiffusionCapture:
                 "PixArt attn2, SD3 joint attention, Flux attention); class-conditional models such as DiT have none"
             )
         chosen = _select(candidates, self._layer_filter)
-        for slot, (name, module) in enumerate(chosen):
+        installed = chosen
+        if self.concepts is not None:  # the concept stream runs through every joint block, recorded or not
+            installed = [c for c in candidates if c in chosen or self.concepts.maps_layer(*c)]
+        self._recorded = {slot for slot, c in enumerate(installed) if c in chosen}
+        if self.concepts is not None and not any(self.concepts.maps_layer(*c) for c in chosen):
+            raise CaptureError(
+                f"layers={self._layer_filter!r} keeps no layer with concept maps (joint-attention blocks, PixArt's "
+                f"attn2 with diffusers' default processor); keep one of "
+                f"{[n for n, m in candidates if self.concepts.maps_layer(n, m)]}"
+            )
+        for slot, (name, module) in enumerate(installed):
             original = module.processor
             kind = type(original).__name__
             if kind == "AttnProcessor2_0" and name.endswith("attn2"):
@@ -193,6 +212,8 @@ class DiffusionCapture:
             self._layers.append(_Layer(name, module, original, int(module.heads)))
             self._restore.append(functools.partial(module.set_processor, original))
             module.set_processor(recorder)
+        if self.concepts is not None:
+            self._restore += self.concepts.install(installed)
 
     def _wrap_postprocess(self) -> None:
         processor = getattr(self.pipe, "image_processor", None)
@@ -284,6 +305,8 @@ class DiffusionCapture:
         return run
 
     def _on_encoder(self, attr: str, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.concepts is not None and self.concepts.encoding:
+            return  # the concepts' own encoding, not the prompt's
         run = self._current_run(lambda r: bool(r.timesteps))
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(ids, torch.Tensor):
@@ -314,11 +337,15 @@ class DiffusionCapture:
             raise BudgetError(self._budget_message(run, len(run.timesteps) + 1))
         run.timesteps.append(t)
         self._active = run
+        if self.concepts is not None:
+            self.concepts.start(len(run.timesteps) == 1, run.rows, context)
 
     def _after_denoiser(self, module: Any, args: Any, output: Any) -> None:
         if self._active is not None:
             self._active.finished = len(self._active.timesteps)
         self._active = None
+        if self.concepts is not None:
+            self.concepts.stop()
 
     def _on_images(self, image: Any, processor: Any, do_denormalize: Any) -> None:
         run = self._runs[-1] if self._runs else None
@@ -382,10 +409,14 @@ class DiffusionCapture:
             denoiser=type(self.denoiser).__name__,
             cfg=cfg,
         )
+        n_concepts = len(self.concepts.concepts) if self.concepts is not None else 0
         run.step_bytes = sum(
-            n_items * len(keep) * h * w * (layer.heads if self.heads else 1) * 4
-            for layer, (h, w) in zip(self._layers, self._predicted_resolutions(run))
+            n_items * h * w * 4 * (len(keep) * (layer.heads if self.heads else 1) + n_concepts * self._concept(slot))
+            for slot, (layer, (h, w)) in enumerate(zip(self._layers, self._predicted_resolutions(run)))
+            if slot in self._recorded
         )
+        if self.concepts is not None:
+            run.info["concept_encoding"] = self.concepts.info
         planned = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
         expected = max(1, len(planned)) if planned is not None else 1
         run.info["estimated_bytes"] = run.step_bytes * expected
@@ -415,8 +446,9 @@ class DiffusionCapture:
 
     def _budget_message(self, run: _Run, steps: int) -> str:
         need = run.step_bytes * steps
+        tokens = run.keep.numel() if run.keep is not None else 0
         return (
-            f"recording {steps} steps × {len(self._layers)} layers × {run.keep.numel() if run.keep is not None else 0} "
+            f"recording {steps} steps × {len(self._recorded)} layers × {tokens} "
             f"tokens would hold {need / 2**20:.1f} MiB of maps{' (every head kept)' if self.heads else ''}, over the "
             f"budget of {self.max_bytes / 2**20:.1f} MiB. Raise it with mmviz.capture(pipe, max_bytes=...), record "
             "fewer layers with layers=[...] (e.g. layers=['up_blocks']), use heads=False, tokens='prompt', or fewer "
@@ -429,26 +461,49 @@ class DiffusionCapture:
         """Context length of the running denoiser call (``None`` outside a recorded call)."""
         return self._active.text_length if self._active is not None else None
 
+    def records(self, slot: int) -> bool:
+        """Whether layer ``slot``'s maps are kept (a layer may run only to carry the concept stream)."""
+        return slot in self._recorded
+
+    def _concept(self, slot: int) -> bool:
+        layer = self._layers[slot]
+        return self.concepts is not None and self.concepts.maps_layer(layer.name, layer.module)
+
     def request(self, slot: int, n_text: int) -> tuple[slice, torch.Tensor] | None:
         """``(batch rows, kept token indices)`` when this call of layer ``slot`` is to be recorded."""
         run = self._active
-        if run is None or run.keep is None or n_text != run.text_length:
+        if run is None or run.keep is None or n_text != run.text_length or slot not in self._recorded:
             return None
         return run.rows, run.keep
 
     def store(self, slot: int, probs: torch.Tensor, heads: int) -> None:
         """Adds one call's ``[batch, (heads,) tokens, image]`` probabilities to the running sums."""
         run = self._active
-        if run is None:
-            return
+        if run is not None:
+            self._add(run, run.maps, run.counts, slot, probs)
+
+    def store_concepts(self, slot: int, maps: torch.Tensor) -> None:
+        """Adds one call's ``[batch, concepts, image]`` concept maps to the running sums."""
+        run = self._active
+        if run is not None and slot in self._recorded:
+            self._add(run, run.concept_maps, run.concept_counts, slot, maps)
+
+    def _add(
+        self,
+        run: _Run,
+        store: dict[int, dict[int, torch.Tensor]],
+        tally: dict[int, dict[int, int]],
+        slot: int,
+        probs: torch.Tensor,
+    ) -> None:
         n = int(probs.shape[-1])
         if slot not in run.resolution:
             run.resolution[slot] = _grid(run.grid, n, self._layers[slot].name)
         h, w = run.resolution[slot]
         maps = probs.detach().reshape(*probs.shape[:-1], h, w)
         step = len(run.timesteps) - 1
-        layer_maps = run.maps.setdefault(slot, {})
-        counts = run.counts.setdefault(slot, {})
+        layer_maps = store.setdefault(slot, {})
+        counts = tally.setdefault(slot, {})
         if step in layer_maps:
             layer_maps[step] += maps
             counts[step] += 1
@@ -460,21 +515,22 @@ class DiffusionCapture:
     def _finish(self, run: _Run) -> CrossAttentionTrace:
         steps = len(run.timesteps)
         maps = []
+        concept_maps: list[np.ndarray | None] = []
         layers = []
         for slot, layer in enumerate(self._layers):
-            per_step = run.maps.get(slot)
-            if not per_step:
+            if not run.maps.get(slot):
                 continue
-            first = next(iter(per_step.values()))
-            out = np.zeros((first.shape[0], steps, *first.shape[1:]), dtype=np.float16)
-            for step in sorted(per_step):
-                tensor = per_step.pop(step) / run.counts[slot][step]
-                out[:, step] = tensor.to("cpu", torch.float32).numpy()
-            maps.append(out)
+            maps.append(_stack(run.maps[slot], run.counts[slot], steps))
+            concepts = run.concept_maps.get(slot)
+            concept_maps.append(_stack(concepts, run.concept_counts[slot], steps) if concepts else None)
             layers.append(CrossAttentionLayer(layer.name, run.resolution[slot], layer.heads))
         images = run.images if run.images is not None and run.images.shape[0] == len(run.tables) else None
         previews = self._decode_previews(run, len(run.tables)) if self.previews else None
-        return CrossAttentionTrace(maps, layers, run.tables, run.timesteps, images, run.info, previews)
+        names = self.concepts.concepts if self.concepts is not None else ()
+        return CrossAttentionTrace(
+            maps, layers, run.tables, run.timesteps, images, run.info, previews,
+            concepts=names, concept_maps=concept_maps if names else None,
+        )  # fmt: skip
 
     def _salvage(self, run: _Run) -> CrossAttentionTrace | None:
         """The trace of a run after the block raised: whole if its images were made, else its finished steps.
@@ -484,7 +540,7 @@ class DiffusionCapture:
         """
         if not run.done:
             del run.timesteps[run.finished :]
-            for per_step in run.maps.values():
+            for per_step in [*run.maps.values(), *run.concept_maps.values()]:
                 for step in [s for s in per_step if s >= run.finished]:
                     del per_step[step]
             run.previews.clear()
@@ -512,6 +568,16 @@ class DiffusionCapture:
     def cross_attention(self) -> CrossAttentionTrace:
         """The ``CrossAttentionTrace`` of the last pipeline call in the block."""
         return self.traces[-1]
+
+
+def _stack(per_step: dict[int, torch.Tensor], counts: dict[int, int], steps: int) -> np.ndarray:
+    """``float16 [batch, steps, ...]`` from one layer's running sums per step (emptied as they are read)."""
+    first = next(iter(per_step.values()))
+    out = np.zeros((first.shape[0], steps, *first.shape[1:]), dtype=np.float16)
+    for step in sorted(per_step):
+        tensor = per_step.pop(step) / counts[step]
+        out[:, step] = tensor.to("cpu", torch.float32).numpy()
+    return out
 
 
 def _grid(grid: tuple[int, int] | None, n: int, name: str) -> tuple[int, int]:

@@ -13,6 +13,9 @@ them over, reduced over heads unless heads are kept.
   ``[image, text]``; the map is the image-query → text-key block of it.
 - ``FluxAttnRecorder`` replaces ``FluxAttnProcessor``: ``[text, image]`` in double-stream blocks and
   in the joint sequence of single-stream blocks.
+
+With ``capture(pipe, concepts=[...])`` the joint and PixArt recorders also hand their image keys, values and
+attention outputs to the capture's ``ConceptStream`` (``mmviz.capture._concepts``), which only reads them.
 """
 
 from __future__ import annotations
@@ -172,6 +175,8 @@ class CrossAttnRecorder:
         )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
+        if self.session.concepts is not None and encoder_hidden_states is not None:
+            self.session.concepts.cross(self.slot, attn, hidden_states)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
@@ -248,6 +253,7 @@ class JointAttnRecorder:
         query, key = _query_key(attn, hidden_states, hidden_states)
         value = _split_heads(attn, attn.to_v(hidden_states))
         head_dim = key.shape[-1]
+        image_key, image_value = key, value
         if encoder_hidden_states is not None:
             c_query, c_key = _query_key(attn, encoder_hidden_states, encoder_hidden_states, added=True)
             c_value = _split_heads(attn, attn.add_v_proj(encoder_hidden_states))
@@ -271,6 +277,8 @@ class JointAttnRecorder:
                 hidden_states[:, : residual.shape[1]],
                 hidden_states[:, residual.shape[1] :],
             )
+            if self.session.concepts is not None:
+                self.session.concepts.joint(self.slot, attn, image_key, image_value, hidden_states)
             if not attn.context_pre_only:
                 encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         hidden_states = attn.to_out[0](hidden_states)
@@ -358,6 +366,11 @@ class FluxAttnRecorder:
             encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
                 [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
             )
+            if self.session.concepts is not None:
+                n = encoder_hidden_states.shape[1]
+                self.session.concepts.joint(
+                    self.slot, attn, key[:, n:].transpose(1, 2), value[:, n:].transpose(1, 2), hidden_states
+                )
             hidden_states = attn.to_out[0](hidden_states.contiguous())
             hidden_states = attn.to_out[1](hidden_states)
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())

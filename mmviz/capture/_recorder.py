@@ -45,6 +45,9 @@ class Run:
     """Per stack, ``[batch, layers, heads, query, key]`` float16 written in place as layers run."""
     slots: dict[str, list[Target]] = field(default_factory=dict)
     """Per stack, the layer written into each slot of its buffer, in call order."""
+    pieces: dict[Target, list[bool]] = field(default_factory=dict)
+    """Per layer and stored dense call, whether the call is the next piece of the previous call's sequence
+    (see ``Recorder.continues``)."""
     partial: dict[Target, torch.Tensor] = field(default_factory=dict)
     """Per layer, the float16 block of the call whose query rows are arriving in chunks."""
     complete: bool = False
@@ -99,6 +102,7 @@ class Recorder:
         self.groups_seen: set[str] = set()
         self._interface_modules: set[int] = set()
         self._last_query: dict[Target, weakref.ref[torch.Tensor]] = {}
+        self._piece_end: dict[Target, tuple[weakref.ref[torch.Tensor], tuple[int, ...]]] = {}
         self.warned_dense = False
         """Whether a legacy module was stored densely under ``store="qk"`` (warned once per capture)."""
 
@@ -152,6 +156,24 @@ class Recorder:
         if self._qk is None:
             self._qk = int(key_length) >= self.qk_threshold
         return self._qk
+
+    def continues(self, target: Target, query: torch.Tensor) -> bool:
+        """Whether this call's queries are the next piece of the previous call's sequence.
+
+        Some attention modules split one sequence into pieces and call the attention function once per
+        piece (Qwen2-VL's vision tower once per image, Qwen2.5-VL's once per window of patches, both through
+        ``cu_seqlens``). The pieces are views of one query tensor, one after the other along the sequence
+        axis, and all alive during the module's call; a decoding step or another application of the layer
+        brings a query tensor of its own. The calls of one module call are joined into one block-diagonal
+        matrix when the trace is built.
+        """
+        step, start = int(query.stride(2)), int(query.storage_offset())
+        here = (query.untyped_storage().data_ptr(), step, int(query.shape[0]), int(query.shape[1]))
+        previous = self._piece_end.get(target)
+        self._piece_end[target] = (weakref.ref(query), (*here, start + int(query.shape[2]) * step))
+        if previous is None or previous[0]() is None:
+            return False
+        return previous[1] == (*here, start)
 
     # -- runs --------------------------------------------------------------------------------------
     def begin_run(self, generate: bool = False) -> Run:
@@ -210,6 +232,7 @@ class Recorder:
                 return calls[-1]  # the same probabilities, computed again for other values
             self._last_query[target] = weakref.ref(query)
         if start == 0:
+            run.pieces.setdefault(target, []).append(query is not None and self.continues(target, query))
             shape = (kept.shape[0], kept.shape[1], total, kept.shape[3])
             slot = None if run.generate or calls else self._buffer_slot(run, target, shape)
             if slot is None:
@@ -297,10 +320,14 @@ class Recorder:
             "softcap": kwargs.get("softcap"),
             "causal": causal,
             "heads": query.shape[1],
+            "piece": self.continues(target, query),
         }
-        grows = previous is not None and q_len < k_len and k_len == previous["key"].shape[2] + q_len
-        if grows:
-            step["key"] = _placeholder(key)
+        total = previous["key"].shape[2] + q_len if previous is not None else k_len
+        # a growing cache adds this step's keys; a sliding-window cache also dropped its oldest keys
+        if previous is not None and q_len < k_len <= total:
+            if k_len < total:
+                step["mask"] = _slid_mask(mask, query.shape[0], q_len, k_len, total)
+            step["key"] = _placeholder(key, total)
             step["key_new"] = _cpu_copy(key.detach()[:, :, k_len - q_len :])
         else:
             step["key"] = _cpu_copy(key.detach())
@@ -338,25 +365,45 @@ def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _placeholder(like: torch.Tensor) -> torch.Tensor:
-    """A tensor of ``like``'s shape and dtype without memory (for keys stored in a later step)."""
-    return torch.zeros((), dtype=like.dtype).expand(like.shape)
+def _placeholder(like: torch.Tensor, length: int | None = None) -> torch.Tensor:
+    """A tensor of ``like``'s shape (``length`` keys) and dtype without memory (for keys stored elsewhere)."""
+    shape = like.shape if length is None else (*like.shape[:2], length, *like.shape[3:])
+    return torch.zeros((), dtype=like.dtype).expand(shape)
+
+
+def _slid_mask(mask: torch.Tensor | None, batch: int, q_len: int, k_len: int, total: int) -> torch.Tensor:
+    """``[batch, query, total]`` mask of a step whose cache kept only the last ``k_len`` of ``total`` keys.
+
+    The kept keys end at the step's last query; the dropped keys before them are masked out.
+    """
+    if mask is None:  # causal over the kept keys
+        mask = (torch.arange(k_len)[None, :] <= torch.arange(q_len)[:, None] + k_len - q_len).expand(batch, -1, -1)
+    dropped = torch.zeros(batch, q_len, total - k_len, dtype=torch.bool)
+    return torch.cat([dropped, mask.to("cpu", torch.bool)], dim=-1)
 
 
 def assemble_dense(steps: list[torch.Tensor]) -> np.ndarray:
     """Joins the calls of one layer into one ``[batch, heads, query, key]`` float16 matrix.
 
     A single call is returned as is. During generation with a KV cache each call adds query rows and
-    keys; rows are placed at their offsets and keys beyond a step's cache length stay zero (causal).
+    keys; rows are placed at their offsets and keys beyond a step's cache length stay zero (causal). A
+    sliding-window cache (Gemma 3's local layers) keeps only the last keys: a step's keys then end at its
+    own position, and the keys that left the cache stay zero.
     """
     if len(steps) == 1:
         return steps[0].numpy()
     b, h = steps[0].shape[:2]
     total_q = sum(s.shape[2] for s in steps)
-    total_k = max(s.shape[3] for s in steps)
+    ends = np.cumsum([s.shape[2] for s in steps])
+    # a prefill (queries = keys) and cached steps whose keys never reach past their own position
+    cached = steps[0].shape[2] == steps[0].shape[3] and all(
+        s.shape[2] < s.shape[3] <= end for s, end in zip(steps[1:], ends[1:])
+    )
+    total_k = total_q if cached else max(s.shape[3] for s in steps)
     out = np.zeros((b, h, total_q, total_k), dtype=np.float16)
     row = 0
-    for s in steps:
-        out[:, :, row : row + s.shape[2], : s.shape[3]] = s.numpy()
+    for s, end in zip(steps, ends):
+        first = int(end) - s.shape[3] if cached else 0
+        out[:, :, row : row + s.shape[2], first : first + s.shape[3]] = s.numpy()
         row += s.shape[2]
     return out

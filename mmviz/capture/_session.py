@@ -59,6 +59,30 @@ def _cpu_inputs(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _call_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of a forward call that name its positions, on the CPU (a first positional tensor included)."""
+    inputs = _cpu_inputs(kwargs)
+    if args and isinstance(args[0], torch.Tensor) and "input_ids" not in inputs:
+        first = "pixel_values" if args[0].is_floating_point() else "input_ids"
+        inputs[first] = args[0].detach().to("cpu")
+    return inputs
+
+
+def _entry_points(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Sub-models a user may call directly: the model's children and grandchildren that take inputs.
+
+    Containers (``ModuleList``, ``ModuleDict``) and parameter-only leaves are left out: they are never called
+    with a model's inputs.
+    """
+    found: list[torch.nn.Module] = []
+    for child in model.children():
+        for sub in (child, *child.children()):
+            if isinstance(sub, (torch.nn.ModuleList, torch.nn.ModuleDict)) or not any(True for _ in sub.children()):
+                continue
+            found.append(sub)
+    return found
+
+
 class Capture:
     """Records attention of a transformers model while it runs inside the ``with`` block.
 
@@ -103,6 +127,7 @@ class Capture:
         self._restore: list[Callable[[], None]] = []
         self._traces: list[AttentionTrace] | None = None
         self._in_generate = False
+        self._entered: torch.nn.Module | None = None
         self.thread = threading.get_ident()
         self._foreign_calls = 0
         self._legacy: list[Any] | None = None
@@ -124,8 +149,14 @@ class Capture:
             self._traces = None
             handle = model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
             self._restore.append(handle.remove)
-            handle = model.register_forward_hook(self._on_forward_end)  # not called when the forward raises
+            handle = model.register_forward_hook(self._on_forward_end, always_call=True)
             self._restore.append(handle.remove)
+            self._entered = None
+            for entry in _entry_points(model):  # get_image_features(), model.vision_model(...), ...
+                handle = entry.register_forward_pre_hook(self._on_entry, with_kwargs=True)
+                self._restore.append(handle.remove)
+                handle = entry.register_forward_hook(self._on_entry_end, always_call=True)
+                self._restore.append(handle.remove)
             self._legacy = state.legacy
             if self._legacy is not None:  # modules computing attention themselves: their own hooks
                 self._restore.append(LegacyHooks.attach(model, self.recorder))
@@ -191,16 +222,36 @@ class Capture:
         if not self._in_generate:
             self._check_budget(kwargs, args, "before the forward")
             self.recorder.begin_run()
-        inputs = _cpu_inputs(kwargs)
-        if args and isinstance(args[0], torch.Tensor) and "input_ids" not in inputs:
-            first = "pixel_values" if args[0].is_floating_point() else "input_ids"
-            inputs[first] = args[0].detach().to("cpu")
-        self.recorder.current.calls.append(inputs)
+        self._entered = module
+        self.recorder.current.calls.append(_call_inputs(args, kwargs))
 
     def _on_forward_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if threading.get_ident() != self.thread:
             return
+        self._entered = None
+        if output is None:  # the forward raised: its run stays partial
+            return
         if not self._in_generate and self.recorder is not None and self.recorder.runs:
+            self.recorder.runs[-1].complete = True
+
+    def _on_entry(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A sub-model called directly (``get_image_features``, ``model.vision_model(...)``) starts a run.
+
+        Inside a forward of the model or another entry point, or during ``generate``, it is part of that run.
+        """
+        assert self.recorder is not None
+        if threading.get_ident() != self.thread or self._in_generate or self._entered is not None:
+            return
+        self._check_budget(kwargs, args, "before the forward")
+        self.recorder.begin_run()
+        self._entered = module
+        self.recorder.current.calls.append(_call_inputs(args, kwargs))
+
+    def _on_entry_end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if threading.get_ident() != self.thread or self._entered is not module:
+            return
+        self._entered = None
+        if output is not None and self.recorder is not None and self.recorder.runs:  # None: it raised
             self.recorder.runs[-1].complete = True
 
     def _check_budget(self, kwargs: dict[str, Any], args: tuple[Any, ...], what: str, generated: int = 0) -> None:

@@ -9,6 +9,9 @@ memory is O(steps × layers × tokens × h × w).
 ``CrossAttentionTrace.heatmap`` is DAAM (Tang et al., ACL 2023, "What the DAAM"), re-implemented
 in numpy: each layer's map, summed over the chosen timesteps, is upsampled bicubically to the image
 size, clamped at zero and summed over the chosen layers; a word's map is the mean of its subword maps.
+
+With ``capture(pipe, concepts=[...])`` the trace also holds concept maps (ConceptAttention) beside the
+word maps, same axes; their accessors are in ``mmviz.data._concept_maps``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmviz.data import io
+from mmviz.data._concept_maps import ConceptMapsMixin, check_concept_maps
 from mmviz.data._shown import Shown
 from mmviz.data.tokens import TokenTable
 
@@ -108,7 +112,7 @@ def _steps(selection: StepSelection, n: int) -> list[int]:
     return out
 
 
-class CrossAttentionTrace(Shown):
+class CrossAttentionTrace(ConceptMapsMixin, Shown):
     """Cross-attention maps of one diffusion pipeline call, as numpy arrays.
 
     Args:
@@ -124,6 +128,10 @@ class CrossAttentionTrace(Shown):
             step (``capture(..., previews=True)``), or ``None``.
         complete: ``False`` when the pipeline call raised or was interrupted: the trace holds the steps
             that finished before (``images`` is then ``None``).
+        concepts: concept words captured with ``capture(pipe, concepts=[...])`` (empty: none).
+        concept_maps: one ``[batch, steps, concepts, h, w]`` array per layer, ``None`` for a layer without
+            concept maps: at each image position a softmax over the concepts of the dot products between the
+            image token's and each concept's attention outputs (see ``mmviz.data._concept_maps``).
     """
 
     def __init__(
@@ -136,6 +144,8 @@ class CrossAttentionTrace(Shown):
         info: dict[str, Any] | None = None,
         previews: np.ndarray | None = None,
         complete: bool = True,
+        concepts: Sequence[str] = (),
+        concept_maps: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         self.complete = bool(complete)
         self._maps = [np.asarray(m) for m in maps]
@@ -178,6 +188,8 @@ class CrossAttentionTrace(Shown):
             raise ValueError(
                 f"previews must be uint8 [batch={batch}, steps={steps}, h, w, 3], got {self.previews.shape}"
             )
+        self.concepts = tuple(concepts)
+        self._concept_maps = check_concept_maps(self.concepts, concept_maps, self.layers, batch, steps)
 
     # -- shape and lookup ----------------------------------------------------------------------------
     @property
@@ -207,8 +219,8 @@ class CrossAttentionTrace(Shown):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the maps."""
-        return int(sum(m.nbytes for m in self._maps))
+        """Bytes held by the maps (word and concept maps)."""
+        return int(sum(m.nbytes for m in [*self._maps, *self._concept_maps] if m is not None))
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -452,7 +464,8 @@ class CrossAttentionTrace(Shown):
         return (
             f"CrossAttentionTrace(batch={self.batch_size}, steps={self.num_steps}, layers={len(self.layers)} "
             f"[{res}], tokens={self.num_tokens}{', heads kept' if self.has_heads else ''}"
-            f"{'' if self.complete else ', complete=False'}; prompt: {words!r})"
+            f"{'' if self.complete else ', complete=False'}; prompt: {words!r}"
+            f"{f'; concepts: {list(self.concepts)!r}' if self.concepts else ''})"
         )
 
     def _check_batch(self, batch_index: int) -> None:
@@ -478,7 +491,12 @@ class CrossAttentionTrace(Shown):
             tables.append(meta)
             arrays.update(arr)
         layers = [{"name": lay.name, "resolution": list(lay.resolution), "heads": lay.heads} for lay in self.layers]
-        return {"layers": layers, "tables": tables, "info": self.info, "complete": self.complete}, arrays
+        meta = {"layers": layers, "tables": tables, "info": self.info, "complete": self.complete}
+        if self.concepts:
+            concept_meta, concept_arrays = self._concept_payload()
+            meta.update(concept_meta)
+            arrays.update(concept_arrays)
+        return meta, arrays
 
     @classmethod
     def from_payload(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> CrossAttentionTrace:
@@ -496,6 +514,8 @@ class CrossAttentionTrace(Shown):
             info=meta.get("info"),
             previews=arrays.get("previews"),
             complete=meta.get("complete", True),
+            concepts=meta.get("concepts", ()),
+            concept_maps=[arrays.get(f"concept{i}") for i in range(len(layers))] if meta.get("concepts") else None,
         )
 
 
@@ -503,5 +523,6 @@ _SCHEMA = {
     "layers": [{"name": str, "resolution": [int], "heads": int}],
     "tables": [TokenTable.SCHEMA],
     "info?": (dict, None),
+    "concepts?": [str],
 }
 io.register_type("cross_attention", CrossAttentionTrace.from_payload, schema=_SCHEMA)

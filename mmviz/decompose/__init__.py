@@ -67,6 +67,7 @@ def decompose(
     """
     import torch
 
+    from mmviz._hf.modules import stack_names
     from mmviz._hf.tokens import images_from_pixels, patch_table
     from mmviz.data.decomposition import DecompositionTrace
     from mmviz.decompose._towers import find_tower
@@ -109,7 +110,12 @@ def decompose(
         texts=tuple(texts or ()),
         text_embeddings=text_emb.cpu().numpy() if text_emb is not None else None,
         batch_heads=batch_heads.cpu().numpy(),
-        info={"model": type(model).__name__, "family": tower.family, "batch_index": batch_index},
+        info={
+            "model": type(model).__name__,
+            "family": tower.family,
+            "batch_index": batch_index,
+            "module": stack_names(model).get(id(tower.blocks[0].self_attn), ("", 0))[0],
+        },
     )
     error = float(abs(trace.total().astype("float64") - trace.embedding).max() / max(abs(trace.embedding).max(), 1e-12))
     trace.info["relative_error"] = error

@@ -1,4 +1,4 @@
-"""Matplotlib figures of diffusion cross-attention: the image, then each word's heat map over it."""
+"""Matplotlib figures of diffusion cross-attention: the image, then each word's (and concept's) heat map over it."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def cross_attention_figure(
     panel_size: float = 2.2,
     title: str | None = None,
     into: Figure | SubFigure | None = None,
+    concepts: Sequence[str | int] | None = None,
 ) -> Figure | SubFigure:
-    """The image, then each word's heat map over it (min-max normalised per word).
+    """The image, then each word's heat map over it, then each concept's (min-max normalised per panel).
 
     Args:
         trace: the trace.
@@ -44,13 +45,19 @@ def cross_attention_figure(
         panel_size: inches per panel.
         title: figure title (text, never parsed as mathtext).
         into: a figure or subfigure to draw in (a Dashboard's pane); default a new figure.
+        concepts: captured concepts or their indices (default: every concept, when the trace has concept
+            maps in the chosen layers; ``[]``: none), titled "concept: …".
     """
     from matplotlib.figure import Figure
 
     heat_cmap = colormap(cmap) if cmap in colormap_names() else cmap  # a matplotlib name works too
     chosen = list(range(len(trace.words(batch_index)))) if words is None else list(words)
+    with_concepts = trace.concepts and any(s in trace.concept_layers for s in trace.layer_index(layers))
+    if concepts is None:
+        concepts = list(range(len(trace.concepts))) if with_concepts else []
+    concept_maps = trace.concept_token_maps(timesteps, layers, batch_index) if concepts else None
     image = trace.image(batch_index)
-    panels = len(chosen) + (1 if image is not None else 0)
+    panels = len(chosen) + len(concepts) + (1 if image is not None else 0)
     cols = ncols or min(6, max(panels, 1))
     rows = -(-panels // cols)
     fig = into if into is not None else Figure(figsize=(panel_size * cols, panel_size * rows + 0.2))
@@ -62,9 +69,15 @@ def cross_attention_figure(
         flat[0].imshow(image)
         flat[0].set_title("image", fontsize=9)
         flat = flat[1:]
-    for ax, word in zip(flat, chosen):
-        text, _ = trace._word(word, batch_index, special=True)
-        heat = trace.heatmap(word, timesteps, layers, batch_index)
+    # titles name the words that trace.heatmap reads: indices count the words without BOS/EOS
+    named = [(trace._word(word, batch_index, special=False)[0], word) for word in chosen]
+    named += [(f"concept: {trace.concepts[trace.concept_index(c)]}", c) for c in concepts]
+    for i, (ax, (text, word)) in enumerate(zip(flat, named)):
+        if i < len(chosen):
+            heat = trace.heatmap(word, timesteps, layers, batch_index)
+        else:
+            assert concept_maps is not None
+            heat = concept_maps[trace.concept_index(word)]
         span = float(heat.max() - heat.min())
         heat = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
         if image is not None:

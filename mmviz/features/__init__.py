@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from mmviz._hf.run import progress_bar
+from mmviz.capture import has_images, token_tables
 from mmviz.data.features import FeatureTrace
-from mmviz.data.tokens import TokenTable
 from mmviz.features._load import MAX_SAE_BYTES, load_sae, sae_from_arrays
-from mmviz.features._run import Accumulator, on_device, stop_after, table_of_row, tables_of_run
+from mmviz.features._run import Accumulator, on_device, stop_after, table_of_row
 from mmviz.features._sae import ACTIVATIONS, SAE
 
 __all__ = ["ACTIVATIONS", "MAX_SAE_BYTES", "SAE", "features", "load_sae", "sae_from_arrays"]
@@ -83,11 +83,10 @@ def features(
     acc = Accumulator(sae, int(k), named)
     for batch in progress_bar(batches, len(batches), progress and len(batches) > 1, "features"):
         batch = on_device(batch, model)
-        tables: list[TokenTable] = []
         with (
             torch.no_grad(),
             record_residual(where.blocks, [where.state]) as seen,
-            tables_of_run(model, processor, batch, where.name, tables),
+            token_tables(model, processor, enabled=has_images(batch)) as run,
             stop_after(where.blocks[where.index]) as stopped,
         ):
             stopped.run(model, batch)
@@ -96,5 +95,5 @@ def features(
         hidden = seen[where.state][0]
         sae.check_width(hidden.shape[-1], f"site {where.name!r}")
         for row in range(hidden.shape[0]):
-            acc.add(hidden[row], table_of_row(tables, row, hidden.shape[1], batch, processor))
+            acc.add(hidden[row], table_of_row(run.of_site(where.name), row, hidden.shape[1], batch, processor))
     return acc.trace(where.name)

@@ -7,14 +7,13 @@ activations never exceed ``CHUNK_BYTES``; what it keeps is ``O(positions × k)``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from mmviz.data.features import FeatureTrace
 from mmviz.data.tokens import TokenTable
-from mmviz.errors import CaptureError
 from mmviz.features._sae import SAE
 
 __all__ = [
@@ -24,13 +23,10 @@ __all__ = [
     "on_device",
     "stop_after",
     "table_of_row",
-    "tables_of_run",
 ]
 
 CHUNK_BYTES = 64 * 2**20
 """Bytes of dense ``[positions, d_sae]`` activations encoded at once."""
-
-_IMAGE_KEYS = ("pixel_values", "pixel_values_videos", "image_embeds")
 
 
 def on_device(batch: Mapping[str, Any], model: Any) -> dict[str, Any]:
@@ -74,39 +70,6 @@ def stop_after(block: Any) -> Iterator[_Stopper]:
         yield _Stopper()
     finally:
         handle.remove()
-
-
-def _stack_module(site: str, names: Iterable[str]) -> str | None:
-    """The captured module whose name is part of the site's path (the longest such name)."""
-    parts = f".{site}."
-    hits = [n for n in names if f".{n}." in parts]
-    return max(hits, key=len) if hits else None
-
-
-@contextlib.contextmanager
-def tables_of_run(
-    model: Any, processor: Any, batch: Mapping[str, Any], site: str, tables: list[TokenTable]
-) -> Iterator[None]:
-    """Fills ``tables`` (one per batch row) with ``mmviz.capture``'s token tables of the site's stack.
-
-    Only runs with images need it (text-only tables come from the input ids); when capture cannot follow
-    the model, ``tables`` stays empty and the caller falls back to text or anonymous positions.
-    """
-    session = None
-    with contextlib.ExitStack() as stack:
-        if any(key in batch for key in _IMAGE_KEYS):
-            from mmviz.capture import capture
-
-            with contextlib.suppress(CaptureError):
-                session = stack.enter_context(capture(model, processor, layers=[0], store="dense"))
-        yield
-    if session is None:
-        return
-    with contextlib.suppress(CaptureError, KeyError, AttributeError):
-        trace = session.attention
-        module = _stack_module(site, trace.modules)
-        if module is not None:
-            tables.extend(trace.tables[trace.modules[module].key_table])
 
 
 def table_of_row(

@@ -9,6 +9,7 @@ is the pipeline's own.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -77,7 +78,9 @@ def diffusion_lens(
                 def recorded(hidden: torch.Tensor, state: int = state) -> torch.Tensor:
                     return seen[state][-1]  # this call's state, recorded before the last block ran
 
-                with edit_residual(blocks, last, recorded):
+                # the last state itself needs no edit (and is recorded only after edits of its block run)
+                edit = contextlib.nullcontext() if state == last else edit_residual(blocks, last, recorded)
+                with edit:
                     out = pipe(prompt, generator=generator, output_type="np", **options)
             images.append(_uint8(out.images[0]))
     info = {"pipeline": type(pipe).__name__, "steps": steps, "seed": seed, "device": str(device)}

@@ -7,22 +7,21 @@ the model's own output distribution. The readout runs in chunks of rows (``_stat
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from mmviz._hf.residual import Readout, evaluating, find_readout, record_residual
+from mmviz.capture import has_images, token_tables
 from mmviz.data import TokenTable
 from mmviz.data.lens import LensTrace
-from mmviz.errors import CaptureError, MMVizError
+from mmviz.errors import MMVizError
 from mmviz.lens._stats import chunked_stats
 
 __all__ = ["lens_trace", "logit_lens_of_lm", "resolve_layers", "resolve_positions"]
 
-IMAGE_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw")
 CHECK_TOLERANCE = 1e-3
 """Largest gap, relative to the largest logit, between the last state's lens and the model's own logits."""
 
@@ -137,28 +136,6 @@ def lens_trace(
     )
 
 
-@contextlib.contextmanager
-def _tables_of_run(model: Any, processor: Any, inputs: dict[str, Any], tables: list[TokenTable]) -> Iterator[None]:
-    """Fills ``tables`` with the run's token tables from ``mmviz.capture`` (image tokens carry their patch)."""
-    if not any(k in inputs for k in IMAGE_KEYS):
-        yield
-        return
-    from mmviz.capture import capture
-
-    try:
-        session = capture(model, processor, layers=[0], modules=["language_model"], store="dense")
-        session.__enter__()
-    except CaptureError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        session.__exit__(None, None, None)
-    with contextlib.suppress(CaptureError, KeyError, AttributeError):
-        tables.extend(session.attention.tables["text"])
-
-
 def _text_tables(
     sequences: torch.Tensor | None, mask: torch.Tensor | None, tokenizer: Any, length: int, generated: bool
 ) -> list[TokenTable]:
@@ -234,8 +211,8 @@ def logit_lens_of_lm(
     states = resolve_layers(layers, readout.n_states)
     last = readout.n_states - 1
     wanted = sorted(set(states) | {last})
-    tables: list[TokenTable] = []
-    with evaluating(model), _tables_of_run(model, processor, inputs, tables):
+    recording = token_tables(model, processor, modules=["language_model"], enabled=has_images(inputs))
+    with evaluating(model), recording as run:
         with record_residual(readout.blocks, wanted) as seen:
             if generate is None:
                 out = model(**inputs, **_last_logits_only(model, inputs))
@@ -258,6 +235,7 @@ def logit_lens_of_lm(
             n_outputs=vocab_size,
             chunk=chunk,
         )
+    tables = run.tables.get("text", [])
     if len(tables) != batch or any(len(t) != length for t in tables):
         tables = _text_tables(sequences, inputs.get("attention_mask"), tokenizer, length, generate is not None)
 

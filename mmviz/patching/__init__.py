@@ -215,18 +215,15 @@ def _table(model: Any, processor: Any, inputs: dict[str, Any]) -> Any:
     import torch
 
     from mmviz._hf.tokens import position_table, text_table, tokenizer_of
-    from mmviz.capture import capture
-    from mmviz.errors import CaptureError
+    from mmviz.capture import has_images, token_tables
 
     ids = inputs.get("input_ids")
-    tables: dict[str, Any] = {}
-    if not isinstance(ids, torch.Tensor) or any(k.startswith("pixel_values") for k in inputs):
-        try:  # image tokens: their (image, row, col) come from capture's layout of this model family
-            with torch.no_grad(), capture(model, processor, layers=[0], store="dense") as cap:
-                model(**inputs)
-            tables = cap.attention.tables
-        except CaptureError:
-            tables = {}
+    # image tokens: their (image, row, col) come from capture's layout of this model family
+    needed = not isinstance(ids, torch.Tensor) or has_images(inputs)
+    with torch.no_grad(), token_tables(model, processor, enabled=needed) as run:
+        if needed:
+            model(**inputs)
+    tables = run.tables
     if "text" in tables:
         return tables["text"][0]
     if isinstance(ids, torch.Tensor):

@@ -73,7 +73,7 @@ class Point:
         """Registers ``fn(args, kwargs, output) -> replacement or None`` on the module."""
         if self.pre:
             return self.module.register_forward_pre_hook(lambda _m, a, k: fn(a, k, None), with_kwargs=True)
-        return self.module.register_forward_hook(lambda _m, a, k, o: fn(a, k, o), with_kwargs=True)
+        return self.module.register_forward_hook(lambda _m, a, k, o: fn(a, k, o), with_kwargs=True, prepend=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,12 +9,13 @@ implementation::
     clip, processor = teaching.load_clip()      # transformers CLIPModel + CLIPProcessor
     vlm, processor = teaching.load_vlm()        # LlavaForConditionalGeneration + LlavaProcessor
     pipe = teaching.load_diffusion()            # diffusers pipeline (pixel space, 32 px)
+    sae = teaching.load_sae()                   # sparse autoencoder of the VLM's vision tower (SAE_SITE)
     scenes = teaching.make_scenes(8, seed=1)    # images, masks, captions, questions
 
 `import mmviz.teaching` needs only numpy; torch, transformers and diffusers are
 imported inside the loaders. See `mmviz.teaching.evaluate` for the faithfulness
-figures (pointing game against the object-area baseline) and the ``train_*``
-modules for how the weights were made.
+figures (pointing game against the object-area baseline), `mmviz.teaching.naming`
+for the SAE's nameable features, and the ``train_*`` modules for how the weights were made.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mmviz.teaching._common import WEIGHTS_DIR, quiet_loading
+from mmviz.teaching.naming import SAE_SITE
 from mmviz.teaching.shapes import (
     COLOURS,
     RELATIONS,
@@ -37,9 +39,12 @@ from mmviz.teaching.shapes import (
 if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
+    from mmviz.features import SAE
+
 __all__ = [
     "COLOURS",
     "RELATIONS",
+    "SAE_SITE",
     "SHAPES",
     "WEIGHTS_DIR",
     "Scene",
@@ -47,6 +52,7 @@ __all__ = [
     "caption_for",
     "load_clip",
     "load_diffusion",
+    "load_sae",
     "load_tokenizer",
     "load_vlm",
     "make_scenes",
@@ -120,6 +126,24 @@ def load_vlm() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     model.eval()
     return model, vlm_processor(load_tokenizer("vlm"))
+
+
+def load_sae() -> SAE:
+    """The teaching sparse autoencoder of the VLM's vision tower (SAELens layout, read by `mmviz.load_sae`).
+
+    It reads `SAE_SITE` (``model.vision_tower.encoder.layers.0``, width 64) at the image patches: 64
+    top-k features (4 active per patch), among them features that fire on one colour only (see
+    `mmviz.teaching.naming` and `mmviz.teaching.train_sae`)::
+
+        vlm, processor = teaching.load_vlm()
+        ft = mmviz.features(vlm, inputs, teaching.load_sae(), processor, site=teaching.SAE_SITE)
+
+    Returns:
+        An `mmviz.features.SAE`.
+    """
+    from mmviz.features import load_sae as _load_sae
+
+    return _load_sae(_require("sae"))
 
 
 def load_diffusion() -> Any:

@@ -5,6 +5,10 @@ resolution (uint8, quantised per step and word), plus the image. The browser ups
 resolutions that are switched on, so scrubbing timesteps, playing them, hovering words and toggling
 resolutions never waits for the kernel. Which layers feed the sums is ``layers=`` (a Python option: the
 state is rebuilt). Durable selections (word, step, resolutions, opacity, colormap) are traits.
+
+A trace captured with ``concepts=[...]`` also shows its concept maps (ConceptAttention): they follow the
+words on the same axis of each group's maps (index ``len(words) + i`` is concept ``i``), so the scrubber,
+the resolutions and the small multiples treat them alike; the front end styles them apart.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ def cross_attention_state(
         special: offer BOS/EOS as words too.
 
     Returns:
-        ``_words`` (text per word), ``_word_positions`` (prompt positions per word),
-        ``_timesteps``, ``_groups`` (one per resolution: key, ``[h, w]``, layer
-        names, and ``maps``: uint8 ``[steps, words, h, w]`` quantised per (step, word)), ``_image``,
-        ``_previews`` (uint8 ``[steps, h, w, 3]`` x0 predictions, when captured).
+        ``_words`` (text per word), ``_word_positions`` (prompt positions per word), ``_concepts``
+        (concept words, empty without concept maps), ``_timesteps``, ``_groups`` (one per resolution: key,
+        ``[h, w]``, layer names, and ``maps``: uint8 ``[steps, words + concepts, h, w]`` quantised per
+        (step, word); a concept's map is the mean over the group's layers that hold concept maps),
+        ``_image``, ``_previews`` (uint8 ``[steps, h, w, 3]`` x0 predictions, when captured).
     """
     words = trace.words(batch_index, special=special)
     if not words:
@@ -64,6 +69,14 @@ def cross_attention_state(
         total = sum(trace.maps(s, batch_index) for s in chosen)  # [steps, tokens, h, w]
         assert isinstance(total, np.ndarray)
         per_word = np.stack([total[:, pos].mean(axis=1) for _, pos in words], axis=1)  # [steps, words, h, w]
+        if trace.concepts:
+            with_concepts = [s for s in chosen if s in trace.concept_layers]
+            concepts = (
+                sum(trace.concept_maps(s, batch_index) for s in with_concepts) / len(with_concepts)
+                if with_concepts
+                else np.zeros((trace.num_steps, len(trace.concepts), *res), dtype=np.float32)
+            )
+            per_word = np.concatenate([per_word, concepts], axis=1)
         groups.append(
             {
                 "key": _res_key(res),
@@ -77,6 +90,7 @@ def cross_attention_state(
     return {
         "_words": [w for w, _ in words],
         "_word_positions": [[int(p) for p in pos] for _, pos in words],
+        "_concepts": list(trace.concepts),
         "_timesteps": [float(t) for t in trace.timesteps],
         "_groups": groups,
         "_image": None if image is None else _codec.encode_tensor(image, "uint8"),
@@ -93,10 +107,13 @@ class CrossAttentionView(View):
     toggle per resolution; small multiples of every word at the current step; and, when the capture had
     ``previews=True``, the denoiser's prediction of the image at the current step. In a Dashboard,
     hovering a word highlights it in the other panes (e.g. the text encoder's attention over the prompt).
+    A trace with concept maps (``capture(pipe, concepts=[...])``) shows its concepts after the words,
+    as dashed chips and thumbnails labelled "concept".
 
     Args:
         trace: the trace to show.
-        word: index into ``trace.words()`` or the word itself.
+        word: index into ``trace.words()`` (then the concepts: ``len(words) + i``), the word itself, or a
+            captured concept.
         step: ``-1`` (the default) sums all steps: DAAM's map.
         resolutions: switched on (e.g. ``["16x16"]``; default all).
         opacity: opacity of the map over the image (0–1).
@@ -128,6 +145,7 @@ class CrossAttentionView(View):
 
     _words: traitlets.List[str] = traitlets.List().tag(sync=True)
     _word_positions: traitlets.List[list[int]] = traitlets.List().tag(sync=True)
+    _concepts: traitlets.List[str] = traitlets.List().tag(sync=True)
     _timesteps: traitlets.List[float] = traitlets.List().tag(sync=True)
     _groups: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     _image = traitlets.Any(None).tag(sync=True)
@@ -156,13 +174,14 @@ class CrossAttentionView(View):
         self._special = bool(special)
         self.budget = budget
         data = self._data(batch_index)
+        choices = [*data["_words"], *data["_concepts"]]
         if isinstance(word, str):
-            names = [w.lower() for w in data["_words"]]
+            names = [w.lower() for w in choices]
             if word.strip().lower() not in names:
-                raise KeyError(f"word {word!r} is not in the prompt; words: {data['_words']}")
+                raise KeyError(f"word {word!r} is neither in the prompt nor a captured concept; words: {choices}")
             word = names.index(word.strip().lower())
-        if not 0 <= word < len(data["_words"]):
-            raise IndexError(f"word {word} is out of range: the prompt shows {len(data['_words'])} words")
+        if not 0 <= word < len(choices):
+            raise IndexError(f"word {word} is out of range: the view shows {len(choices)} words and concepts")
         if not -1 <= step < trace.num_steps:
             raise IndexError(f"step {step} is out of range: the trace holds {trace.num_steps} steps (-1: all)")
         keys = [g["key"] for g in data["_groups"]]
@@ -201,8 +220,9 @@ class CrossAttentionView(View):
     @traitlets.validate("word")
     def _valid_word(self, proposal: dict[str, Any]) -> int:
         value = int(proposal["value"])
-        if self._words and not 0 <= value < len(self._words):
-            raise traitlets.TraitError(f"word {value} is out of range: the prompt shows {len(self._words)} words")
+        n = len(self._words) + len(self._concepts)
+        if self._words and not 0 <= value < n:
+            raise traitlets.TraitError(f"word {value} is out of range: the view shows {n} words and concepts")
         return value
 
     @traitlets.validate("step")
@@ -219,15 +239,15 @@ class CrossAttentionView(View):
             with self.hold_sync():
                 for key, value in data.items():
                     setattr(self, key, value)
-                if self.word >= len(self._words):
+                if self.word >= len(self._words) + len(self._concepts):
                     self.word = 0
 
     def figure(self, **options: Any) -> Figure | SubFigure:
-        """A matplotlib ``Figure``: the image and each word's map at the current step and resolutions.
+        """A matplotlib ``Figure``: the image and each word's (then concept's) map at the current step and resolutions.
 
         Args:
-            **options: overrides (``words=``, ``timesteps=``, ``layers=``, ``cmap=``, ``alpha=``, ``title=``;
-                see ``mmviz.export.cross_attention_figures.cross_attention_figure``).
+            **options: overrides (``words=``, ``concepts=``, ``timesteps=``, ``layers=``, ``cmap=``, ``alpha=``,
+                ``title=``; see ``mmviz.export.cross_attention_figures.cross_attention_figure``).
         """
         from mmviz.export.cross_attention_figures import cross_attention_figure
 

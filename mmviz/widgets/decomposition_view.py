@@ -62,6 +62,7 @@ def decomposition_state(trace: DecompositionTrace, describe: int = 3) -> dict[st
     similarity = [1.0] + [trace.similarity(i) for i in range(len(trace.texts))]
     return {
         "_tokens": table_state(trace.tokens),
+        "_module": str(trace.info.get("module", "")),
         "_labels": direction_labels(trace),
         "_similarity": [float(s) for s in similarity],
         "_shares": _codec.encode_tensor(head_shares(trace), "float32"),
@@ -106,6 +107,8 @@ class DecompositionView(View):
     """Opacity of the patch map over the image."""
 
     _tokens: traitlets.Dict[str, Any] = traitlets.Dict().tag(sync=True)
+    _module = traitlets.Unicode("").tag(sync=True)
+    """The attention stack of the decomposed tower (``"vision_model"``), for linking layers and heads."""
     _labels: traitlets.List[str] = traitlets.List(traitlets.Unicode()).tag(sync=True)
     _similarity: traitlets.List[float] = traitlets.List(traitlets.Float()).tag(sync=True)
     _shares: traitlets.Dict[str, Any] = traitlets.Dict().tag(sync=True)

@@ -71,3 +71,28 @@ def test_hover_click_scrub_and_toggle(tmp_path: Any, page: Any, shots: Any) -> N
     p.locator(".mmviz-xattn-play").click()
     assert root.get_attribute("data-playing") is None
     assert page.errors == [] and page.dialogs == []
+
+
+def test_concepts_beside_the_words(tmp_path: Any, page: Any, shots: Any) -> None:
+    from tests.widgets.test_cross_attention_concepts import synthetic_concept_trace
+
+    view = synthetic_concept_trace(evil=True).show(word="disc", step=-1)
+    p = page.open(view.save(tmp_path / "concepts.html", title="concept maps"))
+    p.locator(".mmviz-xattn-canvas").wait_for()
+    root = p.locator(".mmviz-root.mmviz-xattn")
+    chips = p.locator(".mmviz-xattn-word.is-concept")
+    assert chips.all_text_contents() == ["disc", "box", "<b>bg</b>"]  # text, never markup
+    assert chips.first.evaluate("b => getComputedStyle(b).borderTopStyle") == "dashed"
+    assert p.locator(".mmviz-xattn-word:not(.is-concept)").count() == 8
+    assert p.locator(".mmviz-xattn-cell.is-concept .mmviz-xattn-concept-tag").count() == 3
+    assert root.get_attribute("data-word") == "8"
+    assert "concept “disc”" in (p.locator(".mmviz-xattn-caption").text_content() or "")
+    assert _heat_left_minus_right(p) > 60  # "disc" sits on the circle, left
+    p.screenshot(path=str(shots / "xattn-concept-disc.png"), full_page=True)
+    chips.nth(1).click()
+    p.mouse.move(0, 0)
+    assert root.get_attribute("data-word") == "9" and _heat_left_minus_right(p) < -60  # "box": the square
+    p.locator(".mmviz-xattn-step").fill("2")  # the same scrubber drives the concept maps
+    assert root.get_attribute("data-step") == "2"
+    assert "concept “box”" in (p.locator(".mmviz-xattn-caption").text_content() or "")
+    assert page.requests == [] and page.errors == [] and page.dialogs == []

@@ -132,6 +132,9 @@ TILES = {
     "llava_onevision": ((0, 0.0, 0.0, 1.0, 1.0), *HALVES),
     "idefics3": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
     "smolvlm": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
+    "internvl": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
+    "aya_vision": (*HALVES, (0, 0.0, 0.0, 1.0, 1.0)),
+    "mllama": HALVES,
 }
 """Where each tile sits on the 2:1 test image: the base image or global view is the whole image."""
 
@@ -218,10 +221,8 @@ def test_layout_verified_against_the_model(captured):
 
 
 def test_vision_tower_patches(captured):
-    name, _, _, _, trace = captured
+    _, _, _, _, trace = captured
     towers = [m for m in trace.modules if trace.modules[m].query_table.endswith(".pixels")]
-    if name == "qwen2_5_vl":  # its windowed tower records runs of different shapes (visual.0, visual.1, ...)
-        pytest.skip("Qwen2.5-VL's windowed tower is split into runs of shape; its stacks are not laid out")
     assert towers
     tower = trace.tokens(towers[0])
     grid = tower.grids[0]
@@ -239,11 +240,14 @@ def test_generate_keeps_the_layout(captured):
         seq = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=0)
     stack, side = image_side(name, cap.attention)
     table = cap.attention.tokens(stack, side=side)
-    assert laid_out(table) == EXPECTED[name][0]
-    if name == "kosmos2":  # its generate runs the text model's generate: no top-level call gives the text
-        return
+    assert laid_out(table) == EXPECTED[name][0] and table.tiles == TILES.get(name, ())
     text = cap.attention.tokens(language_stack(cap.attention), side="query")
-    assert len(text) == seq.shape[1] - 1 and text.generated.sum() == 1
+    assert len(text) == seq.shape[1] - 1 and text.generated.sum() == 1 and text.generated[-1]
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as forward:
+        model(**inputs)
+    prompt = forward.attention.tokens(language_stack(forward.attention), side="query")
+    assert text.tokens[: len(prompt)] == prompt.tokens  # the prompt laid out as in the forward
+    assert (text.kind[: len(prompt)] == prompt.kind).all()
 
 
 def test_git_image_prefix_is_verified():

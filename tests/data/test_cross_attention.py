@@ -151,3 +151,78 @@ def test_figure() -> None:
     assert "zebra" in titles and "image" in titles
     fig2 = make_trace().figure()
     assert len([ax for ax in fig2.axes if ax.images]) == 5
+
+
+def _with_concepts(trace: CrossAttentionTrace, concepts: tuple[str, ...] = ("Horse", "sky")) -> CrossAttentionTrace:
+    """The trace with softmaxed concept maps on its first and last layer (the middle one has none)."""
+    rng = np.random.default_rng(3)
+    maps: list[np.ndarray | None] = []
+    for i, layer in enumerate(trace.layers):
+        if i == 1:
+            maps.append(None)
+            continue
+        scores = rng.normal(size=(trace.batch_size, trace.num_steps, len(concepts), *layer.resolution))
+        e = np.exp(scores)
+        maps.append((e / e.sum(axis=2, keepdims=True)).astype(np.float16))
+    return CrossAttentionTrace(
+        [trace._maps[i] for i in range(len(trace.layers))],
+        trace.layers,
+        trace.tables,
+        trace.timesteps,
+        trace.images,
+        trace.info,
+        concepts=concepts,
+        concept_maps=maps,
+    )
+
+
+def test_concept_maps_are_averaged_over_steps_and_layers() -> None:
+    trace = _with_concepts(make_trace())
+    assert trace.concepts == ("Horse", "sky") and trace.concept_layers == [0, 2]
+    m = trace.concept_maps("up_blocks.1.attn2", batch_index=1)
+    assert m.shape == (3, 2, 8, 8)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=2e-3)
+    heat = trace.concept_heatmap("horse", timesteps=[0, 2], batch_index=1)
+    expected = sum(resize_bicubic(trace.concept_maps(s, 1)[[0, 2], 0].mean(axis=0), (32, 32)) for s in (0, 2)) / 2
+    np.testing.assert_allclose(heat, expected, rtol=1e-5)
+    np.testing.assert_allclose(trace.concept_heatmap(1), trace.concept_heatmap("SKY"))
+    assert trace.concept_token_maps(per_step=True, size=(10, 12)).shape == (3, 2, 10, 12)
+    # the word maps are untouched by the concepts
+    np.testing.assert_array_equal(trace.heatmap("zebra"), make_trace().heatmap("zebra"))
+    assert "concepts: ['Horse', 'sky']" in repr(trace)
+
+
+def test_concept_errors() -> None:
+    trace = _with_concepts(make_trace())
+    with pytest.raises(KeyError, match="not a captured concept"):
+        trace.concept_heatmap("cat")
+    with pytest.raises(IndexError, match="out of range"):
+        trace.concept_heatmap(2)
+    with pytest.raises(KeyError, match="holds no concept maps"):
+        trace.concept_maps("mid")
+    with pytest.raises(KeyError, match="no selected layer"):
+        trace.concept_token_maps(layers=["mid"])
+    with pytest.raises(KeyError, match=r"concepts=\[\.\.\.\]"):
+        make_trace().concept_heatmap("horse")
+    layers, tables, steps = trace.layers, trace.tables, trace.timesteps
+    word_maps = [np.zeros((2, 3, 8, *lay.resolution)) for lay in layers]
+    with pytest.raises(ValueError, match="expected \\[batch, steps, concepts, h, w\\]"):
+        wrong = [np.zeros((2, 3, 2, 8, 8))] * 3
+        CrossAttentionTrace(word_maps, layers, tables, steps, concepts=["a"], concept_maps=wrong)
+    with pytest.raises(ValueError, match="without their concepts"):
+        CrossAttentionTrace(word_maps, layers, tables, steps, concept_maps=[np.zeros((2, 3, 1, 8, 8)), None, None])
+    with pytest.raises(ValueError, match="no layer holds"):
+        CrossAttentionTrace(word_maps, layers, tables, steps, concepts=["a"], concept_maps=[None] * 3)
+
+
+def test_concept_maps_round_trip(tmp_path: Any) -> None:
+    trace = _with_concepts(make_trace())
+    trace.save(tmp_path / "c.mmviz")
+    loaded = mmviz.load(tmp_path / "c.mmviz")
+    assert loaded.concepts == trace.concepts and loaded.concept_layers == [0, 2]
+    for s in (0, 2):
+        np.testing.assert_array_equal(loaded._concept_maps[s], trace._concept_maps[s])
+    np.testing.assert_array_equal(loaded.concept_heatmap("sky"), trace.concept_heatmap("sky"))
+    plain = make_trace()
+    plain.save(tmp_path / "p.mmviz")
+    assert mmviz.load(tmp_path / "p.mmviz").concepts == ()

@@ -28,6 +28,7 @@ def test_contributions_sum_to_the_models_own_embedding(name: str, request: pytes
     np.testing.assert_allclose(dec.embedding, own, rtol=0, atol=1e-6)
     assert np.abs(dec.total() - own).max() <= 1e-4 * np.abs(own).max()
     assert dec.info["relative_error"] <= 1e-4
+    assert dec.info["module"] == "vision_model"  # the stack mmviz.capture names the tower: views link heads by it
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])

@@ -139,3 +139,34 @@ def test_steering_combines_with_capture_and_generate(llava: tuple[Any, Any]) -> 
     with mmviz.steer(model, _vector(), site="language_model.layers.1", positions=-1) as steering, torch.no_grad():
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert steering.calls == 3  # the prompt, then one call per cached step
+
+
+def test_nested_steers_apply_outer_first_and_reach_the_recorded_hidden_states(llama: Any) -> None:
+    v = torch.from_numpy(_vector(2))
+    unit = v / v.norm()
+    clean = _run(llama)
+    hooks = _n_hooks(llama)
+    with mmviz.steer(llama, v, site="model.layers.0", mode="ablate"), mmviz.steer(llama, unit, site="model.layers.0"):
+        steered = _run(llama)
+    # ablate (outer) first, then add the unit vector (inner): the component along it is exactly 1
+    torch.testing.assert_close(steered.site @ unit, torch.ones(2, 6), rtol=0, atol=1e-5)
+    # transformers' own hidden_states record the edited state (LLaVA reads its image features from them)
+    torch.testing.assert_close(steered.hidden_states[1], steered.site, rtol=0, atol=0)
+    assert not torch.allclose(clean.hidden_states[1], steered.hidden_states[1])
+    assert _n_hooks(llama) == hooks
+
+
+def test_steering_the_vision_layer_a_llava_reads_changes_its_answer() -> None:
+    """LLaVA takes image features from hidden_states[vision_feature_layer]: a steer there must reach them."""
+    from mmviz import teaching
+
+    vlm, processor = teaching.load_vlm()
+    assert vlm.config.vision_feature_layer == -2  # the output of tower block 1 of 3
+    scene = teaching.make_scenes(1, seed=1)[0]
+    inputs = processor(text=["<image> " + scene.qa[0][0]], images=[scene.image], return_tensors="pt")
+    with torch.no_grad():
+        clean = vlm(**inputs).logits[0, -1]
+    direction = torch.randn(vlm.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), mmviz.steer(vlm, direction, site="model.vision_tower.encoder.layers.1", alpha=20):
+        steered = vlm(**inputs).logits[0, -1]
+    assert float((steered - clean).abs().max()) > 1.0

@@ -32,6 +32,8 @@ def test_wheel_contains_the_bundle(tmp_path):
     for name in ("widget.js", "widget.css", "standalone.js"):
         assert f"mmviz/static/{name}" in names
     assert not any(n.startswith("js/") or "node_modules" in n for n in names)
+    for name in ("cfg.json", "sae_weights.safetensors"):  # the teaching SAE ships as package data
+        assert f"mmviz/teaching/weights/sae/{name}" in names
 
 
 def test_missing_bundle_names_the_build_command(monkeypatch, tmp_path):

@@ -5,7 +5,9 @@
  * and small multiples of every word at the current step. Everything is computed in the browser from the
  * synced per-resolution maps; only durable selections go back to Python. Hovering a word writes its first
  * prompt position to the link store; a position hovered in another pane (the text encoder's attention
- * over the same prompt) previews the word that holds it.
+ * over the same prompt) previews the word that holds it. Concept maps (`capture(pipe, concepts=[...])`,
+ * ConceptAttention) follow the words on the groups' word axis (index `words.length + i`): they share the
+ * scrubber, resolutions and small multiples, shown as dashed chips and thumbnails labelled "concept".
  */
 import type { AnyModel } from "@anywidget/types";
 import { decodeTensor, type TensorPayload } from "../codecs";
@@ -31,6 +33,8 @@ export interface CrossAttentionState {
   _words: string[];
   /** Prompt positions of each word (what the link store names). */
   _word_positions?: number[][];
+  /** Concept words whose maps follow the words' on the groups' word axis (absent or empty: none). */
+  _concepts?: string[];
   _timesteps: number[];
   _groups: GroupPayload[];
   _image: TensorPayload | null;
@@ -62,6 +66,7 @@ export class CrossAttentionApp {
   readonly root = h("div", "mmviz-root mmviz-xattn");
   private groups: MapGroup[] = [];
   private words: string[] = [];
+  private concepts: string[] = [];
   private timesteps: number[] = [];
   private image: HTMLCanvasElement | null = null;
   private imageSize: [number, number] = [1, 1];
@@ -81,6 +86,9 @@ export class CrossAttentionApp {
   private readonly previewCanvas = h("canvas", "mmviz-xattn-preview-canvas");
   private previews: HTMLCanvasElement[] = [];
   private readonly wordStrip = h("div", "mmviz-xattn-words");
+  private readonly conceptTitle = h("div", "mmviz-pane-title", "concepts (ConceptAttention)");
+  private readonly conceptStrip = h("div", "mmviz-xattn-words mmviz-xattn-concepts");
+  private readonly gridTitle = h("div", "mmviz-pane-title", "all words");
   private readonly grid = h("div", "mmviz-xattn-grid");
   private thumbs: HTMLCanvasElement[] = [];
   private wordPositions: number[][] = [];
@@ -106,7 +114,9 @@ export class CrossAttentionApp {
     side.append(
       h("div", "mmviz-pane-title", "prompt"),
       this.wordStrip,
-      h("div", "mmviz-pane-title", "all words"),
+      this.conceptTitle,
+      this.conceptStrip,
+      this.gridTitle,
       this.grid,
     );
     this.previewFigure.append(
@@ -119,8 +129,10 @@ export class CrossAttentionApp {
     this.load();
     this.cleanups.push(
       onChanges(model, SYNCED, () => this.fromModel()),
-      onChanges(model, ["_groups", "_image", "_words", "_word_positions", "_timesteps", "_previews"], () =>
-        this.load(),
+      onChanges(
+        model,
+        ["_groups", "_image", "_words", "_word_positions", "_concepts", "_timesteps", "_previews"],
+        () => this.load(),
       ),
       link.subscribe((state, changed) => this.fromLink(state, changed)),
     );
@@ -169,6 +181,7 @@ export class CrossAttentionApp {
     const m = this.model;
     this.groups = m.get("_groups").map(decodeGroup);
     this.words = m.get("_words");
+    this.concepts = m.get("_concepts") ?? [];
     this.wordPositions = m.get("_word_positions") ?? [];
     this.timesteps = m.get("_timesteps");
     this.imageSize = m.get("_image_size");
@@ -197,27 +210,37 @@ export class CrossAttentionApp {
       this.resBox.append(label);
     }
     this.wordStrip.replaceChildren();
+    this.conceptStrip.replaceChildren();
+    this.conceptTitle.hidden = this.conceptStrip.hidden = this.concepts.length === 0;
+    this.gridTitle.textContent = this.concepts.length ? "all words and concepts" : "all words";
     this.grid.replaceChildren();
     this.thumbs = [];
-    this.words.forEach((word, i) => {
-      const button = h("button", "mmviz-xattn-word", word);
-      button.type = "button";
-      button.dataset.index = String(i);
-      button.addEventListener("mouseenter", () => this.pointAt(i));
-      button.addEventListener("mouseleave", () => this.pointAt(-1));
-      button.addEventListener("click", () => this.update({ word: i }, true));
-      this.wordStrip.append(button);
-      const cell = h("figure", "mmviz-xattn-cell");
-      const canvas = h("canvas", "mmviz-xattn-thumb");
-      canvas.dataset.index = String(i);
-      canvas.addEventListener("click", () => this.update({ word: i }, true));
-      canvas.addEventListener("mouseenter", () => this.pointAt(i));
-      canvas.addEventListener("mouseleave", () => this.pointAt(-1));
-      cell.append(canvas, h("figcaption", undefined, word));
-      this.grid.append(cell);
-      this.thumbs.push(canvas);
-    });
+    const choices = [...this.words, ...this.concepts];
+    for (const [i, word] of choices.entries()) this.addChoice(word, i, i >= this.words.length);
     this.paint();
+  }
+
+  /** The chip and the small multiple of word (or concept) `i`. */
+  private addChoice(word: string, i: number, concept: boolean): void {
+    const button = h("button", concept ? "mmviz-xattn-word is-concept" : "mmviz-xattn-word", word);
+    button.type = "button";
+    button.dataset.index = String(i);
+    if (concept) button.title = `concept “${word}” (ConceptAttention; not a prompt word)`;
+    button.addEventListener("mouseenter", () => this.pointAt(i));
+    button.addEventListener("mouseleave", () => this.pointAt(-1));
+    button.addEventListener("click", () => this.update({ word: i }, true));
+    (concept ? this.conceptStrip : this.wordStrip).append(button);
+    const cell = h("figure", concept ? "mmviz-xattn-cell is-concept" : "mmviz-xattn-cell");
+    const canvas = h("canvas", "mmviz-xattn-thumb");
+    canvas.dataset.index = String(i);
+    canvas.addEventListener("click", () => this.update({ word: i }, true));
+    canvas.addEventListener("mouseenter", () => this.pointAt(i));
+    canvas.addEventListener("mouseleave", () => this.pointAt(-1));
+    const caption = h("figcaption", undefined, word);
+    if (concept) caption.prepend(h("span", "mmviz-xattn-concept-tag", "concept"), " ");
+    cell.append(canvas, caption);
+    this.grid.append(cell);
+    this.thumbs.push(canvas);
   }
 
   // -- linking ---------------------------------------------------------------------------------------
@@ -296,7 +319,7 @@ export class CrossAttentionApp {
     for (const box of this.resBox.querySelectorAll("input"))
       box.checked = s.resolutions.has(box.dataset.key ?? "");
     const shown = s.hover >= 0 ? s.hover : s.word;
-    for (const b of this.wordStrip.children) {
+    for (const b of [...this.wordStrip.children, ...this.conceptStrip.children]) {
       const i = Number((b as HTMLElement).dataset.index);
       b.classList.toggle("is-selected", i === s.word);
       b.classList.toggle("is-hover", i === s.hover);
@@ -305,7 +328,13 @@ export class CrossAttentionApp {
     this.drawMap(this.mainCanvas, MAIN_SIDE, shown, table, 128);
     this.root.dataset.word = String(shown);
     this.root.dataset.step = String(s.step);
-    const what = shown >= 0 && shown < this.words.length ? `“${this.words[shown]}”` : "";
+    const nWords = this.words.length;
+    const what =
+      shown >= 0 && shown < nWords
+        ? `“${this.words[shown]}”`
+        : shown >= nWords && shown < nWords + this.concepts.length
+          ? `concept “${this.concepts[shown - nWords]}”`
+          : "";
     this.caption.textContent = `${what} · ${s.step < 0 ? "all steps" : `step ${s.step + 1}`} · ${
       [...s.resolutions].map((r) => r.replace("x", "×")).join(", ") || "no resolution"
     }`;

@@ -28,6 +28,8 @@ export interface DecompositionState {
   _notes: string[];
   _standalone: boolean;
   _tokens: TableState;
+  /** The attention stack of the decomposed tower ("vision_model"): layers and heads on the link refer to it. */
+  _module: string;
   /** Direction names: 0 the image embedding, then the texts. */
   _labels: string[];
   /** Cosine similarity of the image and each direction (1 for the embedding itself). */
@@ -189,7 +191,13 @@ export class DecompositionApp {
     if (head?.layer === this.hoverHead?.layer && head?.head === this.hoverHead?.head) return;
     this.hoverHead = head;
     this.paint();
-    if (notify) this.link.set({ layer: head?.layer ?? -1, head: head?.head ?? -1, source: this.id });
+    if (notify)
+      this.link.set({
+        layer: head?.layer ?? -1,
+        head: head?.head ?? -1,
+        module: this.model.get("_module") ?? "",
+        source: this.id,
+      });
   }
 
   private select(head: Head | null): void {
@@ -209,9 +217,10 @@ export class DecompositionApp {
 
   private fromLink(state: LinkState, changed: ReadonlySet<keyof LinkState>): void {
     if (state.source === this.id) return;
-    if (changed.has("layer") || changed.has("head")) {
+    if (changed.has("layer") || changed.has("head") || changed.has("module")) {
       const [layers, heads] = this.dims();
-      const inside = state.layer >= 0 && state.head >= 0 && state.layer < layers && state.head < heads;
+      const own = state.module === "" || state.module === (this.model.get("_module") ?? "");
+      const inside = own && state.layer >= 0 && state.head >= 0 && state.layer < layers && state.head < heads;
       this.setHead(inside ? { layer: state.layer, head: state.head } : null, false);
     }
     if ((changed.has("position") || changed.has("patch")) && this.patches) {

@@ -215,6 +215,7 @@ export class PatchingApp {
         position: pos,
         patch: this.patches?.patchOf(pos) ?? null,
         layer: layerRow >= 0 ? (this.layers[layerRow] ?? -1) : -1,
+        module: "",
         source: this.id,
       });
     }

@@ -1,6 +1,7 @@
 /**
  * Layers × heads grid of thumbnails (block means of each head's attention map), with rows for the head
- * mean and the head max. Columns are layers, rows are heads; clicking a cell selects it.
+ * mean and the head max. Columns are layers, rows are heads; clicking a cell selects it. A layer or head
+ * another pane points at is marked with a dashed outline (a head's cell, or a whole layer's column).
  */
 import type { Tensor } from "../codecs";
 import type { Aggregate } from "../model";
@@ -19,7 +20,7 @@ export interface ThumbSelection {
 
 export interface ThumbHandlers {
   select(sel: ThumbSelection): void;
-  hover(text: string | null, event: MouseEvent): void;
+  hover(sel: ThumbSelection | null, event: MouseEvent): void;
 }
 
 export class ThumbnailGrid {
@@ -30,6 +31,7 @@ export class ThumbnailGrid {
   private layers: number[] = [];
   private heads: number[] = [];
   private selected: ThumbSelection | null = null;
+  private marked = { layer: -1, head: -1 };
   private tiles: HTMLCanvasElement | null = null;
   private thumbSize = 1;
 
@@ -41,8 +43,7 @@ export class ThumbnailGrid {
       if (sel) this.handlers.select(sel);
     });
     this.canvas.addEventListener("mousemove", (e) => {
-      const sel = this.at(e);
-      this.handlers.hover(sel ? describe(sel) : null, e);
+      this.handlers.hover(this.at(e), e);
     });
     this.canvas.addEventListener("mouseleave", (e) => this.handlers.hover(null, e));
   }
@@ -106,6 +107,13 @@ export class ThumbnailGrid {
 
   select(sel: ThumbSelection): void {
     this.selected = sel;
+    this.draw();
+  }
+
+  /** Marks what another pane points at: a head's cell, a layer's column (`head` -1), nothing (`layer` -1). */
+  mark(layer: number, head: number): void {
+    if (layer === this.marked.layer && head === this.marked.head) return;
+    this.marked = { layer, head };
     this.draw();
   }
 
@@ -181,12 +189,32 @@ export class ThumbnailGrid {
         ctx.strokeRect(LEFT + col * (c + GAP) - 1, this.y(row) - 1, c + 2, c + 2);
       }
     }
+    this.drawMark(ctx, fg);
     this.canvas.dataset.selected = this.selected ? describe(this.selected) : "";
     this.canvas.dataset.cell = `${LEFT},${TOP},${c + GAP}`;
   }
+
+  private drawMark(ctx: CanvasRenderingContext2D, color: string): void {
+    const { layer, head } = this.marked;
+    const col = this.layers.indexOf(layer);
+    const row = head >= 0 ? this.heads.indexOf(head) : -1;
+    const shown = col >= 0 && (head < 0 || row >= 0);
+    this.canvas.dataset.marked = shown ? (head >= 0 ? `layer ${layer} head ${head}` : `layer ${layer}`) : "";
+    if (!shown) return;
+    const c = this.cell;
+    const x = LEFT + col * (c + GAP) - 2;
+    const top = head >= 0 ? this.y(row) - 2 : TOP - 2;
+    const bottom = head >= 0 ? this.y(row) + c + 2 : this.y(this.heads.length + 1) + c + 2;
+    ctx.save();
+    ctx.setLineDash([3, 2]);
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(x, top, c + 4, bottom - top);
+    ctx.restore();
+  }
 }
 
-function describe(sel: ThumbSelection): string {
+export function describe(sel: ThumbSelection): string {
   return sel.aggregate === "head"
     ? `layer ${sel.layer} head ${sel.head}`
     : `layer ${sel.layer} ${sel.aggregate}`;

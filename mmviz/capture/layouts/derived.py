@@ -161,10 +161,10 @@ def derived_layout(ctx: LayoutContext) -> bool:
     provenance, layout = traced
     pixels = ctx.inputs[pixel_key]
     images = unit_images(pixels, ctx.inputs.get("image_grid_thw"), ctx.vision_config(), ctx.processor)
-    texts = [t.tokens for t in ctx.tables["text"]] if "text" in ctx.tables else None
-    units = _Units(
-        images, tile_boxes(ctx.config, {**ctx.inputs, pixel_key: pixels}, texts), _image_token_ids(ctx.config)
-    )
+    # the prompt's tokens only: generated tokens are no markers of the prompt's tiles
+    texts = [[w for w, new in zip(t.tokens, t.generated) if not new] for t in ctx.tables.get("text", [])] or None
+    boxes = tile_boxes(ctx.config, {**ctx.inputs, pixel_key: pixels}, texts, ctx.processor)
+    units = _Units(images, boxes, _image_token_ids(ctx.config))
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
     text_done = False
     # query sides first: the encoder of an encoder-decoder edits the text, its decoder's cross-attention keys reuse it

@@ -344,8 +344,12 @@ def probe_stack(
         probe = _Probe(names, {stack})
         _forward(model, {**run, "use_cache": False, pixel_key: pixels.to(device)}, probe)
     if stack in probe.calls:
-        query, key = probe.calls[stack][0]
+        calls = probe.calls[stack]
+        query, key = calls[0]
         shape = (query.shape[0], query.shape[2], key.shape[2])
+        if len(calls) > 1 and all(q.shape[2] == k.shape[2] for q, k in calls):  # pieces of one sequence
+            length = sum(q.shape[2] for q, _ in calls)
+            shape = (query.shape[0], length, length)
     elif stack in probe.inputs:
         states = probe.inputs[stack]
         keys = probe.key_inputs.get(stack, states)
