@@ -31,22 +31,23 @@ def patches(table: Any) -> list[tuple[int, int, int]]:
     return [(int(table.image_index[p]), int(table.patch_row[p]), int(table.patch_col[p])) for p in image]
 
 
-@pytest.fixture(scope="module")
-def blip() -> tuple[Any, Any, dict[str, Any], Any]:
+def captured(build: Any) -> tuple[Any, Any, dict[str, Any], Any]:
+    """``(model, processor, inputs, trace)`` of one forward of a tiny model from ``tiny_vlms``."""
     torch.set_num_threads(1)
-    model, processor, inputs = tiny_vlms.blip()
+    model, processor, inputs = build()
     with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
         model(**inputs)
     return model, processor, inputs, cap.attention
+
+
+@pytest.fixture(scope="module")
+def blip() -> tuple[Any, Any, dict[str, Any], Any]:
+    return captured(tiny_vlms.blip)
 
 
 @pytest.fixture(scope="module")
 def florence() -> tuple[Any, Any, dict[str, Any], Any]:
-    torch.set_num_threads(1)
-    model, processor, inputs = tiny_vlms.florence2()
-    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
-        model(**inputs)
-    return model, processor, inputs, cap.attention
+    return captured(tiny_vlms.florence2)
 
 
 def test_blip_tower_and_cross_attention_keys_are_the_patches(blip):
