@@ -6,8 +6,8 @@ feed several neighbouring positions, so no position owns any. For those position
 one backward pass per position and:
 
 * gives each pixel to the position whose input depends on it *most* (the largest gradient magnitude);
-  a position that gets no pixel, or whose field spreads over the whole image about as evenly as over
-  the unit (``GLOBAL_SPREAD``), mixes the image (Florence-2's pooled token, a resampler's learned
+  a position that gets no pixel, or whose field is spread about as widely as the whole unit
+  (``GLOBAL_SPREAD``), mixes the image (Florence-2's pooled token, a resampler's learned
   queries) and stays unowned, a query;
 * places every other position by the centre of its receptive field (the gradient-magnitude-weighted
   mean pixel of its unit: the unit of most of its pixels);
@@ -53,10 +53,10 @@ GLOBAL_SPREAD = 0.75
 """A field whose spread is this share of its whole unit's (or more) mixes the image: a query, not placed."""
 
 DEFAULT_SECONDS = 60.0
+"""Default time budget of one stack's placement (``$MMVIZ_LAYOUT_SECONDS`` overrides it)."""
 
 SAMPLE = 16
 """Positions measured before the time estimate and the check for learned queries."""
-"""Default time budget of one stack's placement (``$MMVIZ_LAYOUT_SECONDS`` overrides it)."""
 
 CHUNK = 16
 """Positions whose gradients one batched backward pass computes."""
