@@ -131,8 +131,9 @@ def load_vlm() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
 def load_sae() -> SAE:
     """The teaching sparse autoencoder of the VLM's vision tower (SAELens layout, read by `mmviz.load_sae`).
 
-    It reads `SAE_SITE` (``model.vision_tower.encoder.layers.0``, width 64) at the image patches: 64
-    top-k features (4 active per patch), among them features that fire on one colour only (see
+    It reads `SAE_SITE` (``model.vision_tower.encoder.layers.1``, width 64) at the image patches: 64
+    top-k features (4 active per patch), among them features that fire on one colour only and features that
+    fire on one shape only, whatever its colour (see
     `mmviz.teaching.naming` and `mmviz.teaching.train_sae`)::
 
         vlm, processor = teaching.load_vlm()

@@ -1,7 +1,7 @@
 """Naming the teaching SAE's features: mean activation per colour and per shape over scenes with exact masks.
 
 The teaching sparse autoencoder (``mmviz.teaching.load_sae()``) reads the teaching VLM's vision tower after
-its first block (`SAE_SITE`), at the 64 image patches. Because every scene's objects carry exact masks, each
+its second block (`SAE_SITE`), at the 64 image patches. Because every scene's objects carry exact masks, each
 patch has a known owner (an object, or the background), so every feature's mean activation on red patches,
 on blue patches, on triangles, on the background... is a plain average, and a feature that fires on one
 colour and on no other can be *named*::
@@ -44,11 +44,11 @@ __all__ = [
     "site_activations",
 ]
 
-SAE_SITE = "model.vision_tower.encoder.layers.0"
-"""Where the teaching SAE reads: the VLM's vision tower after its first block (position 0 is CLS, 1-64 the
-patches). A site further on does not work for steering the answer: by the language model's first block the
-answer position has already read the image tokens, and the tower's next block is the one whose (recorded)
-output LLaVA feeds to the projector."""
+SAE_SITE = "model.vision_tower.encoder.layers.1"
+"""Where the teaching SAE reads: the VLM's vision tower after its second block (position 0 is CLS, 1-64 the
+patches), the hidden state LLaVA hands to the projector (``vision_feature_layer=-2`` of a 3-block tower). Both
+colour and shape are linearly readable there at the patches an object covers (least-squares probes: 100% and
+99.4% on held-out scenes); after the first block colour is (100%), shape is not (59%)."""
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 """Patches per side (8): the site's image positions 1 … 64 are these patches, row-major."""
@@ -156,15 +156,24 @@ class FeatureTable:
             sel = np.where(best > 0, 1.0 - second / np.where(best > 0, best, 1.0), 0.0)
         return np.argmax(means, axis=0), sel
 
-    def named(self, kind: str, threshold: float = 0.8) -> list[tuple[int, str, float]]:
+    def named(self, kind: str, threshold: float = 0.8, min_mean: float = 1.0) -> list[tuple[int, str, float]]:
         """Features whose selectivity for one class of ``kind`` (not the background) reaches ``threshold``.
+
+        Args:
+            kind: ``"colour"`` or ``"shape"``.
+            threshold: least selectivity.
+            min_mean: least mean activation on that class: a feature that hardly ever fires can be perfectly
+                selective by chance, and names nothing a student would see.
 
         Returns:
             ``(feature, class name, selectivity)`` sorted by class, then by selectivity (highest first).
         """
-        names, _ = self.means(kind)
+        names, means = self.means(kind)
         best, sel = self.selectivity(kind)
-        found = [(int(f), names[int(best[f])], float(sel[f])) for f in np.flatnonzero(sel >= threshold)]
+        found = [
+            (int(f), names[int(best[f])], float(sel[f]))
+            for f in np.flatnonzero((sel >= threshold) & (means.max(axis=0) >= min_mean))
+        ]
         found = [row for row in found if row[1] != "background"]
         return sorted(found, key=lambda row: (names.index(row[1]), -row[2]))
 
