@@ -1,15 +1,16 @@
 """Where a model keeps its attention: stack names for attention modules and the configs that pick the implementation.
 
 ``module_group`` names the stack of an attention module from its dotted path (the names every trace and
-view use); ``attention_implementation`` switches every config of a model (the top level and each
-sub-model's) to a registered implementation for a ``with`` block and restores them, also on errors.
+view use; ``named_stacks`` / ``stack_names`` name every module of a model that way);
+``attention_implementation`` switches every config of a model (the top level and each sub-model's) to a
+registered implementation for a ``with`` block and restores them, also on errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,10 +20,11 @@ _CROSS = re.compile(r"cross|encdec|encoder_attn", re.IGNORECASE)
 _SELF_ATTENTION = {"self_attn", "attn", "attention", "self_attention", "selfattention", "layer", "mixer", "attn_layer"}
 _NAMED_LIST = re.compile(r"\w+_(layers|blocks)")
 _ATTENTION_WORD = re.compile(r"attn|attention", re.IGNORECASE)
+_HALVES = ("encoder", "decoder")
 _GENERIC_CROSS = re.compile(r"(cross_?attn|cross_?attention|encoder_?attn|enc_?dec_?attention|layer)(_layer)?", re.I)
 
 
-def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
+def module_group(path: str, base_prefix: str = "", halves: frozenset[str] = frozenset()) -> tuple[str, int]:
     """Names the stack an attention module belongs to and its layer index, from its dotted path.
 
     ``model.language_model.layers.3.self_attn`` → ``("language_model", 3)``;
@@ -39,11 +41,17 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     ``encoder.cross_attention.attention.self`` (a single cross-attention, Perceiver) →
     ``("encoder.cross_attention", 0)``;
     ``layers.4.self_attn.1`` (the second of a layer's list of attentions, LongCat-Flash) →
-    ``("language_model.self_attn1", 4)``, the first keeping the stack's name.
+    ``("language_model.self_attn1", 4)``, the first keeping the stack's name;
+    ``model.language_model.decoder.layers.0.encoder_attn`` where ``model.language_model`` is in ``halves``
+    (a sub-model with an encoder and a decoder, Florence-2) → ``("language_model.decoder.cross_attention", 0)``,
+    its encoder's layers → ``("language_model.encoder", 0)``.
 
     Args:
         path: the module's name in ``model.named_modules()``.
         base_prefix: the model's ``base_model_prefix`` (``"bert"``, ``"vit"``, ...), dropped from names.
+        halves: paths of sub-models that hold both an ``encoder`` and a ``decoder`` (``encoder_decoder_paths``):
+            their halves are stacks of their own, named after the sub-model. A top-level model's halves are
+            ``encoder`` and ``decoder`` anyway.
     """
     parts = path.split(".")
     digits = [i for i, p in enumerate(parts) if p.isdigit()]
@@ -52,6 +60,9 @@ def module_group(path: str, base_prefix: str = "") -> tuple[str, int]:
     rest = parts[first + 1 :]
     words = [p for p in container if p not in _CONTAINERS and p != base_prefix]
     words = [w for i, w in enumerate(words) if not (w == "encoder" and i > 0)]
+    half = next((p for i, p in enumerate(container) if p in _HALVES and ".".join(parts[:i]) in halves), None)
+    if half is not None and words and words[0] != half:  # the encoder or decoder of a sub-model
+        words = [f"{words[0]}.{half}", *(w for w in words[1:] if w != half)]
     name = words[0] if words else "language_model"
     cross = next((w for w in words[1:] if _CROSS.search(w)), None) if not digits else None
     if cross is not None:  # a single cross-attention outside any list (Perceiver's encoder)
@@ -108,7 +119,27 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[dict
             config._attn_implementation_internal = value
 
 
+def encoder_decoder_paths(paths: Iterable[str]) -> frozenset[str]:
+    """The paths among ``paths`` (module names) of sub-models that hold both an ``encoder`` and a ``decoder``.
+
+    ``model.language_model`` for Florence-2, whose language model is a BART encoder-decoder;
+    a top-level model's ``encoder`` and ``decoder`` have no parent path and are not counted.
+    """
+    known = set(paths)
+    return frozenset(
+        p.rsplit(".", 1)[0] for p in known if p.endswith(".encoder") and p.rsplit(".", 1)[0] + ".decoder" in known
+    )
+
+
+def named_stacks(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module, tuple[str, int]]]:
+    """``(path, module, (stack, layer))`` for every named submodule of ``model`` (see ``module_group``)."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    named = [(path, sub) for path, sub in model.named_modules() if path]
+    halves = encoder_decoder_paths(path for path, _ in named)
+    for path, sub in named:
+        yield path, sub, module_group(path, prefix, halves)
+
+
 def stack_names(model: torch.nn.Module) -> dict[int, tuple[str, int]]:
     """``id(module)`` → ``(stack, layer)`` for every named submodule of ``model`` (see ``module_group``)."""
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    return {id(sub): module_group(path, prefix) for path, sub in model.named_modules() if path}
+    return {id(sub): group for _, sub, group in named_stacks(model)}

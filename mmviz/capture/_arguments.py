@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mmviz._hf.modules import module_group
+from mmviz._hf.modules import named_stacks
 from mmviz.errors import CaptureError
 
 _HEAD_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
@@ -24,15 +24,13 @@ def attention_stacks(model: torch.nn.Module) -> dict[str, dict[int, int | None]]
     """The model's attention stacks: stack name → {layer index → its number of query heads (or ``None``)}.
 
     An attention module is a submodule whose class name says so (``...Attention``, ``...Attn``); the
-    stack name and layer come from its path (``mmviz._hf.modules.module_group``).
+    stack name and layer come from its path (``mmviz._hf.modules.named_stacks``).
     """
-    prefix = getattr(model, "base_model_prefix", "") or ""
     stacks: dict[str, dict[int, int | None]] = {}
-    for path, sub in model.named_modules():
+    for _, sub, (group, layer) in named_stacks(model):
         name = type(sub).__name__.lower()
-        if not path or ("attention" not in name and not name.endswith("attn")):
+        if "attention" not in name and not name.endswith("attn"):
             continue
-        group, layer = module_group(path, prefix)
         layers = stacks.setdefault(group, {})
         heads = _head_count(sub)
         if layers.get(layer) is None:

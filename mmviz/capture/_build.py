@@ -331,9 +331,38 @@ def _context(
         if mask is not None and mask.shape[1] < fed:  # generated tokens are never padding
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], fed - mask.shape[1])], dim=1)
         tables["text"] = _text_tables(step_ids, mask, tokenizer, generated=run.generate)
+    elif run.generate and run.sequences is not None:
+        _sub_model_decoder_text(ctx, run.sequences, first, shapes)
+    if "decoder" not in tables and not run.generate and isinstance(first.get("decoder_input_ids"), torch.Tensor):
+        # a decoder of a model that is not marked encoder-decoder (BLIP's question answering)
+        tables["decoder"] = _text_tables([first["decoder_input_ids"]], first.get("decoder_attention_mask"), tokenizer)
     if "pixel_values" in first and first["pixel_values"].ndim in (4, 5):
         ctx.images = images_from_pixels(first["pixel_values"], processor)
     return ctx
+
+
+def _sub_model_decoder_text(
+    ctx: LayoutContext, sequences: torch.Tensor, first: dict[str, Any], shapes: dict[str, tuple[int, int, int]]
+) -> None:
+    """Text tables of a ``generate`` whose sub-model decoded a sequence that does not continue the prompt.
+
+    BLIP's captioning drops the prompt's last token (``[SEP]``) before its text decoder generates; its
+    question answering decodes an answer of its own. The prompt is then the ``"text"`` and the sequence
+    fed to the decoder — the returned one without its last token, where some stack recorded that length —
+    the ``"decoder"``, generated after the prefix it shares with the prompt. Without a prompt the fed
+    sequence is the ``"text"``.
+    """
+    fed = sequences[:, :-1]
+    if fed.ndim != 2 or fed.shape[1] == 0 or not any(q == fed.shape[1] for _, q, _ in shapes.values()):
+        return
+    prompt = first.get("input_ids")
+    if not isinstance(prompt, torch.Tensor) or prompt.ndim != 2 or prompt.shape[0] != fed.shape[0]:
+        ctx.tables["text"] = [text_table(row, None, ctx.tokenizer) for row in fed]
+        return
+    same = (prompt[:, : fed.shape[1]] == fed[:, : prompt.shape[1]]).all(dim=0).tolist()
+    shared = next((i for i, s in enumerate(same) if not s), len(same))
+    ctx.tables["text"] = _text_tables([prompt], first.get("attention_mask"), ctx.tokenizer)
+    ctx.tables["decoder"] = [text_table(row, None, ctx.tokenizer, generated_from=shared) for row in fed]
 
 
 def _generated_steps(prompt: torch.Tensor | None, sequences: torch.Tensor | None) -> list[torch.Tensor]:
@@ -380,7 +409,9 @@ def _table_for(ctx: LayoutContext, group: str, side: str, batch: int, length: in
         name = f"{group}.patches"
         ctx.tables[name] = [patch_table(length, grid, img) for img in ctx.images]
         return name
-    decoder_side = group.startswith("decoder") and not (side == "key" and "cross" in group)
+    decoder_side = any("decoder" in part.split("_") for part in group.split(".")) and not (
+        side == "key" and "cross" in group
+    )
     preferred = ["decoder", "text"] if decoder_side else ["text", "decoder"]
     for name in [*preferred, *ctx.tables]:
         tabs = ctx.tables.get(name)

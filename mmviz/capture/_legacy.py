@@ -69,6 +69,11 @@ def _kind(cls: type) -> str | None:
     return kind
 
 
+def computes_attention(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an attention module that computes its attention itself (not through the interface)."""
+    return _kind(type(module)) == "legacy"
+
+
 def _owning_models(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, torch.nn.Module]]:
     """``(module, the model it belongs to)`` for ``model`` and every submodule.
 
@@ -425,4 +430,4 @@ class LegacyHooks:
         return unband(tensor, window)
 
 
-__all__ = ["LegacyHooks", "is_probabilities", "legacy_configs", "unband", "use_eager_classes"]
+__all__ = ["LegacyHooks", "computes_attention", "is_probabilities", "legacy_configs", "unband", "use_eager_classes"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmviz._hf.attention import causal_without_mask
-from mmviz._hf.modules import module_group
+from mmviz._hf.modules import named_stacks
 from mmviz.capture import DEFAULT_QK_THRESHOLD
 from mmviz.capture._budget import Budget
 from mmviz.errors import CaptureError
@@ -81,12 +81,9 @@ class Recorder:
         qk_threshold: int = DEFAULT_QK_THRESHOLD,
         budget: Budget | None = None,
     ) -> None:
-        prefix = getattr(model, "base_model_prefix", "") or ""
         self.names: dict[int, tuple[str, Target]] = {}
-        for path, sub in model.named_modules():
-            if path:
-                group, layer = module_group(path, prefix)
-                self.names[id(sub)] = (path, Target(group, layer))
+        for path, sub, (group, layer) in named_stacks(model):
+            self.names[id(sub)] = (path, Target(group, layer))
         self.original = original
         self.default_implementation = default_implementation
         self.layers = layers

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mmviz  # noqa: E402
-from mmviz._hf.modules import module_group  # noqa: E402
+from mmviz._hf.modules import module_group, stack_names  # noqa: E402
 from tests.capture import conftest as tiny  # noqa: E402
 
 IMG = tiny.random_image(32, seed=0)
@@ -33,7 +33,7 @@ IMG2 = tiny.random_image(24, seed=1)
 @contextlib.contextmanager
 def eager_spy(model: Any) -> Iterator[dict[tuple[str, int], list[torch.Tensor]]]:
     """Records what every eager attention function of ``model`` returns, by (stack, layer), in call order."""
-    names = {id(m): module_group(p, getattr(model, "base_model_prefix", "") or "") for p, m in model.named_modules()}
+    names = stack_names(model)
     calls: dict[tuple[str, int], list[torch.Tensor]] = {}
     patched = []
     for owner in {type(m).__module__ for m in model.modules()}:
@@ -465,6 +465,26 @@ def test_hierarchical_stages_are_separate_stacks():
 )
 def test_module_group_names(path, expected):
     assert module_group(path) == expected
+
+
+def test_halves_of_an_encoder_decoder_sub_model_are_stacks_of_their_own():
+    from mmviz._hf.modules import encoder_decoder_paths
+
+    paths = [
+        "model", "model.language_model", "model.language_model.encoder", "model.language_model.decoder",
+        "model.encoder", "model.decoder", "text_decoder.bert.encoder",
+    ]  # fmt: skip
+    halves = encoder_decoder_paths(paths)
+    assert halves == {"model", "model.language_model"}
+    for path, expected in (
+        ("model.language_model.encoder.layers.1.self_attn", ("language_model.encoder", 1)),
+        ("model.language_model.decoder.layers.0.self_attn", ("language_model.decoder", 0)),
+        ("model.language_model.decoder.layers.0.encoder_attn", ("language_model.decoder.cross_attention", 0)),
+        ("model.encoder.layers.0.self_attn", ("encoder", 0)),  # a top-level model's halves keep their names
+        ("model.decoder.layers.0.encoder_attn", ("decoder.cross_attention", 0)),
+        ("model.vision_tower.vision_model.encoder.layers.0.self_attn", ("vision_tower", 0)),
+    ):
+        assert module_group(path, halves=halves) == expected, path
 
 
 def test_layers_of_different_shapes_split_into_runs():

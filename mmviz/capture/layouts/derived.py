@@ -42,10 +42,28 @@ PIXEL_INPUTS = ("pixel_values", "pixel_values_images", "flattened_patches")
 
 
 def forward_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The recorded inputs the model's ``forward`` accepts by name (all of them if it takes ``**kwargs``)."""
+    """The recorded inputs the model's ``forward`` accepts by name (all of them if it takes ``**kwargs``).
+
+    Inputs of a ``generate`` call may lack the ``decoder_input_ids`` a forward needs (BLIP's question
+    answering): the decoder then starts from its start token, one position.
+    """
     params = inspect.signature(model.forward).parameters
     named = {k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return {k: v for k, v in inputs.items() if k in named and k != "inputs_embeds"}
+    out = {k: v for k, v in inputs.items() if k in named and k != "inputs_embeds"}
+    ids = out.get("input_ids")
+    if "decoder_input_ids" in named and "decoder_input_ids" not in out and isinstance(ids, torch.Tensor):
+        out["decoder_input_ids"] = torch.full((ids.shape[0], 1), _start_token(model.config), dtype=ids.dtype)
+    return out
+
+
+def _start_token(config: Any) -> int:
+    """The token a decoder starts from: ``decoder_start_token_id``, else ``bos_token_id`` (of the text config)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in ("decoder_start_token_id", "bos_token_id"):
+            value = getattr(cfg, name, None) if cfg is not None else None
+            if isinstance(value, int):
+                return value
+    return 0
 
 
 def unit_grids(prov: Provenance, layout: PixelLayout) -> dict[int, tuple[float, float, int, int]]:
@@ -149,17 +167,19 @@ def derived_layout(ctx: LayoutContext) -> bool:
     units = _Units(images, boxes, _image_token_ids(ctx.config))
     prompt = ctx.inputs["input_ids"].shape[-1] if "input_ids" in ctx.inputs else -1
     text_done = False
-    for (group, side), prov in sorted(provenance.items()):
+    # query sides first: the encoder of an encoder-decoder edits the text, its decoder's cross-attention keys reuse it
+    for (group, side), prov in sorted(provenance.items(), key=lambda item: (item[0][1] != "query", item[0])):
         if not prov.depends.any():
             continue
         grids = unit_grids(prov, layout)
         rows, cols = _cells(prov, grids)
         text = ctx.tables.get("text")
         batch, length = prov.depends.shape
-        if text is not None and len(text) == batch and length == prompt and not text_done:
-            ctx.tables["text"] = [_labelled(tab, prov, rows, cols, b, grids, units) for b, tab in enumerate(text)]
-            text_done = True
-            continue
+        if text is not None and len(text) == batch and length == prompt and (side == "key" or not text_done):
+            if not text_done:
+                ctx.tables["text"] = [_labelled(tab, prov, rows, cols, b, grids, units) for b, tab in enumerate(text)]
+                text_done = True
+            continue  # keys over the laid-out text are matched to it by length
         if length != ctx.shapes[group][1 if side == "query" else 2]:
             continue  # e.g. generate called a sub-model's generate: the recorded sequence is longer
         if not (prov.unit >= 0).any():
@@ -180,11 +200,12 @@ def derived_layout(ctx: LayoutContext) -> bool:
 
 
 def _query_table(ctx: LayoutContext, group: str) -> str:
-    """The queries of a stack whose keys hold the image: the text, or learned queries (a resampler)."""
+    """The queries of a stack whose keys hold the image: the text (a decoder's), or learned queries (a resampler)."""
     batch, q_len, _ = ctx.shapes[group]
-    text = ctx.tables.get("text")
-    if text is not None and len(text) == batch and all(len(t) == q_len for t in text):
-        return "text"
+    for name in ("decoder", "text") if "decoder" in group else ("text", "decoder"):
+        text = ctx.tables.get(name)
+        if text is not None and len(text) == batch and all(len(t) == q_len for t in text):
+            return name
     name = f"{group}.queries"
     queries = TokenTable.build([f"<query {k}>" for k in range(q_len)], kind=["special"] * q_len)
     ctx.tables[name] = [queries] * batch

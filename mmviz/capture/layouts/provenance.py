@@ -14,7 +14,9 @@ block of patches) it comes from. ``trace_pixels`` runs the model that way once a
 * which pixels each position owns: one backward pass per bit of the position index tells, for every
   pixel, the one position whose input it feeds (a pixel feeding several positions gives fractional
   ratios and is left out). A position that depends on pixels but owns none mixes the whole image
-  (a learned query of a Q-Former or resampler).
+  (a learned query of a Q-Former or resampler) — unless no position of the stack owns any pixel:
+  overlapping convolutions (Florence-2's DaViT) make every pixel feed several positions, and each
+  position is placed by the centre of its receptive field instead (``mmviz.capture.layouts.overlap``).
 
 Pixels are addressed per *unit*: one entry of ``pixel_values`` (an image, or a tile of an image split
 into tiles), in the order the tensor holds them; flattened patches (Qwen2-VL style ``[patches, C·T·P·P]``
@@ -34,6 +36,8 @@ import torch
 
 from mmviz._hf.attention import register_implementation
 from mmviz._hf.modules import attention_implementation, stack_names
+from mmviz.capture.layouts.identity import KEY_INPUTS, legacy_identity
+from mmviz.capture.layouts.overlap import place_by_receptive_field
 
 __all__ = ["PixelLayout", "Provenance", "probe_stack", "trace_pixels"]
 
@@ -57,6 +61,8 @@ class _Probe:
     stop: bool = True
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per stack, the ``[batch, positions, width]`` input of its first layer (for attention of its own)."""
+    key_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per legacy cross-attention stack, the ``[batch, keys, width]`` states its first layer attends to."""
 
     def entered(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook: keeps the sequence entering a stack's first layer."""
@@ -68,6 +74,9 @@ class _Probe:
             states = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if states is not None and states.ndim == 3 and states.is_floating_point():
             self.inputs[group] = states
+            keys = next((kwargs[k] for k in KEY_INPUTS if isinstance(kwargs.get(k), torch.Tensor)), None)
+            if keys is not None and keys.ndim == 3 and keys.is_floating_point():
+                self.key_inputs[group] = keys
 
     def see(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
         group, layer = self.names.get(id(module), ("", -1))
@@ -162,7 +171,8 @@ class Provenance:
     Attributes:
         depends: ``[batch, positions]`` whether the position changes with the pixels.
         unit: ``[batch, positions]`` the unit whose pixels the position owns, ``-1`` if none.
-        box: ``[batch, positions, 4]`` ``(y0, y1, x0, x1)`` bounding box of the owned pixels (inclusive).
+        box: ``[batch, positions, 4]`` ``(y0, y1, x0, x1)`` bounding box of the owned pixels (inclusive); for
+            positions placed by their receptive field, their cell of the grid the fields imply (floats).
     """
 
     depends: np.ndarray
@@ -182,7 +192,7 @@ def _traced(model: torch.nn.Module, probe: _Probe) -> Iterator[None]:
         if probe.names.get(id(sub), ("", -1))[0] in probe.wanted
     ]
     try:
-        with attention_implementation(model, IDENTITY):
+        with attention_implementation(model, IDENTITY), legacy_identity(model, probe.names):
             yield
     finally:
         for hook in hooks:
@@ -204,9 +214,14 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
     out: dict[tuple[str, str], torch.Tensor] = {}
     gen = torch.Generator().manual_seed(0)
     for group, states in probe.inputs.items():
-        if group not in probe.calls and states.shape[1] == shapes[group][1]:  # attention of its own (legacy)
-            weights = torch.randn(states.shape[-1], generator=gen).to(states.device, torch.float32)
-            out[(group, "query")] = states.float() @ weights
+        if group in probe.calls:
+            continue
+        # attention of its own (legacy): the states its first layer attends from, and to (cross-attention)
+        keys = probe.key_inputs.get(group)
+        for side, side_states, length in (("query", states, shapes[group][1]), ("key", keys, shapes[group][2])):
+            if side_states is not None and side_states.shape[1] == length:
+                weights = torch.randn(side_states.shape[-1], generator=gen).to(side_states.device, torch.float32)
+                out[(group, side)] = side_states.float() @ weights
     for group, calls in probe.calls.items():
         _, q_len, k_len = shapes[group]
         self_attention = all(q.shape[2] == k.shape[2] for q, k in calls) and "cross" not in group
@@ -268,21 +283,27 @@ def trace_pixels(
     # 2. which pixels each position owns, stack by stack (a pixel feeds one position of each stack):
     # one backward pass for all positions, then one per bit of the position index
     out = {}
+    placed: dict[tuple[Any, bytes], tuple[np.ndarray, np.ndarray]] = {}
     with torch.enable_grad():
         leaf = pixels.detach().clone().requires_grad_(True)
         sides = {k: v for k, v in _probe_sides(model, {**rest, pixel_key: leaf}, names, shapes).items() if k in depends}
-        for n_key, (k, values) in enumerate(sides.items()):
+        for k, values in sides.items():
             flat = values.reshape(-1)
             index = torch.arange(flat.numel(), device=flat.device)
             bits = max(int(flat.numel() - 1).bit_length(), 1)
             grads = []
             for bit in range(-1, bits):
                 weight = torch.ones_like(flat) if bit < 0 else ((index >> bit) & 1).to(flat.dtype)
-                keep = bit < bits - 1 or n_key < len(sides) - 1
-                (grad,) = torch.autograd.grad((flat * weight).sum(), leaf, retain_graph=keep, allow_unused=True)
+                (grad,) = torch.autograd.grad((flat * weight).sum(), leaf, retain_graph=True, allow_unused=True)
                 grads.append(torch.zeros_like(leaf) if grad is None else grad)
             owner = _owners([g.detach().float().reshape(-1).cpu() for g in grads])
             unit, box = _boxes(owner, layout, flat.numel())
+            lost = depends[k].reshape(-1) & (unit < 0)
+            if lost.any() and not (unit >= 0).any():  # overlapping convolutions: no pixel has one position
+                seen = (depends[k].shape, depends[k].tobytes())  # the same sequence again (an encoder's output)
+                if seen not in placed:
+                    placed[seen] = place_by_receptive_field(flat, leaf, layout, lost, unit, box)
+                unit, box = placed[seen]
             out[k] = Provenance(
                 depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4)
             )
@@ -330,7 +351,9 @@ def probe_stack(
             length = sum(q.shape[2] for q, _ in calls)
             shape = (query.shape[0], length, length)
     elif stack in probe.inputs:
-        shape = (probe.inputs[stack].shape[0], probe.inputs[stack].shape[1], probe.inputs[stack].shape[1])
+        states = probe.inputs[stack]
+        keys = probe.key_inputs.get(stack, states)
+        shape = (states.shape[0], states.shape[1], keys.shape[1])
     else:
         raise ValueError(f"the model ran no attention of stack {stack!r} (stacks seen: {sorted(probe.first_layer)})")
     sides = _sides(probe, {stack: shape})
