@@ -122,7 +122,6 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
     import mmviz
     from mmviz.teaching import make_scenes
     from mmviz.teaching._vlm import prompt
-    from mmviz.teaching.shapes import BACKGROUND
 
     started = time.perf_counter()
 
@@ -161,12 +160,11 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
         pinned = int(answer_at[0]) if answer_at.size else len(trace.tokens()) - 1
         explained = reply or answer
         say(f"{step}: attributions of the answer “{explained}”")
-        # integrated gradients over the pixels, from a blank scene (the background colour) to this one
-        blank_scene = np.full_like(scene.image, BACKGROUND)
-        blank = m.vlm_processor(text=prompt(question), images=blank_scene, return_tensors="pt")
+        # the default for VLMs: integrated gradients over the image tokens the language model reads, from zero
+        # vectors (it passes the model-randomisation sanity check; the blank-scene map over pixels does not)
         ig = mmviz.attribute(
             m.vlm, inputs, processor=m.vlm_processor, method="integrated_gradients", target=explained,
-            sources=["image"], baseline={"image": blank["pixel_values"]}, steps=64, batch_size=16, progress=False,
+            sources=["image_embeddings"], steps=64, batch_size=16, progress=False,
         )  # fmt: skip
         relevance = mmviz.attribute(
             m.vlm, inputs, processor=m.vlm_processor, method="relevance", target=explained, progress=False
@@ -177,8 +175,9 @@ def _run(out: str | Path, trained: bool, progress: bool) -> Path:
         captions.append(
             "Attention (top) and two attributions (below), linked: hover a token or a patch in any pane and the "
             "others follow. The answer token is pinned: its attention over the image patches is painted on the "
-            "image. The attributions explain the answer's log-probability: integrated gradients over the pixels, "
-            "from a blank scene to this one (signed, blue–red), and gradient-weighted attention relevance "
+            "image. The attributions explain the answer's log-probability: integrated gradients over the image "
+            "tokens the language model reads, from zero vectors (signed, blue–red; mmviz's default for VLMs, which "
+            "passes the model-randomisation sanity check), and gradient-weighted attention relevance "
             "(Chefer et al.), each in its own pane."
         )
 
