@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mmviz.capture._concepts import ConceptStream, check_concepts
+from mmviz.capture._diffusers_layers import find_layers, layer_grid, select_layers
 from mmviz.capture._diffusers_processors import (
     CrossAttnRecorder,
     FluxAttnRecorder,
@@ -173,13 +174,13 @@ class DiffusionCapture:
             undo()
 
     def _install_processors(self) -> None:
-        candidates = _find_layers(self.denoiser)
+        candidates = find_layers(self.denoiser)
         if not candidates:
             raise CaptureError(
                 f"{type(self.denoiser).__name__} has no text-conditioned attention that mmviz can record (UNet or "
                 "PixArt attn2, SD3 joint attention, Flux attention); class-conditional models such as DiT have none"
             )
-        chosen = _select(candidates, self._layer_filter)
+        chosen = select_layers(candidates, self._layer_filter)
         installed = chosen
         if self.concepts is not None:  # the concept stream runs through every joint block, recorded or not
             installed = [c for c in candidates if c in chosen or self.concepts.maps_layer(*c)]
@@ -498,7 +499,7 @@ class DiffusionCapture:
     ) -> None:
         n = int(probs.shape[-1])
         if slot not in run.resolution:
-            run.resolution[slot] = _grid(run.grid, n, self._layers[slot].name)
+            run.resolution[slot] = layer_grid(run.grid, n, self._layers[slot].name)
         h, w = run.resolution[slot]
         maps = probs.detach().reshape(*probs.shape[:-1], h, w)
         step = len(run.timesteps) - 1
@@ -578,53 +579,3 @@ def _stack(per_step: dict[int, torch.Tensor], counts: dict[int, int], steps: int
         tensor = per_step.pop(step) / counts[step]
         out[:, step] = tensor.to("cpu", torch.float32).numpy()
     return out
-
-
-def _grid(grid: tuple[int, int] | None, n: int, name: str) -> tuple[int, int]:
-    """``(h, w)`` of a layer with ``n`` image positions, the latent being ``grid``."""
-    if grid is not None:
-        height, width = grid
-        for k in range(8):
-            h, w = math.ceil(height / 2**k), math.ceil(width / 2**k)
-            if h * w == n:
-                return h, w
-    side = math.isqrt(n)
-    if side * side == n:
-        return side, side
-    raise CaptureError(f"layer {name!r}: cannot lay {n} image positions out on a grid (latent {grid})")
-
-
-def _find_layers(denoiser: Any) -> list[tuple[str, Any]]:
-    """Text-conditioned attention modules of a UNet / PixArt / SD3 / Flux denoiser, in module order."""
-    found = []
-    for name, module in denoiser.named_modules():
-        processor = getattr(module, "processor", None)
-        if processor is None or not hasattr(module, "set_processor") or not hasattr(module, "heads"):
-            continue
-        kind = type(processor).__name__
-        if name.endswith("attn2") and getattr(module, "is_cross_attention", False):
-            found.append((name, module))
-        elif kind.startswith("Joint") and getattr(module, "add_k_proj", None) is not None:
-            found.append((name, module))
-        elif kind.startswith("Flux"):
-            found.append((name, module))
-    return found
-
-
-def _select(candidates: list[tuple[str, Any]], layers: Sequence[int | str] | None) -> list[tuple[str, Any]]:
-    if layers is None:
-        return candidates
-    items = [layers] if isinstance(layers, (int, str)) else list(layers)
-    chosen = set()
-    names = [n for n, _ in candidates]
-    for item in items:
-        if isinstance(item, str):
-            hits = [i for i, n in enumerate(names) if n == item] or [i for i, n in enumerate(names) if item in n]
-            if not hits:
-                raise CaptureError(f"no cross-attention layer matches {item!r}; layers: {names}")
-            chosen.update(hits)
-        else:
-            if not -len(names) <= int(item) < len(names):
-                raise CaptureError(f"layer index {item} is out of range: there are {len(names)} cross-attention layers")
-            chosen.add(int(item) % len(names))
-    return [candidates[i] for i in sorted(chosen)]
