@@ -26,7 +26,7 @@ with ``image_grid_thw``) are mapped back to each image's raw patch grid.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,10 +209,15 @@ def _forward(model: torch.nn.Module, inputs: dict[str, Any], probe: _Probe) -> N
             pass
 
 
-def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple[str, str], torch.Tensor]:
-    """Per stack and side, ``[batch, positions]`` scalar functions of the recorded queries and keys."""
-    out: dict[tuple[str, str], torch.Tensor] = {}
-    gen = torch.Generator().manual_seed(0)
+def _side_states(
+    probe: _Probe, shapes: dict[str, tuple[int, int, int]]
+) -> dict[tuple[str, str], tuple[torch.Tensor, tuple[int, ...]]]:
+    """Per stack and side, ``([batch, positions, features] states, shape of their projection weights)``.
+
+    The states are the recorded queries and keys (``[batch, heads, positions, dim]`` joined over heads), or
+    the first layer's input for attention of its own; the shape is ``(heads, dim)`` or ``(width,)``.
+    """
+    out: dict[tuple[str, str], tuple[torch.Tensor, tuple[int, ...]]] = {}
     for group, states in probe.inputs.items():
         if group in probe.calls:
             continue
@@ -220,8 +225,7 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
         keys = probe.key_inputs.get(group)
         for side, side_states, length in (("query", states, shapes[group][1]), ("key", keys, shapes[group][2])):
             if side_states is not None and side_states.shape[1] == length:
-                weights = torch.randn(side_states.shape[-1], generator=gen).to(side_states.device, torch.float32)
-                out[(group, side)] = side_states.float() @ weights
+                out[(group, side)] = (side_states.float(), (side_states.shape[-1],))
     for group, calls in probe.calls.items():
         _, q_len, k_len = shapes[group]
         self_attention = all(q.shape[2] == k.shape[2] for q, k in calls) and "cross" not in group
@@ -232,9 +236,48 @@ def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple
             joined = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
             if joined.shape[2] != length and len(parts) > 1:
                 joined = parts[0]
-            weights = torch.randn(joined.shape[1], joined.shape[-1], generator=gen).to(joined.device, torch.float32)
-            out[(group, side)] = torch.einsum("bhpd,hd->bp", joined.float(), weights)
+            b, heads, n, dim = joined.shape
+            out[(group, side)] = (joined.float().transpose(1, 2).reshape(b, n, heads * dim), (heads, dim))
     return out
+
+
+def _sides(probe: _Probe, shapes: dict[str, tuple[int, int, int]]) -> dict[tuple[str, str], torch.Tensor]:
+    """Per stack and side, ``[batch, positions]`` scalar functions of the recorded queries and keys."""
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(0)
+    for key, (states, shape) in _side_states(probe, shapes).items():
+        weights = torch.randn(*shape, generator=gen).reshape(-1).to(states.device, torch.float32)
+        out[key] = states @ weights
+    return out
+
+
+def _responder(
+    model: torch.nn.Module,
+    rest: dict[str, Any],
+    pixel_key: str,
+    names: dict[int, tuple[str, int]],
+    shapes: dict[str, tuple[int, int, int]],
+    key: tuple[str, str],
+) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """A function from pixel tensors to the ``[positions, features]`` states of ``key`` each gives, one forward.
+
+    The tensors run as one batch (every tensor input repeated once per pixel tensor); a model whose
+    inputs do not batch that way raises ``ValueError`` (the caller then runs them one at a time).
+    """
+    wanted = {key[0]: shapes[key[0]]}
+
+    def respond(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        k = len(batch)
+        run = {n: torch.cat([v] * k) if isinstance(v, torch.Tensor) and v.ndim else v for n, v in rest.items()}
+        probe = _Probe(names, set(wanted))
+        with torch.no_grad():
+            _forward(model, {**run, pixel_key: torch.cat(batch) if k > 1 else batch[0]}, probe)
+        states = _side_states(probe, wanted).get(key)
+        if states is None or states[0].shape[0] % k:
+            raise ValueError(f"the forward of {k} pixel tensors gave no batch of {key[0]!r} {key[1]} states")
+        return list(states[0].reshape(k, -1, states[0].shape[-1]))
+
+    return respond
 
 
 def trace_pixels(
@@ -302,7 +345,8 @@ def trace_pixels(
             if lost.any() and not (unit >= 0).any():  # overlapping convolutions: no pixel has one position
                 seen = (depends[k].shape, depends[k].tobytes())  # the same sequence again (an encoder's output)
                 if seen not in placed:
-                    placed[seen] = place_by_receptive_field(flat, leaf, layout, lost, unit, box)
+                    respond = _responder(model, rest, pixel_key, names, shapes, k)
+                    placed[seen] = place_by_receptive_field(flat, leaf, layout, lost, unit, box, respond)
                 unit, box = placed[seen]
             out[k] = Provenance(
                 depends[k].reshape(values.shape), unit.reshape(values.shape), box.reshape(*values.shape, 4)
