@@ -188,3 +188,60 @@ def test_placement_over_its_time_budget_is_left_out_with_a_warning(florence, mon
 
     with pytest.raises(ValueError, match="not a number of seconds"):
         layout_seconds()
+
+
+def traced_both_ways(model: Any, inputs: dict[str, Any], trace: Any, monkeypatch: Any) -> tuple[dict, dict]:
+    """``trace_pixels`` of every stack with the band method, then with the gradient path (its fallback)."""
+    from mmviz.capture.layouts import overlap
+    from mmviz.capture.layouts.provenance import trace_pixels
+
+    shapes = {name: (m.shape[0], m.shape[-2], m.shape[-1]) for name, m in trace.modules.items()}
+    traced = trace_pixels(model, inputs, shapes)
+    assert traced is not None
+    bands = traced[0]
+    used = []
+
+    def unusable(*args: Any) -> Any:
+        used.append(args)
+        raise ValueError("the model's forward does not take the perturbed pixels")
+
+    monkeypatch.setattr(overlap, "_band_centres", unusable)
+    traced = trace_pixels(model, inputs, shapes)
+    assert traced is not None and used, "the band method was not tried"
+    return bands, traced[0]
+
+
+def test_florence2_bands_and_gradients_place_the_same_cells(florence, monkeypatch):
+    """The band method (one forward per band) and the gradient path (one backward per token) agree exactly."""
+    model, _, inputs, trace = florence
+    bands, gradients = traced_both_ways(model, inputs, trace, monkeypatch)
+    assert bands.keys() == gradients.keys()
+    placed = 0
+    for key, prov in bands.items():
+        np.testing.assert_array_equal(prov.unit, gradients[key].unit, err_msg=str(key))
+        np.testing.assert_array_equal(prov.box, gradients[key].box, err_msg=str(key))
+        placed += int((prov.unit >= 0).sum())
+    assert placed >= 16 + 64 + 16  # the encoder's grid, stage 0's 8×8 and stage 1's 4×4 windows at least
+
+
+def test_florence2_non_square_image_is_placed_by_bands():
+    """A 32×48 image: a 4×6 grid, rows and columns found by their bands separately.
+
+    (The gradient path's one random projection per token leaves this grid's columns unsplit here.)
+    """
+    model, processor, _ = tiny_vlms.florence2()
+    image_processor = processor.image_processor
+    image_processor.size = {"height": 32, "width": 48}
+    image_processor.image_seq_length = 4 * 6 + 1
+    processor = transformers.Florence2Processor(image_processor=image_processor, tokenizer=processor.tokenizer)
+    image = tiny_vlms.IMG.resize((48, 32))
+    inputs = dict(processor(text=["what shape"], images=[image], return_tensors="pt"))
+    inputs["decoder_input_ids"] = torch.tensor([[2, 5]])
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    table = cap.attention.tokens("language_model.encoder")
+    assert patches(table) == [(0, r, c) for r in range(4) for c in range(6)] and table.grids == ((4, 6),)
+    check = verify_layout(model, inputs, table, "language_model.encoder", processor)
+    assert check.ok and check.image_tokens == 24 and check.queries == 1, check.failures
+    windows = cap.attention.tokens("vision_tower.stage1.spatial_block", batch_index=5)  # 2×2 of the 4×6 grid
+    assert patches(windows) == [(0, 2 + i, 4 + j) for i in range(2) for j in range(2)]
