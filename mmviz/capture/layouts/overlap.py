@@ -2,24 +2,33 @@
 
 The ownership measurement of ``mmviz.capture.layouts.provenance`` gives a pixel to the one position
 whose input it feeds. An overlapping convolution (kernel larger than its stride) makes every pixel
-feed several neighbouring positions, so no position owns any. For those positions this module takes
-one backward pass per position and:
+feed several neighbouring positions, so no position owns any. This module places those positions by
+the centre of their receptive fields, measured with identity attention (positions do not mix):
 
-* gives each pixel to the position whose input depends on it *most* (the largest gradient magnitude);
-  a position that gets no pixel, or whose field is spread about as widely as the whole unit
-  (``GLOBAL_SPREAD``), mixes the image (Florence-2's pooled token, a resampler's learned
-  queries) and stays unowned, a query;
-* places every other position by the centre of its receptive field (the gradient-magnitude-weighted
-  mean pixel of its unit: the unit of most of its pixels);
-* splits the centres of one unit into rows (and, separately, columns) at their largest gaps — as many
-  as come before the sorted gaps drop the most, each at least twice any gap within a row — into rows
-  of equal size, and checks that rows × columns is the number of positions, one per cell. Padding
-  clips the fields at the borders, which moves their centres off an even spacing, so rows are found
-  by gaps, not by dividing by a step. When no grid fits, the positions stay unowned.
+* **by bands** (``_band_centres``, the default): noise is added to one horizontal band of pixels at a
+  time (``BAND_SPLIT`` bands to a grid cell, the cell's size estimated from the unit's area and the
+  number of positions), then to one vertical band at a time, ``BANDS_PER_PASS`` perturbed images a
+  batched forward; with several units (tiles, images) each unit is perturbed whole first. How much a
+  band changes a position's states (the norm over its features, root mean square over noise draws)
+  gives its profile along that axis: the response-weighted mean band centre is its centre row (or
+  column), the weighted spread its extent. The cost is ``rows + cols`` forwards (``+ units``), however
+  many positions; a forward that stops at the stack's first attention layer;
+* **by gradients** (``_centres``, the fallback where the model's forward does not take the perturbed
+  pixels or some unit's band centres form no grid): one backward pass per position, ``CHUNK`` a batched
+  pass; a pixel goes to the position whose input depends on it most (the largest gradient magnitude),
+  the centre is the gradient-magnitude-weighted mean pixel and a position that gets no pixel is a query.
 
-One backward pass per position is costly for a large tower on a CPU: a stack whose placement would take
-longer than ``layout_seconds()`` (60 s unless ``$MMVIZ_LAYOUT_SECONDS`` says otherwise), estimated from
-the first ``SAMPLE`` positions, is left unplaced with a warning that says how to place it.
+Either way a position whose field is spread about as widely as its whole unit (``GLOBAL_SPREAD``), or
+that several units change, mixes the image (Florence-2's pooled token, a resampler's learned queries)
+and stays unowned, a query. The centres of one unit are split into rows (and, separately, columns) at
+their largest gaps — as many as come before the sorted gaps drop the most, each at least twice any gap
+within a row — into rows of equal size, and rows × columns must be the number of positions, one per
+cell. Padding clips the fields at the borders, which moves their centres off an even spacing, so rows
+are found by gaps, not by dividing by a step. When no grid fits, the positions stay unowned.
+
+A stack whose placement would take longer than ``layout_seconds()`` (60 s unless
+``$MMVIZ_LAYOUT_SECONDS`` says otherwise), estimated from the first batched forward (bands) or the
+first ``SAMPLE`` positions (gradients), is left unplaced with a warning that says how to place it.
 
 The position's box becomes its cell of that grid over the unit (a fractional box, ``size / count`` a
 cell), so ``mmviz.capture.layouts.derived`` reads the grid from the spacing as for owned pixels.
@@ -70,7 +79,7 @@ CHUNK = 16
 MAX_POSITIONS = 4096
 """Stacks with more positions to place are left unplaced (a tower's early stages: one backward per position)."""
 
-BAND_SPLIT = 2
+BAND_SPLIT = 1
 """Bands of pixels to a cell of the grid (its spacing estimated from the unit's area and the position count)."""
 
 NOISE = 0.1

@@ -16,7 +16,8 @@ block of patches) it comes from. ``trace_pixels`` runs the model that way once a
   ratios and is left out). A position that depends on pixels but owns none mixes the whole image
   (a learned query of a Q-Former or resampler) — unless no position of the stack owns any pixel:
   overlapping convolutions (Florence-2's DaViT) make every pixel feed several positions, and each
-  position is placed by the centre of its receptive field instead (``mmviz.capture.layouts.overlap``).
+  position is placed by the centre of its receptive field instead (``mmviz.capture.layouts.overlap``,
+  from forwards with bands of the pixels perturbed).
 
 Pixels are addressed per *unit*: one entry of ``pixel_values`` (an image, or a tile of an image split
 into tiles), in the order the tensor holds them; flattened patches (Qwen2-VL style ``[patches, C·T·P·P]``
