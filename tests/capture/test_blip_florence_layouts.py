@@ -224,6 +224,23 @@ def test_florence2_bands_and_gradients_place_the_same_cells(florence, monkeypatc
     assert placed >= 16 + 64 + 16  # the encoder's grid, stage 0's 8×8 and stage 1's 4×4 windows at least
 
 
+def test_florence2_bands_one_forward_at_a_time_are_the_same(florence, monkeypatch):
+    """Where perturbed images do not batch, one forward each: the same cells."""
+    from mmviz.capture.layouts import overlap
+    from mmviz.capture.layouts.provenance import trace_pixels
+
+    model, _, inputs, trace = florence
+    shapes = {"language_model.encoder": trace.modules["language_model.encoder"].shape}
+    shapes = {k: (v[0], v[-2], v[-1]) for k, v in shapes.items()}
+    batched = trace_pixels(model, inputs, shapes)
+    monkeypatch.setattr(overlap, "BANDS_PER_PASS", 1)
+    single = trace_pixels(model, inputs, shapes)
+    assert batched is not None and single is not None
+    key = ("language_model.encoder", "query")
+    assert (batched[0][key].unit >= 0).sum() == 16
+    np.testing.assert_array_equal(batched[0][key].box, single[0][key].box)
+
+
 def test_florence2_non_square_image_is_placed_by_bands():
     """A 32×48 image: a 4×6 grid, rows and columns found by their bands separately.
 
