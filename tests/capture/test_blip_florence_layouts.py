@@ -262,3 +262,32 @@ def test_florence2_non_square_image_is_placed_by_bands():
     assert check.ok and check.image_tokens == 24 and check.queries == 1, check.failures
     windows = cap.attention.tokens("vision_tower.stage1.spatial_block", batch_index=5)  # 2×2 of the 4×6 grid
     assert patches(windows) == [(0, 2 + i, 4 + j) for i in range(2) for j in range(2)]
+
+
+def test_florence2_two_images_are_placed_unit_by_unit():
+    """Two images in a batch: every position changes with one image only, each image's grid its own."""
+    from tests.fixtures.tiny_vlm_kit import random_image
+
+    model, processor, _ = tiny_vlms.florence2()
+    images = [tiny_vlms.IMG, random_image(32, seed=3)]
+    inputs = dict(processor(text=["what shape"] * 2, images=images, return_tensors="pt"))
+    inputs["decoder_input_ids"] = torch.tensor([[2, 5], [2, 5]])
+    with torch.no_grad(), mmviz.capture(model, processor=processor) as cap:
+        model(**inputs)
+    for b in range(2):
+        table = cap.attention.tokens("language_model.encoder", batch_index=b)
+        assert table.text[0] == "<query 0>" and patches(table) == GRID, b
+        check = verify_layout(model, inputs, table, "language_model.encoder", processor, batch_index=b)
+        assert check.laid_out == check.verified == 16, check.failures
+
+
+def test_rows_are_split_at_the_large_gaps_not_between_tiny_ones():
+    """Tiny gaps within a row (0.016 and 0.002 px) must not count as the largest drop of the sorted gaps."""
+    from mmviz.capture.layouts.overlap import _split
+
+    rows = np.array([3.84, 3.84, 3.9, 3.92, 7.56, 8.07, 8.11, 8.17, 15.37, 15.49, 15.82, 15.93, 23.39, 23.41, 23.66])
+    rows = np.append(rows, 23.662)
+    split = _split(rows)
+    assert split is not None and split[1] == 4
+    assert split[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert _split(np.array([1.0, 5.0, 9.0, 9.5])) is None  # groups of unequal size

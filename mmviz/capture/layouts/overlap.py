@@ -97,6 +97,9 @@ BANDS_PER_PASS = 8
 Responder = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 """Pixel tensors → the ``[positions, features]`` states each gives (identity attention), in one forward."""
 
+_NEGLIGIBLE = 0.05
+"""Gaps between centres under this share of the largest gap are as good as none when counting rows."""
+
 _SEPARATION = 2.0
 """The smallest gap between rows must be this many times the largest gap within a row."""
 
@@ -306,7 +309,9 @@ def _split(centres: np.ndarray) -> tuple[np.ndarray, int] | None:
     if not gaps.size or gaps.max() < 1.0:
         return ranks, 1
     desc = np.sort(gaps)[::-1]
-    drops = desc[:-1] / np.maximum(desc[1:], 1e-9) if desc.size > 1 else np.array([np.inf])
+    # gaps under _NEGLIGIBLE of the largest count as that much: two tiny gaps within a row (0.016 and
+    # 0.002 px) must not make the largest drop
+    drops = desc[:-1] / np.maximum(desc[1:], _NEGLIGIBLE * desc[0]) if desc.size > 1 else np.array([np.inf])
     k = int(drops.argmax()) + 1  # the k largest gaps separate k + 1 groups
     if desc.size > k and desc[k - 1] < _SEPARATION * desc[k]:
         return None
