@@ -77,7 +77,7 @@ CHUNK = 16
 """Positions whose gradients one batched backward pass computes."""
 
 MAX_POSITIONS = 4096
-"""Stacks with more positions to place are left unplaced (a tower's early stages: one backward per position)."""
+"""Stacks with more positions to place are left unplaced (a tower's early stages: thin bands, a costly fallback)."""
 
 BAND_SPLIT = 1
 """Bands of pixels to a cell of the grid (its spacing estimated from the unit's area and the position count)."""
