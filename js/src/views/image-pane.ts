@@ -6,7 +6,7 @@
  */
 import type { Tensor } from "../codecs";
 import { lutIndex } from "../render/colormap";
-import { h, rgbCanvas, sizeCanvas, themeColors } from "./dom";
+import { h, pixelCanvas, rgbCanvas, sizeCanvas, themeColors } from "./dom";
 
 /** RGBA (alpha 0–1) of a value. */
 export type ColorOf = (value: number) => [number, number, number, number];
@@ -223,17 +223,10 @@ function colorCanvas(
   height: number,
   colorAt: (i: number) => readonly number[],
 ): HTMLCanvasElement {
-  const canvas = document.createElement("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d");
-  if (ctx) {
-    const rgba = ctx.createImageData(width, height);
+  return pixelCanvas(width, height, (rgba) => {
     for (let i = 0; i < width * height; i++) {
       const [r = 0, g = 0, b = 0, a = 0] = colorAt(i);
-      rgba.data.set([r, g, b, Math.round(a * 255)], i * 4);
+      rgba.set([r, g, b, Math.round(a * 255)], i * 4);
     }
-    ctx.putImageData(rgba, 0, 0);
-  }
-  return canvas;
+  });
 }
