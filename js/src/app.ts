@@ -17,7 +17,7 @@ import { decodeTable, gridPositions, tablePatches } from "./table";
 import { Controls } from "./views/controls";
 import { h } from "./views/dom";
 import { Heatmap } from "./views/heatmap";
-import { ImagePane } from "./views/image-pane";
+import { attentionColor, ImagePane } from "./views/image-pane";
 import { onChanges } from "./views/pane";
 import { describe, ThumbnailGrid, type ThumbSelection } from "./views/thumbnails";
 import { TokenStrip } from "./views/token-strip";
@@ -378,22 +378,18 @@ export class AttentionApp {
         const grid = t.grids[i] ?? [1, 1];
         const positions = gridPositions(t, i);
         if (!positions.some((p) => p >= 0)) return;
-        const pane = new ImagePane(
-          `image ${i} · ${grid[0]}×${grid[1]} patches`,
-          decodeTensor(img),
-          grid,
-          positions,
-          {
-            hover: (pos, e) => {
-              const d = this.display;
-              const unitOf = side === "query" || !cross ? d?.qUnitOfPos : d?.kUnitOfPos;
-              this.onUnitHover(side, pos === null || pos < 0 || !unitOf ? null : (unitOf[pos] ?? -1), e);
-            },
-            click: (pos) => {
-              if (side === "query" || !cross) this.pinUnit(this.display?.qUnitOfPos[pos] ?? -1);
-            },
+        const pane = new ImagePane(decodeTensor(img), grid, positions, {
+          caption: `image ${i} · ${grid[0]}×${grid[1]} patches`,
+          shaded: true,
+          hover: (pos, e) => {
+            const d = this.display;
+            const unitOf = side === "query" || !cross ? d?.qUnitOfPos : d?.kUnitOfPos;
+            this.onUnitHover(side, pos === null || pos < 0 || !unitOf ? null : (unitOf[pos] ?? -1), e);
           },
-        );
+          click: (pos) => {
+            if (side === "query" || !cross) this.pinUnit(this.display?.qUnitOfPos[pos] ?? -1);
+          },
+        });
         this.sides[side].images.push(pane);
         images.push(pane.el);
       });
@@ -556,7 +552,9 @@ export class AttentionApp {
       const active = p?.source.side === side || (self && p) ? (p?.source.unit ?? -1) : -1;
       const hovered = hover && (hover.side === side || self) ? hover.unit : -1;
       panes.strip?.paint(values, vmax, table, active >= 0 ? active : hovered, side === "query" ? pinned : -1);
-      for (const pane of panes.images) pane.paint(values, vmax, table, active >= 0 ? active : hovered);
+      const color = attentionColor(vmax, table);
+      for (const pane of panes.images)
+        pane.paint(values, color, active >= 0 ? active : hovered, { painted: "attention" });
     }
     const rows: number[] = [];
     const cols: number[] = [];

@@ -14,17 +14,9 @@ import { COLORMAPS, formatValue, lut } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import css from "./attribution.css";
 import { fillSelect, h, labelled, sizeCanvas, themeColors } from "./dom";
+import { ImagePane } from "./image-pane";
 import { onChanges, paneHeading } from "./pane";
-import {
-  drawBase,
-  outlinePatch,
-  paintSpans,
-  patchOverlay,
-  SCORE_CSS,
-  type ScoreImage,
-  scoreImage,
-  tokenStrip,
-} from "./score-panes";
+import { paintSpans, SCORE_CSS, tokenStrip } from "./score-panes";
 
 export interface AttributionEntry {
   label: string;
@@ -96,7 +88,7 @@ export class AttributionApp {
   private readonly matrixFigure = h("figure", "mmviz-attr-matrix");
   private readonly matrixCanvas = h("canvas", "mmviz-attr-matrix-canvas");
   private spans: (HTMLSpanElement | null)[] = [];
-  private images: ScoreImage[] = [];
+  private images: ImagePane[] = [];
   private scores: Tensor | null = null;
   private pixels: Tensor[] = [];
   private text: string[] = [];
@@ -140,6 +132,7 @@ export class AttributionApp {
 
   /** Redraws what reads theme colours (after attaching, on theme changes). */
   themeChanged(): void {
+    for (const im of this.images) im.resetTheme();
     this.paint();
   }
 
@@ -198,18 +191,19 @@ export class AttributionApp {
     const strip = tokenStrip(tokens, table, "mmviz-attr-tok");
     this.spans = strip.spans;
     this.strip.replaceChildren(...strip.children);
-    this.images = tokens.images.map((payload, i) =>
-      scoreImage(
-        payload,
-        table.grids[i] ?? [1, 1],
-        gridPositions(table, i),
-        i,
-        "mmviz-attr-image-canvas",
-        IMAGE_SIDE,
-        (pos) => this.setHover(pos, true),
-      ),
-    );
-    this.imagesEl.replaceChildren(...this.images.map((im, i) => figureOf(im, i)));
+    this.images = tokens.images.map((payload, i) => {
+      const grid = table.grids[i] ?? [1, 1];
+      return new ImagePane(decodeTensor(payload), grid, gridPositions(table, i), {
+        caption: `image ${i} (${grid[0]}×${grid[1]} patches)`,
+        figureClass: "mmviz-attr-image",
+        canvasClass: "mmviz-attr-image-canvas",
+        index: i,
+        side: IMAGE_SIDE,
+        zoom: 16,
+        hover: (pos) => this.setHover(pos, true),
+      });
+    });
+    this.imagesEl.replaceChildren(...this.images.map((im) => im.el));
     this.entrySelect.replaceChildren(
       ...m.get("_entries").map((e, i) => {
         const option = h("option", undefined, e.label);
@@ -295,41 +289,26 @@ export class AttributionApp {
   }
 
   private paintImage(
-    im: ScoreImage,
+    im: ImagePane,
     index: number,
     row: Float32Array,
     vmax: number,
     signed: boolean,
     table: Uint8ClampedArray,
   ): void {
-    const ctx = drawBase(im);
+    const options = { opacity: this.opacity };
     const pixels = this.pixels[index];
-    let overlay: HTMLCanvasElement;
     if (pixels) {
       const [, ph = 1, pw = 1] = pixels.shape;
       const plane = pixels.data.subarray(this.target * ph * pw, (this.target + 1) * ph * pw);
       const pmax = absMax(plane);
-      overlay = document.createElement("canvas");
-      overlay.width = pw;
-      overlay.height = ph;
-      const octx = overlay.getContext("2d");
-      if (octx) {
-        const rgba = octx.createImageData(pw, ph);
-        for (let i = 0; i < pw * ph; i++) {
-          const [r, g, b, a] = scoreColor(plane[i] ?? 0, pmax, signed, table);
-          rgba.data.set([r, g, b, Math.round(a * 255)], i * 4);
-        }
-        octx.putImageData(rgba, 0, 0);
-      }
+      im.paintPixels(plane, [ph, pw], (v) => scoreColor(v, pmax, signed, table), this.hover, options);
     } else {
-      overlay = patchOverlay(im, row, (value) => scoreColor(value, vmax, signed, table));
+      im.paint(row, (v) => scoreColor(v, vmax, signed, table), this.hover, {
+        ...options,
+        painted: "patches",
+      });
     }
-    ctx.globalAlpha = this.opacity;
-    ctx.imageSmoothingEnabled = Boolean(pixels);
-    ctx.drawImage(overlay, 0, 0, im.width, im.height);
-    ctx.globalAlpha = 1;
-    outlinePatch(ctx, im, this.hover, themeColors(this.root).accent);
-    im.canvas.dataset.painted = pixels ? "pixels" : "patches";
   }
 
   private paintMatrix(signed: boolean, table: Uint8ClampedArray): void {
@@ -357,15 +336,6 @@ export class AttributionApp {
     ctx.strokeRect(1, this.target * cell + 1, width - 2, cell - 2);
     if (this.hover >= 0 && this.hover < cols) ctx.strokeRect(this.hover * cell + 1, 1, cell - 2, height - 2);
   }
-}
-
-function figureOf(im: ScoreImage, index: number): HTMLElement {
-  const figure = h("figure", "mmviz-attr-image");
-  figure.append(
-    im.canvas,
-    h("figcaption", "mmviz-pane-title", `image ${index} (${im.grid[0]}×${im.grid[1]} patches)`),
-  );
-  return figure;
 }
 
 function posOf(target: EventTarget | null): number {

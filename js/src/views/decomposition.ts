@@ -13,7 +13,8 @@ import { formatValue, lut } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { scoreColor } from "./attribution";
 import css from "./decomposition.css";
-import { h, labelled, rgbCanvas, sizeCanvas, slider, themeColors } from "./dom";
+import { h, labelled, sizeCanvas, slider, themeColors } from "./dom";
+import { ImagePane } from "./image-pane";
 import { onChanges, paneHeading } from "./pane";
 
 /** The synced state, mirroring `DecompositionView`'s traits. */
@@ -63,17 +64,16 @@ export class DecompositionApp {
   private readonly opacityInput = h("input", "mmviz-dec-opacity");
   private readonly status = h("div", "mmviz-dec-status");
   private readonly gridCanvas = h("canvas", "mmviz-dec-grid-canvas");
-  private readonly imageCanvas = h("canvas", "mmviz-dec-image-canvas");
+  private readonly body = h("div", "mmviz-dec-body");
+  private readonly gridFigure = h("figure", "mmviz-dec-grid");
   private readonly texts = h("ol", "mmviz-dec-texts");
   private readonly id = paneId("decomposition");
   private shares: Tensor | null = null;
   private maps: Tensor | null = null;
-  private base: HTMLCanvasElement | null = null;
-  private grid: [number, number] = [1, 1];
-  private cells: Int32Array = new Int32Array(0);
+  /** The (first) image with the shown head's per-patch shares over it; null without an image. */
+  private image: ImagePane | null = null;
   private patches: PatchIndex | null = null;
   private length = 0;
-  private imageSize: [number, number] = [IMAGE_SIDE, IMAGE_SIDE];
   /** Head under the pointer here or in a linked pane (null: none). */
   private hoverHead: Head | null = null;
   /** Position under the pointer (-1: none). */
@@ -87,18 +87,11 @@ export class DecompositionApp {
   ) {
     paneHeading(this.root, model.get("_title"), css);
     this.root.append(this.notes, this.buildControls(), this.status);
-    const body = h("div", "mmviz-dec-body");
-    const gridFigure = h("figure", "mmviz-dec-grid");
-    gridFigure.append(this.gridCanvas, h("figcaption", "mmviz-pane-title", "layer × head"));
-    const imageFigure = h("figure", "mmviz-dec-image");
-    imageFigure.append(this.imageCanvas, h("figcaption", "mmviz-pane-title", "per patch"), this.texts);
-    body.append(gridFigure, imageFigure);
-    this.root.append(body);
+    this.gridFigure.append(this.gridCanvas, h("figcaption", "mmviz-pane-title", "layer × head"));
+    this.root.append(this.body);
     this.gridCanvas.addEventListener("mousemove", (e) => this.setHead(this.headAt(e), true));
     this.gridCanvas.addEventListener("mouseleave", () => this.setHead(null, true));
     this.gridCanvas.addEventListener("click", (e) => this.select(this.headAt(e)));
-    this.imageCanvas.addEventListener("mousemove", (e) => this.setPosition(this.positionAt(e), true));
-    this.imageCanvas.addEventListener("mouseleave", () => this.setPosition(-1, true));
     this.load();
     this.cleanups.push(link.subscribe((state, changed) => this.fromLink(state, changed)));
     this.cleanups.push(
@@ -114,6 +107,7 @@ export class DecompositionApp {
   }
 
   themeChanged(): void {
+    this.image?.resetTheme();
     this.paint();
   }
 
@@ -144,15 +138,19 @@ export class DecompositionApp {
       }),
     );
     const payload = tokens.images[0];
-    if (payload) {
-      const image = decodeTensor(payload);
-      const [ih = 1, iw = 1] = image.shape;
-      this.base = rgbCanvas(image.data, ih, iw);
-      const f = Math.min(IMAGE_SIDE / iw, IMAGE_SIDE / ih, 16);
-      this.imageSize = [Math.max(32, Math.round(iw * f)), Math.max(32, Math.round(ih * f))];
-      this.grid = table.grids[0] ?? [1, 1];
-      this.cells = gridPositions(table, 0);
-    }
+    this.image = payload
+      ? new ImagePane(decodeTensor(payload), table.grids[0] ?? [1, 1], gridPositions(table, 0), {
+          caption: "per patch",
+          figureClass: "mmviz-dec-image",
+          canvasClass: "mmviz-dec-image-canvas",
+          side: IMAGE_SIDE,
+          zoom: 16,
+          hover: (pos) => this.setPosition(pos ?? -1, true),
+        })
+      : null;
+    const imageFigure = this.image?.el ?? h("figure", "mmviz-dec-image");
+    imageFigure.append(this.texts);
+    this.body.replaceChildren(this.gridFigure, imageFigure);
     this.paint();
   }
 
@@ -177,14 +175,6 @@ export class DecompositionApp {
     const head = Math.floor(x / this.cell);
     const layer = Math.floor(y / this.cell);
     return layer >= 0 && head >= 0 && layer < layers && head < heads ? { layer, head } : null;
-  }
-
-  private positionAt(e: MouseEvent): number {
-    const box = this.imageCanvas.getBoundingClientRect();
-    const [rows, cols] = this.grid;
-    const c = Math.floor(((e.clientX - box.left) / box.width) * cols);
-    const r = Math.floor(((e.clientY - box.top) / box.height) * rows);
-    return r >= 0 && c >= 0 && r < rows && c < cols ? (this.cells[r * cols + c] ?? -1) : -1;
   }
 
   private setHead(head: Head | null, notify: boolean): void {
@@ -329,35 +319,14 @@ export class DecompositionApp {
   }
 
   private paintImage(values: Float32Array): void {
-    const [width, height] = this.imageSize;
-    const ctx = sizeCanvas(this.imageCanvas, width, height);
-    ctx.clearRect(0, 0, width, height);
-    if (this.base) {
-      ctx.imageSmoothingEnabled = true;
-      ctx.drawImage(this.base, 0, 0, width, height);
-    }
-    const [rows, cols] = this.grid;
+    const image = this.image;
+    if (!image) return;
     let vmax = 0;
-    for (const p of this.cells) if (p >= 0) vmax = Math.max(vmax, Math.abs(values[p] ?? 0));
-    const cw = width / cols;
-    const ch = height / rows;
+    for (const p of image.positions) if (p >= 0) vmax = Math.max(vmax, Math.abs(values[p] ?? 0));
     const table = lut("viridis");
-    ctx.globalAlpha = this.model.get("opacity");
-    for (let i = 0; i < this.cells.length; i++) {
-      const p = this.cells[i] ?? -1;
-      if (p < 0) continue;
-      const [r, g, b, a] = scoreColor(values[p] ?? 0, vmax, true, table);
-      if (a <= 0) continue;
-      ctx.fillStyle = `rgba(${r},${g},${b},${a.toFixed(3)})`;
-      ctx.fillRect((i % cols) * cw, Math.floor(i / cols) * ch, cw + 0.5, ch + 0.5);
-    }
-    ctx.globalAlpha = 1;
-    const cell = this.hoverPos >= 0 ? this.cells.indexOf(this.hoverPos) : -1;
-    if (cell >= 0) {
-      ctx.strokeStyle = themeColors(this.root).accent;
-      ctx.lineWidth = 2.5;
-      ctx.strokeRect((cell % cols) * cw + 1, Math.floor(cell / cols) * ch + 1, cw - 2, ch - 2);
-    }
-    this.imageCanvas.dataset.painted = this.shownHead() ? "head" : "all";
+    image.paint(values, (v) => scoreColor(v, vmax, true, table), this.hoverPos, {
+      opacity: this.model.get("opacity"),
+      painted: this.shownHead() ? "head" : "all",
+    });
   }
 }

@@ -40,23 +40,34 @@ export function themeColors(el: Element): { fg: string; muted: string; accent: s
   };
 }
 
-/** An `iw × ih` canvas holding an RGB image (`[ih, iw, 3]` values 0–255, row-major). */
-export function rgbCanvas(data: ArrayLike<number>, ih: number, iw: number): HTMLCanvasElement {
+/** A `width × height` canvas whose RGBA bytes (`[height, width, 4]`, row-major) `fill` writes. */
+export function pixelCanvas(
+  width: number,
+  height: number,
+  fill: (rgba: Uint8ClampedArray) => void,
+): HTMLCanvasElement {
   const canvas = document.createElement("canvas");
-  canvas.width = iw;
-  canvas.height = ih;
+  canvas.width = width;
+  canvas.height = height;
   const ctx = canvas.getContext("2d");
   if (ctx) {
-    const rgba = ctx.createImageData(iw, ih);
-    for (let i = 0, n = iw * ih; i < n; i++) {
-      rgba.data[i * 4] = data[i * 3] ?? 0;
-      rgba.data[i * 4 + 1] = data[i * 3 + 1] ?? 0;
-      rgba.data[i * 4 + 2] = data[i * 3 + 2] ?? 0;
-      rgba.data[i * 4 + 3] = 255;
-    }
-    ctx.putImageData(rgba, 0, 0);
+    const image = ctx.createImageData(width, height);
+    fill(image.data);
+    ctx.putImageData(image, 0, 0);
   }
   return canvas;
+}
+
+/** An `iw × ih` canvas holding an RGB image (`[ih, iw, 3]` values 0–255, row-major). */
+export function rgbCanvas(data: ArrayLike<number>, ih: number, iw: number): HTMLCanvasElement {
+  return pixelCanvas(iw, ih, (rgba) => {
+    for (let i = 0, n = iw * ih; i < n; i++) {
+      rgba[i * 4] = data[i * 3] ?? 0;
+      rgba[i * 4 + 1] = data[i * 3 + 1] ?? 0;
+      rgba[i * 4 + 2] = data[i * 3 + 2] ?? 0;
+      rgba[i * 4 + 3] = 255;
+    }
+  });
 }
 
 /** A labelled control (`<label><span>name</span>control</label>`) for a pane's control bar. */

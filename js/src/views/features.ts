@@ -11,9 +11,9 @@ import type { TableState } from "../model";
 import { COLORMAPS, formatValue, lut, maxOf } from "../render/colormap";
 import type { Table, Unit } from "../render/matrix";
 import { decodeTable, gridPositions, tablePatches } from "../table";
-import { fillSelect, h, rgbCanvas, sizeCanvas } from "./dom";
+import { fillSelect, h, sizeCanvas } from "./dom";
 import css from "./features.css";
-import { ImagePane } from "./image-pane";
+import { attentionColor, ImagePane } from "./image-pane";
 import { onChanges, paneHeading } from "./pane";
 import { TokenStrip } from "./token-strip";
 import { Tooltip } from "./tooltip";
@@ -65,7 +65,6 @@ export class FeatureApp {
   private readonly tooltip: Tooltip;
   private readonly strip: TokenStrip;
   private panes: ImagePane[] = [];
-  private bases: HTMLCanvasElement[] = [];
   private table: Table | null = null;
   private patches: PatchIndex | null = null;
   private columns: Tensor | null = null;
@@ -153,25 +152,14 @@ export class FeatureApp {
       generated: Boolean(table.generated[p]),
     }));
     this.strip.setUnits(units, table.grids);
-    const identity = Int32Array.from(table.text, (_, p) => p);
-    this.bases = [];
     this.panes = raw.images.map((payload, i) => {
-      const image = decodeTensor(payload);
-      const [ih = 1, iw = 1] = image.shape;
-      this.bases.push(rgbCanvas(image.data, ih, iw));
       const grid = table.grids[i] ?? [1, 1];
-      const pane = new ImagePane(
-        `image ${i} · ${grid[0]}×${grid[1]} patches`,
-        image,
-        grid,
-        gridPositions(table, i),
-        {
-          hover: (pos, e) => this.pointAt(pos === null || pos < 0 ? null : pos, e),
-          click: (pos) => this.pickAt(pos),
-        },
-      );
-      pane.setUnits(identity);
-      return pane;
+      return new ImagePane(decodeTensor(payload), grid, gridPositions(table, i), {
+        caption: `image ${i} · ${grid[0]}×${grid[1]} patches`,
+        shaded: true,
+        hover: (pos, e) => this.pointAt(pos === null || pos < 0 ? null : pos, e),
+        click: (pos) => this.pickAt(pos),
+      });
     });
     this.imagesEl.replaceChildren(...this.panes.map((p) => p.el));
     this.featureSelect.replaceChildren(
@@ -275,7 +263,8 @@ export class FeatureApp {
     const vmax = maxOf(values);
     const table = lut(this.model.get("cmap"));
     this.strip.paint(values, vmax, table, this.hover, -1);
-    for (const pane of this.panes) pane.paint(values, vmax, table, this.hover);
+    const color = attentionColor(vmax, table);
+    for (const pane of this.panes) pane.paint(values, color, this.hover, { painted: "attention" });
     const feature = this.label(this.model.get("feature"));
     const pos = this.hover;
     this.status.textContent =
@@ -292,7 +281,7 @@ export class FeatureApp {
       const item = h("li", "mmviz-feat-item");
       item.dataset.pos = String(pos);
       const image = table.kind[pos] === "image" ? (table.imageIndex[pos] ?? -1) : -1;
-      const base = this.bases[image];
+      const base = this.panes[image]?.base;
       if (base)
         item.append(
           this.crop(base, table.grids[image] ?? [1, 1], table.patchRow[pos] ?? 0, table.patchCol[pos] ?? 0),

@@ -12,7 +12,7 @@ import type { TableState } from "../model";
 import { COLORMAPS, formatValue, luminance, lut, lutIndex } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { fillSelect, h, labelled, sizeCanvas, themeColors } from "./dom";
-import { ImagePane } from "./image-pane";
+import { attentionColor, ImagePane } from "./image-pane";
 import css from "./lens.css";
 import { onChanges, paneHeading } from "./pane";
 import { Tooltip } from "./tooltip";
@@ -163,16 +163,11 @@ export class LensApp {
       if (p >= 0 && p < unitOfPos.length) unitOfPos[p] = c;
     });
     this.images = tokens.images.map((payload, i) => {
-      const pane = new ImagePane(
-        `image ${i}`,
-        decodeTensor(payload),
-        table.grids[i] ?? [1, 1],
-        gridPositions(table, i),
-        {
-          hover: (position, event) => this.onPatch(position ?? -1, event),
-          click: () => undefined,
-        },
-      );
+      const pane = new ImagePane(decodeTensor(payload), table.grids[i] ?? [1, 1], gridPositions(table, i), {
+        caption: `image ${i}`,
+        shaded: true,
+        hover: (position, event) => this.onPatch(position ?? -1, event),
+      });
       pane.setUnits(unitOfPos);
       return pane;
     });
@@ -336,7 +331,8 @@ export class LensApp {
     if (this.column >= 0) ctx.strokeRect(LEFT + this.column * cw + 1, 1, cw - 2, rows * ch - 2);
     const shown = this.hoverRow >= 0 ? this.hoverRow : this.layer;
     const row = Float32Array.from({ length: cols }, (_, c) => this.value(shown, c));
-    for (const pane of this.images) pane.paint(row, vmax, table, this.column);
+    const color = attentionColor(vmax, table);
+    for (const pane of this.images) pane.paint(row, color, this.column, { painted: "attention" });
     const position = this.column >= 0 ? (this.positions[this.column] ?? -1) : -1;
     const what = this.token < 0 ? "top-1 probability" : `p(${this.named[this.token]})`;
     this.status.textContent =

@@ -14,19 +14,10 @@ import { formatValue } from "../render/colormap";
 import { decodeTable, gridPositions, tablePatches } from "../table";
 import { absMax, scoreColor } from "./attribution";
 import { h, labelled, sizeCanvas, slider, themeColors } from "./dom";
+import { type ColorOf, ImagePane } from "./image-pane";
 import { onChanges, paneHeading } from "./pane";
 import css from "./patching.css";
-import {
-  type ColorOf,
-  drawBase,
-  outlinePatch,
-  paintSpans,
-  patchOverlay,
-  SCORE_CSS,
-  type ScoreImage,
-  scoreImage,
-  tokenStrip,
-} from "./score-panes";
+import { paintSpans, SCORE_CSS, tokenStrip } from "./score-panes";
 
 /** The synced state, mirroring `PatchingView`'s traits. */
 export interface PatchingState {
@@ -52,10 +43,6 @@ const IMAGE_SIDE = 220;
 const ROW_HEIGHT = 16;
 const NO_COLOR = new Uint8ClampedArray(0);
 
-interface PatchImage extends ScoreImage {
-  caption: HTMLElement;
-}
-
 /** Colour scale limit of a site's effects: at least 1 (the clean answer), more when effects overshoot. */
 export function effectLimit(values: ArrayLike<number>): number {
   return Math.max(1, absMax(values));
@@ -74,7 +61,7 @@ export class PatchingApp {
   private readonly strip = h("div", "mmviz-patching-strip");
   private readonly imagesEl = h("div", "mmviz-patching-images");
   private spans: (HTMLSpanElement | null)[] = [];
-  private images: PatchImage[] = [];
+  private images: ImagePane[] = [];
   private effects: Tensor | null = null;
   private text: string[] = [];
   private layers: number[] = [];
@@ -118,6 +105,7 @@ export class PatchingApp {
 
   /** Redraws what reads theme colours (after attaching, on theme changes). */
   themeChanged(): void {
+    for (const im of this.images) im.resetTheme();
     this.paint();
   }
 
@@ -157,25 +145,19 @@ export class PatchingApp {
     const strip = tokenStrip(tokens, table, "mmviz-patching-tok");
     this.spans = strip.spans;
     this.strip.replaceChildren(...strip.children);
-    this.images = tokens.images.map((payload, i) => ({
-      ...scoreImage(
-        payload,
-        table.grids[i] ?? [1, 1],
-        gridPositions(table, i),
-        i,
-        "mmviz-patching-image-canvas",
-        IMAGE_SIDE,
-        (pos) => this.setHover(pos, pos >= 0 ? this.hoverLayer : -1, true),
-      ),
-      caption: h("figcaption", "mmviz-pane-title"),
-    }));
-    this.imagesEl.replaceChildren(
-      ...this.images.map((im) => {
-        const figure = h("figure", "mmviz-patching-image");
-        figure.append(im.canvas, im.caption);
-        return figure;
-      }),
+    this.images = tokens.images.map(
+      (payload, i) =>
+        new ImagePane(decodeTensor(payload), table.grids[i] ?? [1, 1], gridPositions(table, i), {
+          caption: "",
+          figureClass: "mmviz-patching-image",
+          canvasClass: "mmviz-patching-image-canvas",
+          index: i,
+          side: IMAGE_SIDE,
+          zoom: 16,
+          hover: (pos) => this.setHover(pos, pos !== null && pos >= 0 ? this.hoverLayer : -1, true),
+        }),
     );
+    this.imagesEl.replaceChildren(...this.images.map((im) => im.el));
     this.fromModel();
   }
 
@@ -294,13 +276,8 @@ export class PatchingApp {
       ctx.strokeRect(this.hover * cell + 1, 1, cell - 2, height - 2);
   }
 
-  private paintImage(im: PatchImage, row: Float32Array, colorOf: ColorOf, shownRow: number): void {
-    const ctx = drawBase(im);
-    ctx.globalAlpha = this.opacity;
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(patchOverlay(im, row, colorOf), 0, 0, im.width, im.height);
-    ctx.globalAlpha = 1;
-    outlinePatch(ctx, im, this.hover, themeColors(this.root).accent);
+  private paintImage(im: ImagePane, row: Float32Array, colorOf: ColorOf, shownRow: number): void {
+    im.paint(row, colorOf, this.hover, { opacity: this.opacity, painted: "effects" });
     im.caption.textContent = `image ${im.canvas.dataset.image} · layer ${this.layers[shownRow] ?? ""}`;
     im.canvas.dataset.layer = String(this.layers[shownRow] ?? -1);
   }
