@@ -278,7 +278,7 @@ def test_florence2_two_images_are_placed_unit_by_unit():
         table = cap.attention.tokens("language_model.encoder", batch_index=b)
         assert table.text[0] == "<query 0>" and patches(table) == GRID, b
         check = verify_layout(model, inputs, table, "language_model.encoder", processor, batch_index=b)
-        assert check.laid_out == check.verified == 16, check.failures
+        assert check.laid_out == check.verified == 16 and check.ok, check.failures  # the pooled query too
 
 
 def test_rows_are_split_at_the_large_gaps_not_between_tiny_ones():

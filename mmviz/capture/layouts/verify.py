@@ -91,11 +91,12 @@ def verify_layout(
     base = probe_stack(model, run, names, stack, pixel_key, pixels, side)[batch_index]
     n = base.shape[0]
 
-    noise = np.random.default_rng(0).uniform(0.2, 0.6, pixels.numel())  # not one factor: norms would undo it
+    # added, not multiplied (a dark or zero pixel must move too), and not one value (norms would undo it)
+    noise = np.random.default_rng(0).uniform(0.2, 0.6, pixels.numel()) * max(float(pixels.float().std()), 1e-3)
 
     def moved_by(mask: np.ndarray) -> np.ndarray:
-        scale = torch.from_numpy((1 + noise * mask).reshape(pixels.shape)).to(pixels.dtype)
-        moved = probe_stack(model, run, names, stack, pixel_key, pixels * scale, side)[batch_index]
+        shift = torch.from_numpy((noise * mask).reshape(pixels.shape)).to(pixels.dtype)
+        moved = probe_stack(model, run, names, stack, pixel_key, pixels + shift, side)[batch_index]
         tol = 1e-5 * float(base.abs().max().clamp_min(1e-12))
         return np.where((moved - base).abs().numpy() > tol, (moved - base).abs().numpy(), 0.0)
 
