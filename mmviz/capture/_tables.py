@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,13 +19,14 @@ from mmviz.errors import CaptureError
 
 __all__ = ["IMAGE_INPUTS", "RunTables", "has_images", "token_tables"]
 
-IMAGE_INPUTS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_embeds")
-"""Forward-call keys that carry images: a run with any of them needs capture's layout for its tables."""
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_embeds")
+"""Forward-call keys that carry images (``pixel_values`` also as a prefix: ``pixel_values_videos``, …): a run
+with any of them needs capture's layout for its tables."""
 
 
 def has_images(inputs: Mapping[str, Any]) -> bool:
     """Whether a forward call's keyword inputs carry images (or videos)."""
-    return any(key in inputs for key in IMAGE_INPUTS)
+    return any(key in IMAGE_INPUTS or key.startswith("pixel_values") for key in inputs)
 
 
 @dataclasses.dataclass
@@ -81,15 +83,24 @@ def token_tables(
         A ``RunTables``, filled when the block ends; empty if capture cannot follow the model.
     """
     run = RunTables()
-    session = None
-    with contextlib.ExitStack() as stack:
-        if enabled:
-            from mmviz.capture import capture
-
-            with contextlib.suppress(CaptureError):
-                session = stack.enter_context(capture(model, processor, layers=[0], modules=modules, store="dense"))
+    if not enabled:
         yield run
-    if session is None:
+        return
+    from mmviz.capture import capture
+
+    try:
+        session = capture(model, processor, layers=[0], modules=modules, store="dense").__enter__()
+    except CaptureError:  # a model capture cannot follow: no tables
+        yield run
+        return
+    try:
+        yield run
+    except BaseException:
+        session.__exit__(*sys.exc_info())
+        raise
+    try:
+        session.__exit__(None, None, None)
+    except CaptureError:  # the model ran but recorded nothing (state-space blocks, ...): no tables
         return
     with contextlib.suppress(CaptureError, KeyError, AttributeError):
         trace = session.attention

@@ -52,6 +52,17 @@ def test_a_model_capture_cannot_follow_gives_empty_tables():
     assert run.tables == {}
 
 
+def test_a_model_that_records_nothing_gives_empty_tables():
+    """State-space blocks: capture enters, the model runs, nothing is recorded; the run itself still succeeds."""
+    import transformers
+
+    cfg = transformers.MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=32, state_size=4, expand=2)
+    mamba = transformers.MambaForCausalLM(cfg).eval()
+    with torch.no_grad(), token_tables(mamba) as run:
+        out = mamba(torch.tensor([[1, 2, 3]]))
+    assert out.logits.shape == (1, 3, 32) and run.tables == {}
+
+
 def test_errors_propagate_and_the_model_is_restored(llava):
     model, processor, inputs = llava
     before = model.config._attn_implementation
@@ -64,6 +75,7 @@ def test_errors_propagate_and_the_model_is_restored(llava):
 
 def test_has_images():
     assert has_images({"input_ids": 1, "pixel_values": 2})
+    assert has_images({"input_ids": 1, "pixel_values_images": 2}) and has_images({"image_grid_thw": 1})
     assert not has_images({"input_ids": 1, "attention_mask": 2})
 
 
