@@ -396,8 +396,12 @@ class _EditChain:
         return with_block_hidden(output, self._apply(block_hidden(output)))
 
     def remove(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Takes ``fn`` off the chain (by identity); the hook goes with the last edit."""
-        self.edits = [f for f in self.edits if f is not fn]
+        """Takes the last ``fn`` off the chain; the hook goes with the last edit.
+
+        By identity, one occurrence: the same edit nested twice stays on once when the inner block ends.
+        """
+        last = max(i for i, f in enumerate(self.edits) if f is fn)
+        del self.edits[last]
         if not self.edits:
             self.handle.remove()
             _CHAINS.pop((id(self.module), self.where), None)

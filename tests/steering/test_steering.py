@@ -170,3 +170,19 @@ def test_steering_the_vision_layer_a_llava_reads_changes_its_answer() -> None:
     with torch.no_grad(), mmviz.steer(vlm, direction, site="model.vision_tower.encoder.layers.1", alpha=20):
         steered = vlm(**inputs).logits[0, -1]
     assert float((steered - clean).abs().max()) > 1.0
+
+
+def test_the_same_edit_nested_twice_is_taken_off_once_per_block(llama: Any) -> None:
+    from mmviz._hf.residual import edit_residual
+
+    def shift(hidden: Any) -> Any:
+        return hidden + 1.0
+
+    clean = _run(llama)
+    blocks = llama.model.layers
+    with edit_residual(blocks, 1, shift):
+        with edit_residual(blocks, 1, shift):
+            twice = _run(llama)
+        once = _run(llama)  # the outer edit is still on
+    torch.testing.assert_close(twice.site, clean.site + 2.0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(once.site, clean.site + 1.0, rtol=0, atol=1e-5)
